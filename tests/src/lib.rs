@@ -1,0 +1,33 @@
+//! Harness for the workspace-level tests.
+//!
+//! [`twin::Twin`] runs every contract call twice, once per edition, and
+//! fails on any difference in success, return data, revert data or logs:
+//! the Stylus edition in-process through its router on `TestVM`
+//! ([`stylus::StylusEdition`]), the EVM edition on a real anvil over JSON-RPC
+//! ([`evm::EvmEdition`]).
+
+pub mod evm;
+pub mod stylus;
+pub mod twin;
+
+use alloy::primitives::{Address, Bytes, B256};
+
+/// What one call did, in the terms both editions share.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Outcome {
+    /// Returned (true) or reverted (false).
+    pub success: bool,
+    /// Return data, or revert data.
+    pub data: Bytes,
+    /// Logs of a successful state-changing call: topics and data.
+    pub logs: Vec<(Vec<B256>, Bytes)>,
+}
+
+/// A contract edition the conformance suite can drive.
+pub trait Edition {
+    /// Short name for failure messages.
+    fn name(&self) -> &'static str;
+    /// Calls the contract from `from` with `calldata`; a state-changing call
+    /// is executed in a block with timestamp `time`, a view is only read.
+    fn call(&mut self, from: Address, calldata: &[u8], view: bool, time: u64) -> Outcome;
+}
