@@ -204,10 +204,16 @@ pub async fn run(quiet: bool) -> Result<Summary> {
     w.step(&format!("{} charges by the doctor, {} insurance policies", charges.len(), policies.len()));
 
     let stays = [2 * billing::DAY + 3_600, billing::DAY / 2, 5 * billing::DAY, 3 * billing::DAY];
-    let mut bills = Vec::new();
+    // Discharge in time order: a chain's clock only moves forward.
+    let mut order = Vec::new();
     for (i, stay) in stays.iter().enumerate() {
         let admitted = w.view(H::getPatientCall { patientId: patients[i] }).await?.admittedAt;
-        w.provider.raw_request::<_, ()>("evm_setNextBlockTimestamp".into(), (admitted + stay,)).await?;
+        order.push((admitted + stay, i));
+    }
+    order.sort_unstable();
+    let mut bills = Vec::new();
+    for (at, i) in order {
+        w.provider.raw_request::<_, ()>("evm_setNextBlockTimestamp".into(), (at,)).await?;
         w.send(hub, H::dischargeCall { patientId: patients[i] }).await?;
         let b = w.view(H::getBillCall { patientId: patients[i] }).await?;
         bills.push(BillLine { patient: patients[i], bed_days: b.bedDays, total: b.total, covered: b.covered, due: b.due });

@@ -12,6 +12,7 @@ fn healthsense() -> Command {
 #[test]
 fn deploy_writes_a_deployment_file_and_never_prints_the_key() {
     let root = tools::project_root().unwrap();
+    let anvil = Anvil::new().path(tools::foundry_tool(&root, "anvil").unwrap()).spawn();
     let key = alloy::hex::encode(anvil.keys()[0].to_bytes());
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("deployment.json");
