@@ -11,36 +11,28 @@ alloy::sol!(
 
 pub use IHealthSense::Reading as AbiReading;
 
-impl From<crate::Reading> for IHealthSense::Reading {
-    fn from(r: crate::Reading) -> Self {
-        Self {
-            deviceId: r.deviceId,
-            seq: r.seq,
-            timestamp: r.timestamp,
-            heartRate: r.heartRate,
-            respRate: r.respRate,
-            spo2: r.spo2,
-            systolic: r.systolic,
-            diastolic: r.diastolic,
-            temperature: r.temperature,
-            consciousness: r.consciousness,
+/// The bindings' `Reading` and the rules' `Reading` are the same struct
+/// generated twice (from the JSON ABI and from `sol!`); convert field by field.
+macro_rules! same_fields {
+    ($from:ty => $to:ty) => {
+        impl From<$from> for $to {
+            fn from(r: $from) -> Self {
+                Self {
+                    deviceId: r.deviceId,
+                    seq: r.seq,
+                    timestamp: r.timestamp,
+                    heartRate: r.heartRate,
+                    respRate: r.respRate,
+                    spo2: r.spo2,
+                    systolic: r.systolic,
+                    diastolic: r.diastolic,
+                    temperature: r.temperature,
+                    consciousness: r.consciousness,
+                }
+            }
         }
-    }
+    };
 }
 
-impl From<IHealthSense::Reading> for crate::Reading {
-    fn from(r: IHealthSense::Reading) -> Self {
-        Self {
-            deviceId: r.deviceId,
-            seq: r.seq,
-            timestamp: r.timestamp,
-            heartRate: r.heartRate,
-            respRate: r.respRate,
-            spo2: r.spo2,
-            systolic: r.systolic,
-            diastolic: r.diastolic,
-            temperature: r.temperature,
-            consciousness: r.consciousness,
-        }
-    }
-}
+same_fields!(crate::Reading => IHealthSense::Reading);
+same_fields!(IHealthSense::Reading => crate::Reading);
