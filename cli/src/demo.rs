@@ -51,11 +51,14 @@ pub struct BillLine {
     pub patient: B256,
     /// Bed days charged.
     pub bed_days: u64,
-    /// Total, minor units.
+    /// Total, minor units (decimal string: amounts are uint256).
+    #[serde(serialize_with = "decimal")]
     pub total: U256,
     /// Insurer's share.
+    #[serde(serialize_with = "decimal")]
     pub covered: U256,
     /// Patient's share.
+    #[serde(serialize_with = "decimal")]
     pub due: U256,
 }
 
@@ -230,6 +233,10 @@ pub async fn run(quiet: bool) -> Result<Summary> {
         bills,
         seconds: started.elapsed().as_secs_f64(),
     })
+}
+
+fn decimal<S: serde::Serializer>(v: &U256, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&v.to_string())
 }
 
 /// Money in minor units as `1234.56`.

@@ -6,6 +6,7 @@
 //! compiled [`artifact`], obtain a [`keys`] signer, [`deploy`] and record the
 //! [`deployment`].
 
+pub mod admin;
 pub mod artifact;
 pub mod demo;
 pub mod deploy;

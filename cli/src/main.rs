@@ -8,7 +8,10 @@ use alloy::providers::{Provider, ProviderBuilder};
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use healthsense_cli::deployment::{self, Edition};
-use healthsense_cli::{artifact, demo, deploy, keys::KeyArgs, tools};
+use healthsense_abi::bindings::HealthSense as H;
+use healthsense_abi::rules::{ids, status};
+use healthsense_cli::{admin, artifact, demo, deploy, keys::KeyArgs, tools};
+use serde_json::json;
 
 /// Exit codes a script can rely on.
 mod exit {
@@ -17,6 +20,8 @@ mod exit {
     // 2 is clap's usage error.
     /// Configuration or key missing or invalid.
     pub const CONFIG: u8 = 3;
+    /// The contract refused the call (wrong role, unknown id, wrong status...).
+    pub const REFUSED: u8 = 4;
 }
 
 #[derive(Parser)]
@@ -25,7 +30,8 @@ mod exit {
     version,
     about = "Administer a HealthSense deployment: contract, devices, patients, billing",
     long_about = "Administer a HealthSense deployment.\n\n\
-        Exit codes: 0 success, 1 failure (I/O, RPC, node), 2 usage error, 3 configuration or key missing/invalid."
+        Exit codes: 0 success, 1 failure (I/O, RPC, node), 2 usage error, 3 configuration or key missing/invalid, \
+        4 the contract refused the call (the message says why and what to do)."
 )]
 struct Cli {
     /// Print machine-readable JSON instead of human text.
@@ -63,6 +69,125 @@ enum Command {
     /// and runs roles, devices, admissions, signed readings anchored and proven on chain,
     /// charges, insurance, discharges and bills. Exits non-zero if any step fails.
     Demo,
+    /// Grant, revoke or check roles (admin, hub, doctor, insurer).
+    #[command(subcommand)]
+    Roles(RolesCmd),
+    /// Provision, activate, revoke or show a bedside device.
+    #[command(subcommand)]
+    Device(DeviceCmd),
+    /// Admit, show or discharge a patient stay.
+    #[command(subcommand)]
+    Patient(PatientCmd),
+    /// Add or list a stay's charges (doctor).
+    #[command(subcommand)]
+    Charge(ChargeCmd),
+    /// Set or show a ward's bed rate per day, in minor currency units (admin).
+    #[command(subcommand)]
+    Tariff(TariffCmd),
+    /// Set or show a stay's insurance policy (insurer).
+    #[command(subcommand)]
+    Policy(PolicyCmd),
+    /// Show the bill computed at discharge.
+    Bill {
+        /// Patient id: 0x + 64 hex digits, or an opaque stay label (hashed).
+        patient: String,
+    },
+    /// Emergency stop of every state change except role management (admin).
+    Pause,
+    /// Lift the emergency stop (admin).
+    Unpause,
+}
+
+#[derive(Subcommand)]
+enum RolesCmd {
+    /// Grant ROLE (admin|hub|doctor|insurer) to ADDRESS.
+    Grant { role: String, address: Address },
+    /// Revoke ROLE from ADDRESS.
+    Revoke { role: String, address: Address },
+    /// Which roles ADDRESS holds.
+    Check { address: Address },
+}
+
+#[derive(Subcommand)]
+enum DeviceCmd {
+    /// Register a device by serial with its signing address and ward (admin).
+    Provision {
+        serial: String,
+        #[arg(long)]
+        signer: Address,
+        #[arg(long)]
+        ward: String,
+    },
+    /// Accept a provisioned device (hub; the oracle does this on the device's hello).
+    Activate { serial: String },
+    /// Withdraw a device at once (admin).
+    Revoke { serial: String },
+    /// Show a device.
+    Show { serial: String },
+}
+
+#[derive(Subcommand)]
+enum PatientCmd {
+    /// Admit a stay on an active device (doctor).
+    Admit {
+        patient: String,
+        #[arg(long)]
+        device: String,
+    },
+    /// Show a stay.
+    Show { patient: String },
+    /// Discharge a stay; the contract computes the bill (doctor or hub).
+    Discharge { patient: String },
+}
+
+#[derive(Subcommand)]
+enum ChargeCmd {
+    /// Add a line item to an admitted stay (doctor).
+    Add {
+        patient: String,
+        /// Tariff code, at most 32 bytes (e.g. 99213).
+        #[arg(long)]
+        code: String,
+        /// bed, consultation, procedure, medication, laboratory, imaging, consumables or other.
+        #[arg(long)]
+        category: String,
+        #[arg(long, default_value_t = 1)]
+        quantity: u32,
+        /// Unit price in minor currency units (cents).
+        #[arg(long)]
+        unit_price: u64,
+    },
+    /// List a stay's charges.
+    List { patient: String },
+}
+
+#[derive(Subcommand)]
+enum TariffCmd {
+    /// Set WARD's bed rate per day (minor units).
+    Set { ward: String, rate: u64 },
+    /// Show WARD's bed rate per day.
+    Show { ward: String },
+}
+
+#[derive(Subcommand)]
+enum PolicyCmd {
+    /// Set the calling insurer's policy for an admitted stay.
+    Set {
+        patient: String,
+        /// Share of the eligible amount covered, in basis points (0-10000).
+        #[arg(long)]
+        coverage_bps: u16,
+        #[arg(long, default_value_t = 0)]
+        deductible: u64,
+        /// Most the insurer pays [default: no cap].
+        #[arg(long, default_value_t = u64::MAX)]
+        cap: u64,
+        /// Covered categories, comma-separated, or all.
+        #[arg(long, default_value = "all")]
+        categories: String,
+    },
+    /// Show a stay's policy.
+    Show { patient: String },
 }
 
 #[tokio::main]
@@ -76,7 +201,14 @@ async fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
             eprintln!("error: {err:#}");
-            ExitCode::from(err.downcast_ref::<ConfigError>().map_or(exit::FAILURE, |_| exit::CONFIG))
+            let code = if err.downcast_ref::<ConfigError>().is_some() {
+                exit::CONFIG
+            } else if err.downcast_ref::<admin::Refused>().is_some() {
+                exit::REFUSED
+            } else {
+                exit::FAILURE
+            };
+            ExitCode::from(code)
         }
     }
 }
@@ -87,6 +219,9 @@ async fn main() -> ExitCode {
 struct ConfigError(anyhow::Error);
 
 async fn run(cli: Cli) -> Result<()> {
+    if !matches!(cli.command, Command::Deploy { .. } | Command::Demo) {
+        return contract_command(cli).await;
+    }
     match cli.command {
         Command::Demo => {
             let s = demo::run(cli.json).await?;
@@ -136,5 +271,190 @@ async fn run(cli: Cli) -> Result<()> {
             }
             Ok(())
         }
+        _ => unreachable!("contract commands are handled by contract_command"),
     }
+}
+
+/// Prints `value` as JSON with --json, else `text`.
+fn show(json_out: bool, value: serde_json::Value, text: String) {
+    if json_out {
+        println!("{value:#}");
+    } else {
+        println!("{text}");
+    }
+}
+
+fn done(json_out: bool, what: &str, tx: alloy::primitives::B256) {
+    show(json_out, json!({ "ok": true, "tx": tx }), format!("{what} (tx {tx})"));
+}
+
+fn device_status(code: u8) -> &'static str {
+    status::DeviceStatus::from_code(code).map_or("unknown", |s| s.name())
+}
+
+fn patient_status(code: u8) -> &'static str {
+    status::PatientStatus::from_code(code).map_or("unknown", |s| s.name())
+}
+
+async fn contract_command(cli: Cli) -> Result<()> {
+    let path = deployment::resolve_path(cli.deployment.clone());
+    let d = deployment::Deployment::load(&path).map_err(ConfigError)?;
+    let writes = !matches!(
+        cli.command,
+        Command::Roles(RolesCmd::Check { .. })
+            | Command::Device(DeviceCmd::Show { .. })
+            | Command::Patient(PatientCmd::Show { .. })
+            | Command::Charge(ChargeCmd::List { .. })
+            | Command::Tariff(TariffCmd::Show { .. })
+            | Command::Policy(PolicyCmd::Show { .. })
+            | Command::Bill { .. }
+    );
+    let signer = if writes { Some(cli.keys.signer().map_err(ConfigError)?) } else { None };
+    let c = admin::connect(d, signer).map_err(ConfigError)?;
+    let j = cli.json;
+    match cli.command {
+        Command::Roles(RolesCmd::Grant { role, address }) => {
+            let r = admin::role(&role).map_err(ConfigError)?;
+            done(j, &format!("granted {role} to {address}"), c.send(H::grantRoleCall { role: r, account: address }).await?);
+        }
+        Command::Roles(RolesCmd::Revoke { role, address }) => {
+            let r = admin::role(&role).map_err(ConfigError)?;
+            done(j, &format!("revoked {role} from {address}"), c.send(H::revokeRoleCall { role: r, account: address }).await?);
+        }
+        Command::Roles(RolesCmd::Check { address }) => {
+            let mut held = Vec::new();
+            for (name, r) in ids::ROLES {
+                if c.view(H::hasRoleCall { role: r, account: address }).await? {
+                    held.push(name);
+                }
+            }
+            let text = if held.is_empty() { format!("{address}: no roles") } else { format!("{address}: {}", held.join(", ")) };
+            show(j, json!({ "address": address, "roles": held }), text);
+        }
+        Command::Device(DeviceCmd::Provision { serial, signer, ward }) => {
+            let id = ids::device_id(&serial);
+            let tx = c.send(H::provisionDeviceCall { deviceId: id, signer, ward: ids::ward_id(&ward) }).await?;
+            done(j, &format!("provisioned device {serial} ({id}) in {ward}"), tx);
+        }
+        Command::Device(DeviceCmd::Activate { serial }) => {
+            done(j, &format!("activated device {serial}"), c.send(H::activateDeviceCall { deviceId: ids::device_id(&serial) }).await?);
+        }
+        Command::Device(DeviceCmd::Revoke { serial }) => {
+            done(j, &format!("revoked device {serial}"), c.send(H::revokeDeviceCall { deviceId: ids::device_id(&serial) }).await?);
+        }
+        Command::Device(DeviceCmd::Show { serial }) => {
+            let id = ids::device_id(&serial);
+            let dv = c.view(H::getDeviceCall { deviceId: id }).await?;
+            if dv.status == 0 {
+                return Err(admin::Refused { call: "getDevice", reason: format!("no device {serial} ({id}): provision it first") }.into());
+            }
+            show(
+                j,
+                json!({ "serial": serial, "id": id, "signer": dv.signer, "ward": dv.ward, "status": device_status(dv.status),
+                        "patient": dv.patientId, "lastSeq": dv.lastSeq }),
+                format!("device {serial}\n  id       {id}\n  signer   {}\n  ward     {}\n  status   {}\n  patient  {}",
+                    dv.signer, dv.ward, device_status(dv.status), dv.patientId),
+            );
+        }
+        Command::Patient(PatientCmd::Admit { patient, device }) => {
+            let p = admin::patient_id(&patient).map_err(ConfigError)?;
+            let tx = c.send(H::admitPatientCall { patientId: p, deviceId: ids::device_id(&device) }).await?;
+            done(j, &format!("admitted {p} on device {device}"), tx);
+        }
+        Command::Patient(PatientCmd::Show { patient }) => {
+            let p = admin::patient_id(&patient).map_err(ConfigError)?;
+            let r = c.view(H::getPatientCall { patientId: p }).await?;
+            if r.status == 0 {
+                return Err(admin::Refused { call: "getPatient", reason: format!("no patient {p}: check the id") }.into());
+            }
+            show(
+                j,
+                json!({ "id": p, "device": r.deviceId, "ward": r.ward, "status": patient_status(r.status),
+                        "admittedAt": r.admittedAt, "dischargedAt": r.dischargedAt, "charges": r.chargeCount }),
+                format!("patient {p}\n  status      {}\n  device      {}\n  admitted    {}\n  discharged  {}\n  charges     {}",
+                    patient_status(r.status), r.deviceId, r.admittedAt, r.dischargedAt, r.chargeCount),
+            );
+        }
+        Command::Patient(PatientCmd::Discharge { patient }) => {
+            let p = admin::patient_id(&patient).map_err(ConfigError)?;
+            let tx = c.send(H::dischargeCall { patientId: p }).await?;
+            let b = c.view(H::getBillCall { patientId: p }).await?;
+            show(
+                j,
+                json!({ "ok": true, "tx": tx, "bedDays": b.bedDays, "total": b.total.to_string(), "covered": b.covered.to_string(), "due": b.due.to_string() }),
+                format!("discharged {p} (tx {tx})\n  bed days {}  total {}  covered {}  due {}",
+                    b.bedDays, demo::money(b.total), demo::money(b.covered), demo::money(b.due)),
+            );
+        }
+        Command::Charge(ChargeCmd::Add { patient, code, category, quantity, unit_price }) => {
+            let p = admin::patient_id(&patient).map_err(ConfigError)?;
+            let code_id = ids::charge_code(&code).with_context(|| format!("charge code {code:?} must be 1 to 32 bytes")).map_err(ConfigError)?;
+            let cat = status::Category::from_name(&category)
+                .with_context(|| format!("unknown category {category:?}"))
+                .map_err(ConfigError)?;
+            let tx = c
+                .send(H::addChargeCall { patientId: p, code: code_id, category: cat as u8, quantity, unitPrice: unit_price })
+                .await?;
+            done(j, &format!("charged {quantity} x {code} ({}) at {} to {p}", cat.name(), demo::money(alloy::primitives::U256::from(unit_price))), tx);
+        }
+        Command::Charge(ChargeCmd::List { patient }) => {
+            let p = admin::patient_id(&patient).map_err(ConfigError)?;
+            let n = c.view(H::getPatientCall { patientId: p }).await?.chargeCount;
+            let mut rows = Vec::new();
+            let mut text = format!("{:<4} {:<12} {:<13} {:>8} {:>12}  doctor", "#", "code", "category", "qty", "unit price");
+            for i in 0..n {
+                let ch = c.view(H::getChargeCall { patientId: p, index: i }).await?;
+                let code = ids::charge_code_text(&ch.code).unwrap_or("?").to_string();
+                let cat = status::Category::from_code(ch.category).map_or("?", |x| x.name());
+                text += &format!("\n{:<4} {:<12} {:<13} {:>8} {:>12}  {}", i, code, cat, ch.quantity,
+                    demo::money(alloy::primitives::U256::from(ch.unitPrice)), ch.doctor);
+                rows.push(json!({ "index": i, "code": code, "category": cat, "quantity": ch.quantity, "unitPrice": ch.unitPrice, "doctor": ch.doctor }));
+            }
+            show(j, json!(rows), text);
+        }
+        Command::Tariff(TariffCmd::Set { ward, rate }) => {
+            done(j, &format!("{ward}: bed rate {} a day", demo::money(alloy::primitives::U256::from(rate))),
+                c.send(H::setTariffCall { ward: ids::ward_id(&ward), dailyRate: rate }).await?);
+        }
+        Command::Tariff(TariffCmd::Show { ward }) => {
+            let r = c.view(H::tariffCall { ward: ids::ward_id(&ward) }).await?;
+            show(j, json!({ "ward": ward, "dailyRate": r }), format!("{ward}: {} a day", demo::money(alloy::primitives::U256::from(r))));
+        }
+        Command::Policy(PolicyCmd::Set { patient, coverage_bps, deductible, cap, categories }) => {
+            let p = admin::patient_id(&patient).map_err(ConfigError)?;
+            let mask = admin::category_mask(&categories).map_err(ConfigError)?;
+            let tx = c
+                .send(H::setPolicyCall { patientId: p, coverageBps: coverage_bps, deductible, cap, coveredCategories: mask })
+                .await?;
+            done(j, &format!("policy for {p}: {coverage_bps} bps of {categories}"), tx);
+        }
+        Command::Policy(PolicyCmd::Show { patient }) => {
+            let p = admin::patient_id(&patient).map_err(ConfigError)?;
+            let q = c.view(H::getPolicyCall { patientId: p }).await?;
+            show(
+                j,
+                json!({ "insurer": q.insurer, "coverageBps": q.coverageBps, "deductible": q.deductible, "cap": q.cap, "coveredCategories": q.coveredCategories }),
+                format!("policy of {p}\n  insurer     {}\n  coverage    {} bps\n  deductible  {}\n  cap         {}\n  categories  {:#010b}",
+                    q.insurer, q.coverageBps, q.deductible, q.cap, q.coveredCategories),
+            );
+        }
+        Command::Bill { patient } => {
+            let p = admin::patient_id(&patient).map_err(ConfigError)?;
+            let pat = c.view(H::getPatientCall { patientId: p }).await?;
+            if pat.status < 2 {
+                return Err(admin::Refused { call: "getBill", reason: format!("patient {p} is {}: the bill exists after discharge", patient_status(pat.status)) }.into());
+            }
+            let b = c.view(H::getBillCall { patientId: p }).await?;
+            show(
+                j,
+                json!({ "patient": p, "bedDays": b.bedDays, "total": b.total.to_string(), "covered": b.covered.to_string(), "due": b.due.to_string(), "rulesVersion": b.rulesVersion }),
+                format!("bill of {p}\n  bed days  {}\n  total     {}\n  covered   {}\n  due       {}",
+                    b.bedDays, demo::money(b.total), demo::money(b.covered), demo::money(b.due)),
+            );
+        }
+        Command::Pause => done(j, "paused", c.send(H::pauseCall {}).await?),
+        Command::Unpause => done(j, "unpaused", c.send(H::unpauseCall {}).await?),
+        Command::Deploy { .. } | Command::Demo => unreachable!("handled in run"),
+    }
+    Ok(())
 }

@@ -1,0 +1,168 @@
+//! Admin, doctor and insurer commands: one contract call each, against the
+//! deployment file's contract, signed with the configured key.
+
+use alloy::network::{EthereumWallet, TransactionBuilder};
+use alloy::primitives::{Address, B256};
+use alloy::providers::{Provider, ProviderBuilder};
+use alloy::rpc::types::TransactionRequest;
+use alloy::signers::local::PrivateKeySigner;
+use alloy::sol_types::{SolCall, SolInterface};
+use anyhow::{bail, Context, Result};
+use healthsense_abi::bindings::HealthSense::HealthSenseErrors as E;
+use healthsense_abi::rules::{ids, status::Category};
+
+use crate::deployment::Deployment;
+
+/// The contract refused a call (a revert with a known error): exit code 4.
+#[derive(Debug, thiserror::Error)]
+#[error("the contract refused {call}: {reason}")]
+pub struct Refused {
+    /// Function signature.
+    pub call: &'static str,
+    /// The decoded error, with what to do about it.
+    pub reason: String,
+}
+
+/// A pseudonymous patient id: `0x` + 64 hex digits as given, otherwise
+/// `keccak256(label)` of an opaque stay label (never a name or MRN).
+pub fn patient_id(s: &str) -> Result<B256> {
+    if s.starts_with("0x") {
+        return s.parse().with_context(|| format!("{s} is not a 0x-prefixed 32-byte id"));
+    }
+    if s.trim().is_empty() {
+        bail!("empty patient id");
+    }
+    Ok(ids::device_id(s))
+}
+
+/// A role by name.
+pub fn role(name: &str) -> Result<B256> {
+    ids::ROLES
+        .iter()
+        .find(|(n, _)| n.eq_ignore_ascii_case(name))
+        .map(|(_, r)| *r)
+        .with_context(|| format!("unknown role {name:?}: use admin, hub, doctor or insurer"))
+}
+
+/// Role name of an id, for display.
+pub fn role_name(id: B256) -> &'static str {
+    ids::ROLES.iter().find(|(_, r)| *r == id).map_or("unknown", |(n, _)| n)
+}
+
+/// Categories from a comma list of names (`bed,consultation`) or `all`.
+pub fn category_mask(list: &str) -> Result<u8> {
+    if list.eq_ignore_ascii_case("all") {
+        return Ok(0xff);
+    }
+    let mut mask = 0u8;
+    for name in list.split(',').map(str::trim).filter(|n| !n.is_empty()) {
+        let c = Category::from_name(name).with_context(|| {
+            let all: Vec<_> = Category::ALL.iter().map(|c| c.name()).collect();
+            format!("unknown category {name:?}: use {} or all", all.join(", "))
+        })?;
+        mask |= 1 << (c as u8);
+    }
+    Ok(mask)
+}
+
+/// What to do about each refusal.
+fn explain(err: &E) -> String {
+    match err {
+        E::AccessControlUnauthorizedAccount(e) => format!(
+            "{} lacks the {} role; an admin can grant it with `healthsense roles grant {} {}`",
+            e.account,
+            role_name(e.neededRole),
+            role_name(e.neededRole),
+            e.account
+        ),
+        E::EnforcedPause(_) => "the contract is paused; an admin can lift it with `healthsense unpause`".into(),
+        E::UnknownDevice(e) => format!("no device {}: provision it first (`healthsense device provision`)", e.deviceId),
+        E::UnknownPatient(e) => format!("no patient {}: check the id, or admit first", e.patientId),
+        E::InvalidDeviceStatus(e) => format!("device {} has status {}, which does not allow this", e.deviceId, e.status),
+        E::InvalidPatientStatus(e) => format!("patient {} has status {}, which does not allow this", e.patientId, e.status),
+        E::DeviceInUse(e) => format!("device {} is assigned to patient {}; discharge first", e.deviceId, e.patientId),
+        other => format!("{other:?}"),
+    }
+}
+
+/// A signing client for the deployment.
+pub struct Client<P> {
+    provider: P,
+    /// The deployment.
+    pub deployment: Deployment,
+    /// The signing account.
+    pub from: Address,
+}
+
+/// Connects to the deployment's RPC URL with `signer` (if any).
+pub fn connect(deployment: Deployment, signer: Option<PrivateKeySigner>) -> Result<Client<impl Provider>> {
+    let url: url::Url = deployment.rpc_url.parse().context("the deployment file's rpcUrl is not a URL")?;
+    let from = signer.as_ref().map(|s| s.address()).unwrap_or_default();
+    let wallet = signer.map(EthereumWallet::from);
+    let provider = match wallet {
+        Some(w) => ProviderBuilder::new().wallet(w).connect_http(url).erased(),
+        None => ProviderBuilder::new().connect_http(url).erased(),
+    };
+    Ok(Client { provider, deployment, from })
+}
+
+impl<P: Provider> Client<P> {
+    /// Reads a view.
+    pub async fn view<C: SolCall>(&self, call: C) -> Result<C::Return> {
+        let tx = TransactionRequest::default().with_to(self.deployment.address).with_input(call.abi_encode());
+        let out = self.provider.call(tx).await.map_err(|e| self.refusal::<C>(e))?;
+        Ok(C::abi_decode_returns(&out)?)
+    }
+
+    /// Sends a transaction; a revert becomes a [`Refused`] that says why.
+    pub async fn send<C: SolCall>(&self, call: C) -> Result<B256> {
+        let tx = TransactionRequest::default()
+            .with_from(self.from)
+            .with_to(self.deployment.address)
+            .with_input(call.abi_encode());
+        // The dry run turns a revert into its reason before gas is spent.
+        self.provider.call(tx.clone()).await.map_err(|e| self.refusal::<C>(e))?;
+        let receipt = self
+            .provider
+            .send_transaction(tx)
+            .await
+            .with_context(|| format!("sending {}", C::SIGNATURE))?
+            .get_receipt()
+            .await
+            .with_context(|| format!("waiting for the receipt of {}", C::SIGNATURE))?;
+        if !receipt.status() {
+            bail!("{} reverted in block {:?}", C::SIGNATURE, receipt.block_number);
+        }
+        Ok(receipt.transaction_hash)
+    }
+
+    fn refusal<C: SolCall>(&self, e: alloy::transports::TransportError) -> anyhow::Error {
+        match e.as_error_resp().and_then(|r| r.as_revert_data()) {
+            Some(data) => match E::abi_decode(&data) {
+                Ok(err) => Refused { call: C::SIGNATURE, reason: explain(&err) }.into(),
+                Err(_) => anyhow::anyhow!("{} reverted with unknown data {data}", C::SIGNATURE),
+            },
+            None => anyhow::Error::new(e).context(format!("calling {} at {}", C::SIGNATURE, self.deployment.rpc_url)),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_ids_roles_and_categories() {
+        assert_eq!(patient_id("stay-1").unwrap(), ids::device_id("stay-1"));
+        let hex = format!("0x{}", "ab".repeat(32));
+        assert_eq!(patient_id(&hex).unwrap(), B256::repeat_byte(0xab));
+        assert!(patient_id("0x12").is_err());
+        assert!(patient_id(" ").is_err());
+        assert_eq!(role("Doctor").unwrap(), ids::DOCTOR_ROLE);
+        assert!(format!("{:#}", role("nurse").unwrap_err()).contains("admin, hub, doctor or insurer"));
+        assert_eq!(category_mask("bed, laboratory").unwrap(), 0b1_0001);
+        assert_eq!(category_mask("all").unwrap(), 0xff);
+        assert!(format!("{:#}", category_mask("bed,spa").unwrap_err()).contains("unknown category \"spa\""));
+        assert_eq!(role_name(ids::HUB_ROLE), "hub");
+    }
+}

@@ -1,0 +1,113 @@
+//! A ward's life through the `healthsense` binary against a real anvil, as
+//! an admin, hub, doctor and insurer would type it, with the usual mistakes.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use alloy::node_bindings::{Anvil, AnvilInstance};
+use healthsense_cli::tools;
+
+struct Ward {
+    anvil: AnvilInstance,
+    root: PathBuf,
+    deployment: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Ward {
+    fn new() -> Self {
+        let root = tools::project_root().unwrap();
+        let anvil = Anvil::new().path(tools::foundry_tool(&root, "anvil").unwrap()).spawn();
+        let dir = tempfile::tempdir().unwrap();
+        let deployment = dir.path().join("deployment.json");
+        let w = Ward { anvil, root, deployment, _dir: dir };
+        let out = w.run(0, &["deploy", "--rpc-url", w.anvil.endpoint().as_str()]);
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        w
+    }
+
+    /// Runs `healthsense ARGS` as dev account `who`.
+    fn run(&self, who: usize, args: &[&str]) -> Output {
+        Command::new(env!("CARGO_BIN_EXE_healthsense"))
+            .args(args)
+            .arg("--deployment")
+            .arg(&self.deployment)
+            .env("HEALTHSENSE_PRIVATE_KEY", alloy::hex::encode(self.anvil.keys()[who].to_bytes()))
+            .env("HEALTHSENSE_HOME", &self.root)
+            .output()
+            .unwrap()
+    }
+
+    fn ok(&self, who: usize, args: &[&str]) -> String {
+        let out = self.run(who, args);
+        assert!(out.status.success(), "{args:?}: {}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        String::from_utf8(out.stdout).unwrap()
+    }
+
+    fn addr(&self, who: usize) -> String {
+        self.anvil.addresses()[who].to_string()
+    }
+}
+
+const ADMIN: usize = 0;
+const HUB: usize = 1;
+const DOCTOR: usize = 2;
+const INSURER: usize = 3;
+const STRANGER: usize = 4;
+
+#[test]
+fn a_stay_from_admission_to_bill() {
+    let w = Ward::new();
+    for (role, who) in [("hub", HUB), ("doctor", DOCTOR), ("insurer", INSURER)] {
+        w.ok(ADMIN, &["roles", "grant", role, &w.addr(who)]);
+    }
+    assert!(w.ok(STRANGER, &["roles", "check", &w.addr(DOCTOR)]).contains("doctor"));
+    w.ok(ADMIN, &["tariff", "set", "ward-7", "45000"]);
+    assert!(w.ok(STRANGER, &["tariff", "show", "ward-7"]).contains("450.00"));
+    w.ok(ADMIN, &["device", "provision", "HS-77", "--signer", &w.addr(9), "--ward", "ward-7"]);
+    w.ok(HUB, &["device", "activate", "HS-77"]);
+    w.ok(DOCTOR, &["patient", "admit", "stay-77", "--device", "HS-77"]);
+    w.ok(DOCTOR, &["charge", "add", "stay-77", "--code", "99223", "--category", "consultation", "--unit-price", "21000"]);
+    w.ok(DOCTOR, &["charge", "add", "stay-77", "--code", "80053", "--category", "laboratory", "--quantity", "2", "--unit-price", "4800"]);
+    let list = w.ok(STRANGER, &["charge", "list", "stay-77"]);
+    assert!(list.contains("99223") && list.contains("laboratory") && list.contains("48.00"), "{list}");
+    w.ok(INSURER, &["policy", "set", "stay-77", "--coverage-bps", "8000", "--deductible", "10000", "--categories", "bed,consultation"]);
+    let out = w.ok(DOCTOR, &["--json", "patient", "discharge", "stay-77"]);
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["bedDays"], 1);
+    // total = 450.00 bed + 210.00 + 2 x 48.00; eligible 660.00 - 100.00 deductible, 80% covered.
+    assert_eq!((v["total"].as_str(), v["covered"].as_str(), v["due"].as_str()), (Some("75600"), Some("44800"), Some("30800")), "{out}");
+    let bill = w.ok(STRANGER, &["bill", "stay-77"]);
+    assert!(bill.contains("756.00") && bill.contains("448.00") && bill.contains("308.00"), "{bill}");
+    let shown = w.ok(STRANGER, &["--json", "patient", "show", "stay-77"]);
+    assert!(shown.contains("\"discharged\""), "{shown}");
+}
+
+#[test]
+fn mistakes_say_what_to_do_and_exit_with_meaning() {
+    let w = Ward::new();
+    // Wrong role: exit 4 and the grant command to fix it.
+    let out = w.run(STRANGER, &["tariff", "set", "ward-1", "1"]);
+    assert_eq!(out.status.code(), Some(4));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("lacks the admin role") && err.contains("healthsense roles grant admin"), "{err}");
+    // Unknown patient and device: exit 4.
+    assert_eq!(w.run(STRANGER, &["patient", "show", "nobody"]).status.code(), Some(4));
+    assert_eq!(w.run(STRANGER, &["device", "show", "HS-404"]).status.code(), Some(4));
+    w.ok(ADMIN, &["roles", "grant", "doctor", &w.addr(DOCTOR)]);
+    let out = w.run(DOCTOR, &["patient", "admit", "stay-1", "--device", "HS-404"]);
+    assert_eq!(out.status.code(), Some(4));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("provision it first"));
+    // Bad address: a usage error from the argument parser.
+    assert_eq!(w.run(ADMIN, &["roles", "grant", "hub", "0x1234"]).status.code(), Some(2));
+    // Unknown role and category: configuration errors, nothing sent.
+    assert_eq!(w.run(ADMIN, &["roles", "grant", "nurse", &w.addr(HUB)]).status.code(), Some(3));
+    // Missing deployment file: exit 3 and how to make one.
+    let out = Command::new(env!("CARGO_BIN_EXE_healthsense"))
+        .args(["bill", "stay-1", "--deployment"])
+        .arg(Path::new("/nonexistent/deployment.json"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(3));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("healthsense deploy"));
+}
