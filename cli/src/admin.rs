@@ -4,7 +4,7 @@
 use alloy::network::{EthereumWallet, TransactionBuilder};
 use alloy::primitives::{Address, B256};
 use alloy::providers::{Provider, ProviderBuilder};
-use alloy::rpc::types::TransactionRequest;
+use alloy::rpc::types::{TransactionReceipt, TransactionRequest};
 use alloy::signers::local::PrivateKeySigner;
 use alloy::sol_types::{SolCall, SolInterface};
 use anyhow::{bail, Context, Result};
@@ -94,6 +94,19 @@ pub struct Client<P> {
     pub from: Address,
 }
 
+impl<P> Client<P> {
+    /// A client over an existing provider: one whose wallet signs for
+    /// `from`, or a node that signs for it (anvil's dev accounts).
+    pub fn new(provider: P, deployment: Deployment, from: Address) -> Self {
+        Self { provider, deployment, from }
+    }
+
+    /// The underlying provider.
+    pub fn provider(&self) -> &P {
+        &self.provider
+    }
+}
+
 /// Connects to the deployment's RPC URL with `signer` (if any).
 pub fn connect(deployment: Deployment, signer: Option<PrivateKeySigner>) -> Result<Client<impl Provider>> {
     let url: url::Url = deployment.rpc_url.parse().context("the deployment file's rpcUrl is not a URL")?;
@@ -114,10 +127,16 @@ impl<P: Provider> Client<P> {
         Ok(C::abi_decode_returns(&out)?)
     }
 
-    /// Sends a transaction; a revert becomes a [`Refused`] that says why.
+    /// Sends a transaction from the client's account; a revert becomes a
+    /// [`Refused`] that says why.
     pub async fn send<C: SolCall>(&self, call: C) -> Result<B256> {
+        Ok(self.send_from(self.from, call).await?.transaction_hash)
+    }
+
+    /// Sends a transaction from `from` and returns its receipt.
+    pub async fn send_from<C: SolCall>(&self, from: Address, call: C) -> Result<TransactionReceipt> {
         let tx = TransactionRequest::default()
-            .with_from(self.from)
+            .with_from(from)
             .with_to(self.deployment.address)
             .with_input(call.abi_encode());
         // The dry run turns a revert into its reason before gas is spent.
@@ -133,7 +152,7 @@ impl<P: Provider> Client<P> {
         if !receipt.status() {
             bail!("{} reverted in block {:?}", C::SIGNATURE, receipt.block_number);
         }
-        Ok(receipt.transaction_hash)
+        Ok(receipt)
     }
 
     fn refusal<C: SolCall>(&self, e: alloy::transports::TransportError) -> anyhow::Error {

@@ -6,11 +6,9 @@
 
 use std::time::Instant;
 
-use alloy::network::{ReceiptResponse, TransactionBuilder};
 use alloy::node_bindings::Anvil;
 use alloy::primitives::{Address, B256, U256};
 use alloy::providers::{Provider, ProviderBuilder};
-use alloy::rpc::types::TransactionRequest;
 use alloy::signers::{local::PrivateKeySigner, SignerSync};
 use alloy::sol_types::SolCall;
 use anyhow::{bail, ensure, Context, Result};
@@ -19,6 +17,7 @@ use healthsense_abi::rules::{billing, eip712, ids, merkle, reading::reading_leaf
 use healthsense_abi::Reading;
 use serde::Serialize;
 
+use crate::admin::Client;
 use crate::{artifact, deploy, tools};
 
 /// Figures the demo ends with (also its `--json` output).
@@ -62,9 +61,9 @@ pub struct BillLine {
     pub due: U256,
 }
 
+/// The admin client plus the demo's tallies.
 struct Ward<P> {
-    provider: P,
-    contract: Address,
+    client: Client<P>,
     txs: usize,
     gas: u64,
     quiet: bool,
@@ -72,24 +71,14 @@ struct Ward<P> {
 
 impl<P: Provider> Ward<P> {
     async fn send<C: SolCall>(&mut self, from: Address, call: C) -> Result<()> {
-        let tx = TransactionRequest::default().with_from(from).with_to(self.contract).with_input(call.abi_encode());
-        let receipt = self
-            .provider
-            .send_transaction(tx)
-            .await
-            .with_context(|| format!("sending {}", C::SIGNATURE))?
-            .get_receipt()
-            .await?;
-        ensure!(receipt.status(), "{} reverted", C::SIGNATURE);
+        let receipt = self.client.send_from(from, call).await?;
         self.txs += 1;
-        self.gas += receipt.gas_used();
+        self.gas += receipt.gas_used;
         Ok(())
     }
 
     async fn view<C: SolCall>(&self, call: C) -> Result<C::Return> {
-        let tx = TransactionRequest::default().with_to(self.contract).with_input(call.abi_encode());
-        let out = self.provider.call(tx).await.with_context(|| format!("calling {}", C::SIGNATURE))?;
-        Ok(C::abi_decode_returns(&out)?)
+        self.client.view(call).await
     }
 
     fn step(&self, msg: &str) {
@@ -135,7 +124,7 @@ pub async fn run(quiet: bool) -> Result<Summary> {
     }
     let code = artifact::load_or_build(&root)?;
     let d = deploy::deploy_evm(&provider, anvil.endpoint().as_str(), admin, admin, code).await?;
-    let mut w = Ward { provider, contract: d.address, txs: 1, gas: 0, quiet };
+    let mut w = Ward { client: Client::new(provider, d.clone(), admin), txs: 1, gas: 0, quiet };
     w.step(&format!("deployed the EVM edition at {}", d.address));
 
     for (role, who) in [(ids::HUB_ROLE, hub), (ids::DOCTOR_ROLE, doctor), (ids::INSURER_ROLE, insurer)] {
@@ -216,7 +205,7 @@ pub async fn run(quiet: bool) -> Result<Summary> {
     order.sort_unstable();
     let mut bills = Vec::new();
     for (at, i) in order {
-        w.provider.raw_request::<_, ()>("evm_setNextBlockTimestamp".into(), (at,)).await?;
+        w.client.provider().raw_request::<_, ()>("evm_setNextBlockTimestamp".into(), (at,)).await?;
         w.send(hub, H::dischargeCall { patientId: patients[i] }).await?;
         let b = w.view(H::getBillCall { patientId: patients[i] }).await?;
         bills.push(BillLine { patient: patients[i], bed_days: b.bedDays, total: b.total, covered: b.covered, due: b.due });
