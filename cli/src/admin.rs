@@ -155,6 +155,30 @@ impl<P: Provider> Client<P> {
         Ok(receipt)
     }
 
+    /// Current role holders, replayed from `RoleGranted`/`RoleRevoked` since
+    /// the deployment block, in order of first grant.
+    pub async fn role_holders(&self) -> Result<Vec<(B256, Address)>> {
+        use alloy::rpc::types::Filter;
+        use alloy::sol_types::SolEvent;
+        use healthsense_abi::bindings::HealthSense::{RoleGranted, RoleRevoked};
+        let filter = Filter::new()
+            .address(self.deployment.address)
+            .from_block(self.deployment.deploy_block)
+            .event_signature(vec![RoleGranted::SIGNATURE_HASH, RoleRevoked::SIGNATURE_HASH]);
+        let logs = self.provider.get_logs(&filter).await.context("reading role events")?;
+        let mut holders: Vec<(B256, Address)> = Vec::new();
+        for log in logs {
+            if let Ok(g) = RoleGranted::decode_log_data(log.data()) {
+                if !holders.contains(&(g.role, g.account)) {
+                    holders.push((g.role, g.account));
+                }
+            } else if let Ok(r) = RoleRevoked::decode_log_data(log.data()) {
+                holders.retain(|h| *h != (r.role, r.account));
+            }
+        }
+        Ok(holders)
+    }
+
     fn refusal<C: SolCall>(&self, e: alloy::transports::TransportError) -> anyhow::Error {
         match e.as_error_resp().and_then(|r| r.as_revert_data()) {
             Some(data) => match E::abi_decode(&data) {

@@ -106,6 +106,8 @@ enum RolesCmd {
     Revoke { role: String, address: Address },
     /// Which roles ADDRESS holds.
     Check { address: Address },
+    /// Every current role holder (replayed from the contract's role events).
+    List,
 }
 
 #[derive(Subcommand)]
@@ -301,7 +303,7 @@ async fn contract_command(cli: Cli) -> Result<()> {
     let d = deployment::Deployment::load(&path).map_err(ConfigError)?;
     let writes = !matches!(
         cli.command,
-        Command::Roles(RolesCmd::Check { .. })
+        Command::Roles(RolesCmd::Check { .. } | RolesCmd::List)
             | Command::Device(DeviceCmd::Show { .. })
             | Command::Patient(PatientCmd::Show { .. })
             | Command::Charge(ChargeCmd::List { .. })
@@ -330,6 +332,16 @@ async fn contract_command(cli: Cli) -> Result<()> {
             }
             let text = if held.is_empty() { format!("{address}: no roles") } else { format!("{address}: {}", held.join(", ")) };
             show(j, json!({ "address": address, "roles": held }), text);
+        }
+        Command::Roles(RolesCmd::List) => {
+            let holders = c.role_holders().await?;
+            let text = holders
+                .iter()
+                .map(|(r, a)| format!("{:<8} {a}", admin::role_name(*r)))
+                .collect::<Vec<_>>()
+                .join("\n");
+            let rows: Vec<_> = holders.iter().map(|(r, a)| json!({ "role": admin::role_name(*r), "account": a })).collect();
+            show(j, json!(rows), text);
         }
         Command::Device(DeviceCmd::Provision { serial, signer, ward }) => {
             let id = ids::device_id(&serial);

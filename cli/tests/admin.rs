@@ -62,6 +62,20 @@ fn a_stay_from_admission_to_bill() {
         w.ok(ADMIN, &["roles", "grant", role, &w.addr(who)]);
     }
     assert!(w.ok(STRANGER, &["roles", "check", &w.addr(DOCTOR)]).contains("doctor"));
+    w.ok(ADMIN, &["roles", "grant", "hub", &w.addr(STRANGER)]);
+    w.ok(ADMIN, &["roles", "revoke", "hub", &w.addr(STRANGER)]);
+    let list: serde_json::Value = serde_json::from_str(&w.ok(STRANGER, &["--json", "roles", "list"])).unwrap();
+    let pairs: Vec<(String, String)> = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| (v["role"].as_str().unwrap().to_string(), v["account"].as_str().unwrap().parse::<alloy::primitives::Address>().unwrap().to_string()))
+        .collect();
+    let want: Vec<(String, String)> = [("admin", ADMIN), ("hub", HUB), ("doctor", DOCTOR), ("insurer", INSURER)]
+        .iter()
+        .map(|(r, who)| (r.to_string(), w.addr(*who)))
+        .collect();
+    assert_eq!(pairs, want, "revoked holders drop out, the rest stay in grant order");
     w.ok(ADMIN, &["tariff", "set", "ward-7", "45000"]);
     assert!(w.ok(STRANGER, &["tariff", "show", "ward-7"]).contains("450.00"));
     w.ok(ADMIN, &["device", "provision", "HS-77", "--signer", &w.addr(9), "--ward", "ward-7"]);
