@@ -7,7 +7,7 @@ use alloy::primitives::Address;
 use alloy::providers::{Provider, ProviderBuilder};
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
-use healthsense_cli::deployment::{self, Edition};
+use healthsense_cli::deployment::{self, Deployment, Edition};
 use healthsense_abi::bindings::HealthSense as H;
 use healthsense_abi::rules::{ids, status};
 use healthsense_cli::{admin, artifact, demo, deploy, keys::KeyArgs, tools};
@@ -69,6 +69,16 @@ enum Command {
     /// and runs roles, devices, admissions, signed readings anchored and proven on chain,
     /// charges, insurance, discharges and bills. Exits non-zero if any step fails.
     Demo,
+    /// Run a ward-hub oracle: MQTT ingest of signed vitals, durable store, anchoring.
+    ///
+    /// Reads a TOML config (docs/ORACLE.md); chain.rpc_url and chain.contract default to the
+    /// deployment file's. The hub key comes from chain.keystore in the config or from
+    /// HEALTHSENSE_HUB_PRIVATE_KEY. Runs until Ctrl-C or SIGTERM, then drains and stops.
+    Oracle {
+        /// Oracle configuration file.
+        #[arg(long, short, default_value = "oracle.toml", env = "HEALTHSENSE_ORACLE_CONFIG")]
+        config: PathBuf,
+    },
     /// Grant, revoke or check roles (admin, hub, doctor, insurer).
     #[command(subcommand)]
     Roles(RolesCmd),
@@ -194,11 +204,13 @@ enum PolicyCmd {
 
 #[tokio::main]
 async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    // A service logs what it does; a one-shot command only its warnings.
+    let default = if matches!(cli.command, Command::Oracle { .. }) { "info,rumqttd=warn" } else { "warn" };
     tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("HEALTHSENSE_LOG").unwrap_or_else(|_| "warn".into()))
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("HEALTHSENSE_LOG").unwrap_or_else(|_| default.into()))
         .with_writer(std::io::stderr)
         .init();
-    let cli = Cli::parse();
     match run(cli).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
@@ -221,10 +233,21 @@ async fn main() -> ExitCode {
 struct ConfigError(anyhow::Error);
 
 async fn run(cli: Cli) -> Result<()> {
-    if !matches!(cli.command, Command::Deploy { .. } | Command::Demo) {
+    if !matches!(cli.command, Command::Deploy { .. } | Command::Demo | Command::Oracle { .. }) {
         return contract_command(cli).await;
     }
     match cli.command {
+        Command::Oracle { config } => {
+            let mut cfg = healthsense_oracle::Config::load(&config).map_err(ConfigError)?;
+            if cfg.chain.contract.is_none() || cfg.chain.rpc_url.is_none() {
+                let path = deployment::resolve_path(cli.deployment.clone());
+                let d = Deployment::load(&path).map_err(ConfigError)?;
+                cfg.chain.contract.get_or_insert(d.address);
+                cfg.chain.rpc_url.get_or_insert(d.rpc_url);
+                cfg.chain.chain_id.get_or_insert(d.chain_id);
+            }
+            healthsense_oracle::run(cfg).await
+        }
         Command::Demo => {
             let s = demo::run(cli.json).await?;
             if cli.json {
@@ -466,7 +489,7 @@ async fn contract_command(cli: Cli) -> Result<()> {
         }
         Command::Pause => done(j, "paused", c.send(H::pauseCall {}).await?),
         Command::Unpause => done(j, "unpaused", c.send(H::unpauseCall {}).await?),
-        Command::Deploy { .. } | Command::Demo => unreachable!("handled in run"),
+        Command::Deploy { .. } | Command::Demo | Command::Oracle { .. } => unreachable!("handled in run"),
     }
     Ok(())
 }

@@ -1,6 +1,8 @@
 //! A ward's life through the `healthsense` binary against a real anvil, as
 //! an admin, hub, doctor and insurer would type it, with the usual mistakes.
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
@@ -28,14 +30,7 @@ impl Ward {
 
     /// Runs `healthsense ARGS` as dev account `who`.
     fn run(&self, who: usize, args: &[&str]) -> Output {
-        Command::new(env!("CARGO_BIN_EXE_healthsense"))
-            .args(args)
-            .arg("--deployment")
-            .arg(&self.deployment)
-            .env("HEALTHSENSE_PRIVATE_KEY", alloy::hex::encode(self.anvil.keys()[who].to_bytes()))
-            .env("HEALTHSENSE_HOME", &self.root)
-            .output()
-            .unwrap()
+        common::healthsense(&self.anvil, who, &self.deployment, &self.root, args)
     }
 
     fn ok(&self, who: usize, args: &[&str]) -> String {

@@ -1,2 +1,23 @@
-//! The HealthSense ward-hub oracle. Not built yet: see the open issue
-//! "Ward-hub oracle"; nothing here pretends to work.
+//! The HealthSense ward-hub oracle, laid out along the data path:
+//!
+//! [`protocol`] (topics, codes, the signed SenML envelope) ->
+//! [`ingest`] (verify with [`devices`], commit to [`store`], acknowledge) ->
+//! [`anchor`] (Merkle batches on chain through [`chain`]),
+//! with [`broker`] (embedded rumqttd), [`metrics`] and [`hub`] (start/stop)
+//! around them. Configuration: [`config`]; operations guide:
+//! `docs/ORACLE.md`; wire protocol: `docs/PROTOCOL.md`.
+#![warn(missing_docs)]
+
+pub mod anchor;
+pub mod broker;
+pub mod chain;
+pub mod config;
+pub mod devices;
+pub mod hub;
+pub mod ingest;
+pub mod metrics;
+pub mod protocol;
+pub mod store;
+
+pub use config::Config;
+pub use hub::{run, start, Options, RunningHub};

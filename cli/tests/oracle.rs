@@ -1,0 +1,608 @@
+//! The ward-hub oracle end to end: `healthsense oracle` processes against a
+//! real anvil and a real broker (the embedded rumqttd, or a Mosquitto that
+//! scripts/setup installs and each test starts on a free port), with devices
+//! that sign readings and talk MQTT like the bedside firmware would.
+
+mod common;
+
+use std::collections::{BTreeMap, HashSet};
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use alloy::node_bindings::{Anvil, AnvilInstance};
+use alloy::primitives::{Address, B256};
+use alloy::providers::{Provider, ProviderBuilder};
+use alloy::rpc::types::Filter;
+use alloy::signers::local::PrivateKeySigner;
+use alloy::sol_types::SolEvent;
+use healthsense_abi::bindings::HealthSense;
+use healthsense_abi::rules::{eip712, ids, reading::reading_leaf};
+use healthsense_abi::Reading;
+use healthsense_cli::tools;
+use healthsense_oracle::protocol::{self, Code, DeviceTopic, StatusReply, Topics};
+use healthsense_oracle::store::{Binding, Counts, Store};
+use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
+use tokio::sync::mpsc;
+
+const ADMIN: usize = 0;
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// anvil with the contract deployed and hub roles granted.
+struct Net {
+    anvil: AnvilInstance,
+    root: PathBuf,
+    dir: tempfile::TempDir,
+    deployment: PathBuf,
+    contract: Address,
+    domain: B256,
+}
+
+impl Net {
+    fn new(hubs: &[usize]) -> Self {
+        let root = tools::project_root().unwrap();
+        let anvil = Anvil::new().path(tools::foundry_tool(&root, "anvil").unwrap()).spawn();
+        let dir = tempfile::tempdir().unwrap();
+        let deployment = dir.path().join("deployment.json");
+        let mut net = Net { anvil, root, dir, deployment, contract: Address::ZERO, domain: B256::ZERO };
+        net.cli(ADMIN, &["deploy", "--rpc-url", net.anvil.endpoint().as_str()]);
+        let d: serde_json::Value = serde_json::from_slice(&std::fs::read(&net.deployment).unwrap()).unwrap();
+        net.contract = d["address"].as_str().unwrap().parse().unwrap();
+        net.domain = eip712::domain_separator(net.anvil.chain_id(), net.contract);
+        for &h in hubs {
+            net.cli(ADMIN, &["roles", "grant", "hub", &net.anvil.addresses()[h].to_string()]);
+        }
+        net
+    }
+
+    fn cli(&self, who: usize, args: &[&str]) -> String {
+        let out = common::healthsense(&self.anvil, who, &self.deployment, &self.root, args);
+        assert!(out.status.success(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8(out.stdout).unwrap()
+    }
+
+    /// Provisions a device for `ward` and returns its key.
+    fn provision(&self, serial: &str, ward: &str) -> PrivateKeySigner {
+        let key = PrivateKeySigner::random();
+        self.cli(ADMIN, &["device", "provision", serial, "--signer", &key.address().to_string(), "--ward", ward]);
+        key
+    }
+
+    fn hub_address(&self, who: usize) -> Address {
+        self.anvil.addresses()[who]
+    }
+
+    async fn provider(&self) -> impl Provider {
+        ProviderBuilder::new().connect_http(self.anvil.endpoint_url())
+    }
+
+    /// `BatchAnchored` events of `hub`: seq -> (root, leaf count), and how many there were.
+    async fn anchored(&self, hub: Address) -> (BTreeMap<u64, (B256, u32)>, usize) {
+        let p = self.provider().await;
+        let filter = Filter::new()
+            .address(self.contract)
+            .from_block(0)
+            .event_signature(HealthSense::BatchAnchored::SIGNATURE_HASH);
+        let mut map = BTreeMap::new();
+        let mut n = 0;
+        for log in p.get_logs(&filter).await.unwrap() {
+            let e = HealthSense::BatchAnchored::decode_log_data(log.data()).unwrap();
+            if e.hub == hub {
+                n += 1;
+                map.insert(e.seq, (e.root, e.leafCount));
+            }
+        }
+        (map, n)
+    }
+}
+
+enum Broker {
+    Embedded,
+    External(u16),
+}
+
+/// A `healthsense oracle` process.
+struct Hub {
+    name: String,
+    who: usize,
+    child: Option<Child>,
+    config: PathBuf,
+    log: PathBuf,
+    store: PathBuf,
+    mqtt_port: u16,
+    metrics_port: u16,
+    binding: Binding,
+}
+
+impl Hub {
+    fn start(net: &Net, name: &str, ward: &str, who: usize, broker: Broker, batch: usize) -> Hub {
+        let store = net.dir.path().join(format!("{name}.sqlite"));
+        let metrics_port = free_port();
+        let (mqtt, mqtt_port) = match broker {
+            Broker::Embedded => {
+                let port = free_port();
+                (format!("embedded = true\nlisten = \"127.0.0.1:{port}\""), port)
+            }
+            Broker::External(port) => (format!("embedded = false\nhost = \"127.0.0.1\"\nport = {port}"), port),
+        };
+        let config = net.dir.path().join(format!("{name}.toml"));
+        std::fs::write(
+            &config,
+            format!(
+                "hub = \"{name}\"\nward = \"{ward}\"\nstore = \"{}\"\n[chain]\npoll_ms = 100\n[mqtt]\n{mqtt}\n\
+                 [anchor]\nbatch_size = {batch}\ninterval_ms = 300\nmax_backoff_ms = 1000\n\
+                 [metrics]\nlisten = \"127.0.0.1:{metrics_port}\"\n",
+                store.display()
+            ),
+        )
+        .unwrap();
+        let binding = Binding { chain_id: net.anvil.chain_id(), contract: net.contract, hub: net.hub_address(who) };
+        let log = net.dir.path().join(format!("{name}.log"));
+        let mut hub = Hub { name: name.into(), who, child: None, config, log, store, mqtt_port, metrics_port, binding };
+        hub.spawn(net);
+        hub
+    }
+
+    fn spawn(&mut self, net: &Net) {
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log).unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_healthsense"))
+            .args(["oracle", "--config"])
+            .arg(&self.config)
+            .arg("--deployment")
+            .arg(&net.deployment)
+            .env("HEALTHSENSE_HUB_PRIVATE_KEY", alloy::hex::encode(net.anvil.keys()[self.who].to_bytes()))
+            .env("HEALTHSENSE_LOG", "info,rumqttd=warn")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while std::net::TcpStream::connect(("127.0.0.1", self.metrics_port)).is_err() {
+            assert!(Instant::now() < deadline, "hub {} did not start:\n{}", self.name, self.logs());
+            if let Some(status) = self.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
+                panic!("hub {} exited with {status}:\n{}", self.name, self.logs());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    fn logs(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    fn counts(&self) -> Counts {
+        Store::open(&self.store, self.binding).unwrap().counts().unwrap()
+    }
+
+    fn metrics(&self) -> String {
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", self.metrics_port)).unwrap();
+        write!(s, "GET /metrics HTTP/1.0\r\nHost: x\r\n\r\n").unwrap();
+        let mut out = String::new();
+        s.read_to_string(&mut out).unwrap();
+        out
+    }
+
+    /// Waits until `done(counts)` holds.
+    fn wait(&self, what: &str, done: impl Fn(&Counts) -> bool) -> Counts {
+        let deadline = Instant::now() + Duration::from_secs(90);
+        loop {
+            let c = self.counts();
+            if done(&c) {
+                return c;
+            }
+            assert!(Instant::now() < deadline, "hub {}: timed out waiting for {what}: {c:?}\n{}", self.name, self.logs());
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+impl Drop for Hub {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// A real Mosquitto on a free port, queueing for offline persistent sessions.
+struct Mosquitto {
+    child: Child,
+    port: u16,
+    _dir: tempfile::TempDir,
+}
+
+impl Mosquitto {
+    fn start() -> Mosquitto {
+        let bin = ["/usr/sbin/mosquitto", "/usr/bin/mosquitto"]
+            .into_iter()
+            .find(|p| Path::new(p).exists())
+            .expect("mosquitto is not installed: run scripts/setup (apt-get install mosquitto)");
+        let dir = tempfile::tempdir().unwrap();
+        let port = free_port();
+        let conf = dir.path().join("mosquitto.conf");
+        std::fs::write(
+            &conf,
+            format!(
+                "listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\nmax_queued_messages 0\n\
+                 max_inflight_messages 1000\nlog_dest stderr\n"
+            ),
+        )
+        .unwrap();
+        let child = Command::new(bin).arg("-c").arg(&conf).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "mosquitto did not start on {port}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Mosquitto { child, port, _dir: dir }
+    }
+}
+
+impl Drop for Mosquitto {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A bedside device (or an attacker) on the broker.
+struct Device {
+    serial: String,
+    key: PrivateKeySigner,
+    seq: u64,
+}
+
+impl Device {
+    fn new(serial: &str, key: PrivateKeySigner) -> Self {
+        Device { serial: serial.into(), key, seq: 0 }
+    }
+
+    fn next(&mut self, i: u64) -> Reading {
+        self.seq += 1;
+        Reading {
+            deviceId: ids::device_id(&self.serial),
+            seq: self.seq,
+            timestamp: healthsense_oracle::ingest::now_ms(),
+            heartRate: 60 + (i % 40) as u16,
+            respRate: 12 + (i % 8) as u16,
+            spo2: 94 + (i % 6) as u16,
+            systolic: 110 + (i % 30) as u16,
+            diastolic: 70 + (i % 15) as u16,
+            temperature: 3_650 + (i % 50) as u16,
+            consciousness: 1,
+        }
+    }
+}
+
+/// An MQTT client that collects the hub's status replies.
+struct Mqtt {
+    client: AsyncClient,
+    replies: mpsc::UnboundedReceiver<(String, StatusReply, bool)>,
+    topics: Topics,
+}
+
+impl Mqtt {
+    async fn connect(port: u16, id: &str, hub: &str) -> Mqtt {
+        let mut opts = MqttOptions::new(id, "127.0.0.1", port);
+        opts.set_keep_alive(Duration::from_secs(5)).set_inflight(500).set_max_packet_size(1 << 20, 1 << 20);
+        let (client, mut eventloop) = AsyncClient::new(opts, 10_000);
+        let topics = Topics::new(hub).unwrap();
+        client.subscribe(topics.device_filter(DeviceTopic::Status), QoS::AtLeastOnce).await.unwrap();
+        let (tx, replies) = mpsc::unbounded_channel();
+        let t = topics.clone();
+        tokio::spawn(async move {
+            loop {
+                match eventloop.poll().await {
+                    Ok(Event::Incoming(Packet::Publish(p))) => {
+                        if let (Some((serial, _)), Ok(reply)) = (t.parse(&p.topic), serde_json::from_slice(&p.payload)) {
+                            let _ = tx.send((serial.to_string(), reply, p.retain));
+                        }
+                    }
+                    Ok(_) => {}
+                    Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+                }
+            }
+        });
+        Mqtt { client, replies, topics }
+    }
+
+    async fn publish(&self, serial: &str, kind: DeviceTopic, payload: Vec<u8>) {
+        self.client.publish(self.topics.device(serial, kind), QoS::AtLeastOnce, false, payload).await.unwrap();
+    }
+
+    /// Says hello until the hub answers with a final code.
+    async fn hello(&mut self, d: &Device) -> Code {
+        let body = serde_json::json!({ "signer": d.key.address() }).to_string().into_bytes();
+        for _ in 0..60 {
+            self.publish(&d.serial, DeviceTopic::Hello, body.clone()).await;
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(1);
+            while let Ok(Some((serial, reply, _))) = tokio::time::timeout_at(deadline, self.replies.recv()).await {
+                if serial == d.serial && reply.code != Code::Initialised {
+                    return reply.code;
+                }
+            }
+        }
+        panic!("no hello reply for {}", d.serial);
+    }
+
+    async fn vitals(&self, net: &Net, d: &Device, r: &Reading) {
+        let payload = protocol::sign_vitals(&d.key, net.domain, &d.serial, r).unwrap();
+        self.publish(&d.serial, DeviceTopic::Vitals, payload).await;
+    }
+
+    /// The next non-retained reply for `serial`.
+    async fn rejection(&mut self, serial: &str) -> StatusReply {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            match tokio::time::timeout_at(deadline, self.replies.recv()).await {
+                Ok(Some((s, reply, false))) if s == serial => return reply,
+                Ok(Some(_)) => continue,
+                _ => panic!("no status reply for {serial}"),
+            }
+        }
+    }
+}
+
+fn rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap()
+}
+
+/// Every stored reading of `hub` verifies on chain with its stored proof.
+async fn verify_all_on_chain(net: &Net, hub: &Hub, devices: &[&Device]) -> usize {
+    let p = net.provider().await;
+    let contract = HealthSense::new(net.contract, &p);
+    let store = Store::open(&hub.store, hub.binding).unwrap();
+    let mut n = 0;
+    for d in devices {
+        let rows = store.device_readings(ids::device_id(&d.serial)).unwrap();
+        assert_eq!(rows.len() as u64, d.seq, "{}: every sent reading stored once", d.serial);
+        for (i, row) in rows.iter().enumerate() {
+            assert_eq!(row.reading.seq, i as u64 + 1);
+            let batch = ids::batch_id(hub.binding.hub, row.batch_seq.expect("batched"));
+            let ok = contract.verifyReading(batch, reading_leaf(&row.reading), row.proof.clone()).call().await.unwrap();
+            assert!(ok, "{} seq {} does not verify on chain", d.serial, row.reading.seq);
+            n += 1;
+        }
+    }
+    n
+}
+
+#[test]
+fn hub_stores_anchors_and_proves_every_reading() {
+    let net = Net::new(&[1]);
+    let mut devices: Vec<Device> =
+        (1..=3).map(|i| format!("HS-A{i}")).map(|s| Device::new(&s, net.provision(&s, "ward-3"))).collect();
+    let hub = Hub::start(&net, "ward-3", "ward-3", 1, Broker::Embedded, 40);
+    rt().block_on(async {
+        let mut mqtt = Mqtt::connect(hub.mqtt_port, "bedside", "ward-3").await;
+        for d in &devices {
+            assert_eq!(mqtt.hello(d).await, Code::Registered);
+        }
+        // The hello activated each device on chain.
+        assert!(net.cli(ADMIN, &["device", "show", "HS-A1"]).contains("active"));
+        for i in 0..50u64 {
+            for d in devices.iter_mut() {
+                let r = d.next(i);
+                mqtt.vitals(&net, d, &r).await;
+            }
+        }
+        let c = hub.wait("150 anchored readings", |c| c.anchored_readings == 150);
+        assert_eq!((c.readings, c.unbatched, c.batches_pending, c.rejections), (150, 0, 0, 0));
+        let refs: Vec<&Device> = devices.iter().collect();
+        assert_eq!(verify_all_on_chain(&net, &hub, &refs).await, 150);
+        let (on_chain, events) = net.anchored(hub.binding.hub).await;
+        assert_eq!(on_chain.values().map(|(_, n)| *n as u64).sum::<u64>(), 150);
+        assert_eq!(events as u64, c.batches_anchored);
+
+        // A late subscriber learns the deployment and the hub's presence from retained messages.
+        let opts = MqttOptions::new("late", "127.0.0.1", hub.mqtt_port);
+        let (late, mut ev) = AsyncClient::new(opts, 10);
+        late.subscribe(protocol::CONTRACT_TOPIC, QoS::AtLeastOnce).await.unwrap();
+        let announcement = loop {
+            if let Event::Incoming(Packet::Publish(p)) = ev.poll().await.unwrap() {
+                break serde_json::from_slice::<protocol::Announcement>(&p.payload).unwrap();
+            }
+        };
+        assert_eq!((announcement.address, announcement.chain_id), (net.contract, net.anvil.chain_id()));
+        assert_eq!(announcement.domain_separator, net.domain);
+    });
+    let metrics = hub.metrics();
+    assert!(metrics.contains("healthsense_oracle_readings_stored_total 150"), "{metrics}");
+    assert!(metrics.contains("healthsense_oracle_readings_anchored_total 150"), "{metrics}");
+}
+
+#[test]
+fn bad_input_is_rejected_with_its_code_and_never_reaches_the_chain() {
+    let broker = Mosquitto::start();
+    let net = Net::new(&[1]);
+    let mut good = Device::new("HS-OK", net.provision("HS-OK", "ward-3"));
+    let revoked = Device::new("HS-REV", net.provision("HS-REV", "ward-3"));
+    let pending = Device::new("HS-PEND", net.provision("HS-PEND", "ward-3"));
+    let foreign = Device::new("HS-FOREIGN", net.provision("HS-FOREIGN", "ward-9"));
+    let hub = Hub::start(&net, "ward-3", "ward-3", 1, Broker::External(broker.port), 10);
+    rt().block_on(async {
+        let mut mqtt = Mqtt::connect(broker.port, "attacker", "ward-3").await;
+        assert_eq!(mqtt.hello(&good).await, Code::Registered);
+        assert_eq!(mqtt.hello(&revoked).await, Code::Registered);
+        assert_eq!(mqtt.hello(&foreign).await, Code::WrongWard);
+        let stranger = Device::new("HS-NOBODY", PrivateKeySigner::random());
+        assert_eq!(mqtt.hello(&stranger).await, Code::UnknownDevice);
+        let impostor = Device::new("HS-OK", PrivateKeySigner::random());
+        assert_eq!(mqtt.hello(&impostor).await, Code::WrongSigner);
+        net.cli(ADMIN, &["device", "revoke", "HS-REV"]);
+        // The hub learns of the revocation from the chain's events.
+        tokio::time::sleep(Duration::from_millis(600)).await;
+
+        let r = good.next(1);
+        let signed = protocol::sign_vitals(&good.key, net.domain, "HS-OK", &r).unwrap();
+        let mutate = |f: &dyn Fn(&mut serde_json::Value)| {
+            let mut v: serde_json::Value = serde_json::from_slice(&signed).unwrap();
+            f(&mut v);
+            serde_json::to_vec(&v).unwrap()
+        };
+        // High-s twin of a valid signature: ecrecover-valid math, refused by EIP-2.
+        let high_s = {
+            let sig = alloy::primitives::Signature::from_raw(
+                &alloy::hex::decode(serde_json::from_slice::<serde_json::Value>(&signed).unwrap()["sig"].as_str().unwrap())
+                    .unwrap(),
+            )
+            .unwrap();
+            let n = alloy::primitives::uint!(0xFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFEBAAEDCE6AF48A03BBFD25E8CD0364141_U256);
+            let twin = alloy::primitives::Signature::new(sig.r(), n - sig.s(), !sig.v());
+            mutate(&|v| v["sig"] = alloy::hex::encode_prefixed(twin.as_bytes()).into())
+        };
+        let other_key = PrivateKeySigner::random();
+        let cases: Vec<(&str, &str, Vec<u8>, Code)> = vec![
+            ("malformed JSON", "HS-OK", b"{\"seq\": 1, \"sig\": ".to_vec(), Code::Malformed),
+            ("missing fields", "HS-OK", mutate(&|v| { v.as_object_mut().unwrap().remove("sig"); }), Code::MissingField),
+            ("bad signature", "HS-OK", high_s, Code::BadSignature),
+            ("wrong signer", "HS-OK", protocol::sign_vitals(&other_key, net.domain, "HS-OK", &r).unwrap(), Code::WrongSigner),
+            ("tampered value", "HS-OK", mutate(&|v| v["senml"][0]["v"] = 75.0.into()), Code::WrongSigner),
+            ("unknown device", "HS-NOBODY", protocol::sign_vitals(&stranger.key, net.domain, "HS-NOBODY", &Reading { deviceId: ids::device_id("HS-NOBODY"), ..r.clone() }).unwrap(), Code::UnknownDevice),
+            ("revoked device", "HS-REV", protocol::sign_vitals(&revoked.key, net.domain, "HS-REV", &Reading { deviceId: ids::device_id("HS-REV"), ..r.clone() }).unwrap(), Code::Revoked),
+            ("never said hello", "HS-PEND", protocol::sign_vitals(&pending.key, net.domain, "HS-PEND", &Reading { deviceId: ids::device_id("HS-PEND"), ..r.clone() }).unwrap(), Code::NotRegistered),
+            ("out of range", "HS-OK", protocol::sign_vitals(&good.key, net.domain, "HS-OK", &Reading { spo2: 30, ..r.clone() }).unwrap(), Code::OutOfRange),
+            ("oversized", "HS-OK", mutate(&|v| v["pad"] = "x".repeat(4096).into()), Code::Oversized),
+        ];
+        for (what, serial, payload, code) in &cases {
+            mqtt.publish(serial, DeviceTopic::Vitals, payload.clone()).await;
+            let reply = mqtt.rejection(serial).await;
+            assert_eq!(reply.code, *code, "{what}: {}", reply.reason);
+        }
+        // The good reading goes through; a replay of its sequence number
+        // with other values is refused, an exact redelivery is absorbed.
+        mqtt.publish("HS-OK", DeviceTopic::Vitals, signed.clone()).await;
+        let replay = protocol::sign_vitals(&good.key, net.domain, "HS-OK", &Reading { heartRate: 99, ..r.clone() }).unwrap();
+        mqtt.publish("HS-OK", DeviceTopic::Vitals, replay).await;
+        assert_eq!(mqtt.rejection("HS-OK").await.code, Code::Replayed);
+        mqtt.publish("HS-OK", DeviceTopic::Vitals, signed.clone()).await;
+        let c = hub.wait("the good reading anchored", |c| c.anchored_readings == 1);
+        assert_eq!((c.readings, c.rejections), (1, cases.len() as u64 + 1));
+        let (on_chain, _) = net.anchored(hub.binding.hub).await;
+        assert_eq!(on_chain.values().map(|(_, n)| *n).sum::<u32>(), 1, "only the good reading reached the chain");
+        let refs = [&good];
+        assert_eq!(verify_all_on_chain(&net, &hub, &refs).await, 1);
+    });
+    let metrics = hub.metrics();
+    for (reason, n) in [("wrong_signer", 2), ("replayed", 1), ("oversized", 1), ("malformed", 1)] {
+        let line = format!("healthsense_oracle_readings_rejected_total{{reason=\"{reason}\"}} {n}");
+        assert!(metrics.contains(&line), "{line} missing:\n{metrics}");
+    }
+    assert!(metrics.contains("healthsense_oracle_readings_redelivered_total 1"), "{metrics}");
+}
+
+#[test]
+fn two_hubs_anchor_their_own_batches_on_one_contract() {
+    let broker = Mosquitto::start();
+    let net = Net::new(&[1, 2]);
+    let mut a: Vec<Device> = (1..=2).map(|i| format!("HS-W1-{i}")).map(|s| Device::new(&s, net.provision(&s, "ward-1"))).collect();
+    let mut b: Vec<Device> = (1..=2).map(|i| format!("HS-W2-{i}")).map(|s| Device::new(&s, net.provision(&s, "ward-2"))).collect();
+    let hub_a = Hub::start(&net, "ward-1", "ward-1", 1, Broker::External(broker.port), 25);
+    let hub_b = Hub::start(&net, "ward-2", "ward-2", 2, Broker::External(broker.port), 25);
+    rt().block_on(async {
+        let mut ma = Mqtt::connect(broker.port, "beds-1", "ward-1").await;
+        let mut mb = Mqtt::connect(broker.port, "beds-2", "ward-2").await;
+        for d in &a {
+            assert_eq!(ma.hello(d).await, Code::Registered);
+        }
+        for d in &b {
+            assert_eq!(mb.hello(d).await, Code::Registered);
+        }
+        for i in 0..60u64 {
+            for d in a.iter_mut() {
+                let r = d.next(i);
+                ma.vitals(&net, d, &r).await;
+            }
+            for d in b.iter_mut() {
+                let r = d.next(i);
+                mb.vitals(&net, d, &r).await;
+            }
+        }
+        hub_a.wait("hub A anchored", |c| c.anchored_readings == 120);
+        hub_b.wait("hub B anchored", |c| c.anchored_readings == 120);
+        let (ea, na) = net.anchored(hub_a.binding.hub).await;
+        let (eb, nb) = net.anchored(hub_b.binding.hub).await;
+        // Each hub numbers its own batches from 1; the ids differ by hub.
+        assert_eq!(ea.keys().next(), Some(&1));
+        assert_eq!(eb.keys().next(), Some(&1));
+        assert_eq!((na, nb), (ea.len(), eb.len()));
+        assert_eq!(ea.values().map(|(_, n)| *n).sum::<u32>(), 120);
+        assert_eq!(eb.values().map(|(_, n)| *n).sum::<u32>(), 120);
+        let ra: Vec<&Device> = a.iter().collect();
+        let rb: Vec<&Device> = b.iter().collect();
+        assert_eq!(verify_all_on_chain(&net, &hub_a, &ra).await, 120);
+        assert_eq!(verify_all_on_chain(&net, &hub_b, &rb).await, 120);
+        assert_eq!(hub_a.counts().rejections + hub_b.counts().rejections, 0);
+    });
+}
+
+#[test]
+fn a_killed_hub_loses_nothing_and_never_anchors_twice() {
+    let broker = Mosquitto::start();
+    let net = Net::new(&[1]);
+    let mut devices: Vec<Device> =
+        (1..=5).map(|i| format!("HS-C{i}")).map(|s| Device::new(&s, net.provision(&s, "ward-5"))).collect();
+    let mut hub = Hub::start(&net, "ward-5", "ward-5", 1, Broker::External(broker.port), 100);
+    let per_device = 600u64;
+    rt().block_on(async {
+        let mut mqtt = Mqtt::connect(broker.port, "beds", "ward-5").await;
+        for d in &devices {
+            assert_eq!(mqtt.hello(d).await, Code::Registered);
+        }
+        let mut kills = 0;
+        for i in 0..per_device {
+            for d in devices.iter_mut() {
+                let r = d.next(i);
+                mqtt.vitals(&net, d, &r).await;
+            }
+            // Kill -9 twice mid-stream: once early, once later; restart at once
+            // the first time and after a pause (messages queue in the broker)
+            // the second.
+            if i == per_device / 3 || i == 2 * per_device / 3 {
+                // Let the hub take part of the stream, then kill it mid-flow.
+                let before = hub.counts().readings;
+                let deadline = Instant::now() + Duration::from_secs(20);
+                while hub.counts().readings == before && Instant::now() < deadline {
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+                hub.kill();
+                kills += 1;
+                if kills == 2 {
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
+                hub.spawn(&net);
+            }
+            if i % 10 == 0 {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+        let total = per_device * devices.len() as u64;
+        let c = hub.wait("every reading anchored after two crashes", |c| c.anchored_readings == total);
+        assert_eq!((c.readings, c.unbatched, c.batches_pending, c.rejections), (total, 0, 0, 0));
+        let (on_chain, events) = net.anchored(hub.binding.hub).await;
+        assert_eq!(events, on_chain.len(), "a batch id was anchored twice");
+        assert_eq!(on_chain.values().map(|(_, n)| *n as u64).sum::<u64>(), total);
+        let store = Store::open(&hub.store, hub.binding).unwrap();
+        let batches = store.batches().unwrap();
+        assert_eq!(batches.len(), on_chain.len());
+        for b in &batches {
+            assert_eq!(on_chain.get(&b.seq), Some(&(b.root, b.leaf_count)), "batch {} differs on chain", b.seq);
+        }
+        let refs: Vec<&Device> = devices.iter().collect();
+        assert_eq!(verify_all_on_chain(&net, &hub, &refs).await as u64, total);
+        let seqs: HashSet<u64> = batches.iter().map(|b| b.seq).collect();
+        assert_eq!(seqs.len(), batches.len());
+    });
+    assert_eq!(hub.logs().matches("hub started").count(), 3, "two crashes, two restarts");
+}

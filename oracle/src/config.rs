@@ -1,0 +1,295 @@
+//! Oracle configuration: a TOML file, with secrets and a few deployment
+//! values from the environment. `docs/ORACLE.md` lists every key.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use alloy::primitives::Address;
+use alloy::signers::local::PrivateKeySigner;
+use anyhow::{bail, Context, Result};
+use serde::Deserialize;
+
+use crate::store::Mode;
+
+/// Environment variable holding the hub's raw private key (never a file
+/// key or a flag, where it would leak into listings).
+pub const HUB_KEY_VAR: &str = "HEALTHSENSE_HUB_PRIVATE_KEY";
+/// Environment variable holding the hub keystore's password.
+pub const HUB_PASSWORD_VAR: &str = "HEALTHSENSE_HUB_PASSWORD";
+/// Environment variable holding the MQTT password.
+pub const MQTT_PASSWORD_VAR: &str = "HEALTHSENSE_MQTT_PASSWORD";
+/// Environment variable overriding `chain.rpc_url`.
+pub const RPC_URL_VAR: &str = "HEALTHSENSE_RPC_URL";
+
+/// The whole configuration.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Hub name: the `{hub}` topic segment.
+    pub hub: String,
+    /// Ward name; the hub activates only devices provisioned for `keccak256(ward)`.
+    pub ward: String,
+    /// SQLite file of the hub store.
+    #[serde(default = "default_store")]
+    pub store: PathBuf,
+    /// Chain settings.
+    #[serde(default)]
+    pub chain: ChainConfig,
+    /// MQTT settings.
+    #[serde(default)]
+    pub mqtt: MqttConfig,
+    /// Anchoring settings.
+    #[serde(default)]
+    pub anchor: AnchorConfig,
+    /// Ingest limits.
+    #[serde(default)]
+    pub ingest: IngestConfig,
+    /// Metrics endpoint.
+    #[serde(default)]
+    pub metrics: MetricsConfig,
+}
+
+fn default_store() -> PathBuf {
+    PathBuf::from("hub.sqlite")
+}
+
+/// Where the contract is and how the hub signs.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ChainConfig {
+    /// JSON-RPC endpoint (overridden by `HEALTHSENSE_RPC_URL`; `healthsense
+    /// oracle` fills it from the deployment file when absent).
+    pub rpc_url: Option<String>,
+    /// Contract address (likewise from the deployment file when absent).
+    pub contract: Option<Address>,
+    /// Expected chain id; start fails if the node says otherwise.
+    pub chain_id: Option<u64>,
+    /// Encrypted JSON keystore of the hub key (password from
+    /// `password_file` or `HEALTHSENSE_HUB_PASSWORD`); without it the key
+    /// comes from `HEALTHSENSE_HUB_PRIVATE_KEY`.
+    pub keystore: Option<PathBuf>,
+    /// File whose first line is the keystore password.
+    pub password_file: Option<PathBuf>,
+    /// Where the ABI is published, for the retained announcement
+    /// (default `abi/HealthSense.json`).
+    pub abi: Option<String>,
+    /// How often device events are polled, ms (default 1000).
+    pub poll_ms: Option<u64>,
+}
+
+impl ChainConfig {
+    /// The endpoint, or what to set.
+    pub fn rpc_url(&self) -> Result<&str> {
+        self.rpc_url.as_deref().context("no chain.rpc_url in the config (or HEALTHSENSE_RPC_URL)")
+    }
+
+    /// The contract, or what to set.
+    pub fn contract(&self) -> Result<Address> {
+        self.contract.context("no chain.contract in the config")
+    }
+}
+
+/// The broker: embedded rumqttd (default) or an external one.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MqttConfig {
+    /// Start an embedded rumqttd listening on `listen`.
+    pub embedded: bool,
+    /// Embedded broker listen address.
+    pub listen: SocketAddr,
+    /// External broker host (when not embedded).
+    pub host: String,
+    /// External broker port.
+    pub port: u16,
+    /// Use TLS to the external broker.
+    pub tls: bool,
+    /// CA certificate (PEM) for TLS; system roots when absent.
+    pub ca_file: Option<PathBuf>,
+    /// Username; the password comes from `HEALTHSENSE_MQTT_PASSWORD`.
+    pub username: Option<String>,
+    /// MQTT client id (default `hs-oracle-{hub}`); the persistent session is keyed by it.
+    pub client_id: Option<String>,
+    /// Keep-alive, seconds.
+    pub keep_alive_s: u64,
+}
+
+impl Default for MqttConfig {
+    fn default() -> Self {
+        Self {
+            embedded: true,
+            listen: SocketAddr::from(([127, 0, 0, 1], 1883)),
+            host: "127.0.0.1".into(),
+            port: 1883,
+            tls: false,
+            ca_file: None,
+            username: None,
+            client_id: None,
+            keep_alive_s: 15,
+        }
+    }
+}
+
+/// Batching and anchoring.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AnchorConfig {
+    /// `hash` (Merkle roots, default) or `readings` (post the readings).
+    pub mode: String,
+    /// Readings per batch (hash mode).
+    pub batch_size: usize,
+    /// Longest a reading waits for its batch, ms.
+    pub interval_ms: u64,
+    /// Readings per transaction (readings mode).
+    pub readings_per_tx: usize,
+    /// Longest pause between retries of a failed transaction, ms.
+    pub max_backoff_ms: u64,
+}
+
+impl Default for AnchorConfig {
+    fn default() -> Self {
+        Self { mode: "hash".into(), batch_size: 2_000, interval_ms: 5_000, readings_per_tx: 50, max_backoff_ms: 30_000 }
+    }
+}
+
+impl AnchorConfig {
+    /// The mode.
+    pub fn mode(&self) -> Result<Mode> {
+        match self.mode.as_str() {
+            "hash" => Ok(Mode::Hash),
+            "readings" => Ok(Mode::Readings),
+            other => bail!("anchor.mode {other:?}: use \"hash\" or \"readings\""),
+        }
+    }
+
+    /// Readings per batch for the mode.
+    pub fn per_batch(&self) -> Result<usize> {
+        let n = match self.mode()? {
+            Mode::Hash => self.batch_size,
+            Mode::Readings => self.readings_per_tx,
+        };
+        if n == 0 || n > u32::MAX as usize {
+            bail!("anchor batch size must be between 1 and 2^32-1");
+        }
+        Ok(n)
+    }
+
+    /// The batching interval.
+    pub fn interval(&self) -> Duration {
+        Duration::from_millis(self.interval_ms.max(10))
+    }
+}
+
+/// Ingest limits.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct IngestConfig {
+    /// Largest accepted payload, bytes.
+    pub max_payload: usize,
+    /// Most messages verified and committed together.
+    pub max_batch: usize,
+    /// How far ahead of the hub clock a reading may be, ms.
+    pub max_future_ms: u64,
+    /// How old a reading may be, ms.
+    pub max_age_ms: u64,
+}
+
+impl Default for IngestConfig {
+    fn default() -> Self {
+        Self { max_payload: 2_048, max_batch: 1_024, max_future_ms: 5 * 60_000, max_age_ms: 24 * 3_600_000 }
+    }
+}
+
+/// The Prometheus endpoint.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsConfig {
+    /// Listen address of `/metrics` and `/healthz`; `None` disables it.
+    pub listen: Option<SocketAddr>,
+}
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        Self { listen: Some(SocketAddr::from(([127, 0, 0, 1], 9464))) }
+    }
+}
+
+impl Config {
+    /// Reads a TOML file and applies the environment overrides. Relative
+    /// paths in it are taken from the file's directory.
+    pub fn load(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path).with_context(|| format!("reading config {}", path.display()))?;
+        let mut cfg = Self::parse(&text).with_context(|| format!("in config {}", path.display()))?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        for p in [Some(&mut cfg.store), cfg.chain.keystore.as_mut(), cfg.chain.password_file.as_mut(), cfg.mqtt.ca_file.as_mut()]
+            .into_iter()
+            .flatten()
+        {
+            if p.is_relative() {
+                *p = base.join(&*p);
+            }
+        }
+        Ok(cfg)
+    }
+
+    /// Parses TOML text and applies the environment overrides.
+    pub fn parse(text: &str) -> Result<Self> {
+        let mut cfg: Config = toml::from_str(text)?;
+        if let Ok(url) = std::env::var(RPC_URL_VAR) {
+            cfg.chain.rpc_url = Some(url);
+        }
+        crate::protocol::Topics::new(&cfg.hub).map_err(anyhow::Error::msg)?;
+        cfg.anchor.per_batch()?;
+        Ok(cfg)
+    }
+
+    /// The hub's signing key, or what to provide.
+    pub fn hub_key(&self) -> Result<PrivateKeySigner> {
+        if let Some(path) = &self.chain.keystore {
+            let password = match &self.chain.password_file {
+                Some(file) => std::fs::read_to_string(file)
+                    .with_context(|| format!("reading password file {}", file.display()))?
+                    .lines()
+                    .next()
+                    .unwrap_or_default()
+                    .to_string(),
+                None => std::env::var(HUB_PASSWORD_VAR)
+                    .with_context(|| format!("keystore {} needs chain.password_file or {HUB_PASSWORD_VAR}", path.display()))?,
+            };
+            return PrivateKeySigner::decrypt_keystore(path, password)
+                .map_err(|e| anyhow::anyhow!("cannot open hub keystore {}: {e} (wrong password?)", path.display()));
+        }
+        match std::env::var(HUB_KEY_VAR) {
+            // The parse error would echo the key; say only what is wrong.
+            Ok(raw) => raw.trim().parse().map_err(|_| anyhow::anyhow!("{HUB_KEY_VAR} is not a 32-byte hex private key")),
+            Err(_) => bail!("no hub key: set chain.keystore in the config, or {HUB_KEY_VAR}"),
+        }
+    }
+
+    /// The MQTT client id.
+    pub fn client_id(&self) -> String {
+        self.mqtt.client_id.clone().unwrap_or_else(|| format!("hs-oracle-{}", self.hub))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn minimal_config_gets_defaults_and_typos_are_refused() {
+        let cfg = Config::parse(
+            "hub = \"ward-3\"\nward = \"ward-3\"\n[chain]\nrpc_url = \"http://127.0.0.1:8545\"\ncontract = \"0x5FbDB2315678afecb367f032d93F642f64180aa3\"\n",
+        )
+        .unwrap();
+        assert!(cfg.mqtt.embedded);
+        assert_eq!(cfg.anchor.per_batch().unwrap(), 2_000);
+        assert_eq!(cfg.client_id(), "hs-oracle-ward-3");
+        let err = Config::parse("hub = \"w\"\nward = \"w\"\nbatch = 3\n[chain]\nrpc_url = \"x\"\ncontract = \"0x5FbDB2315678afecb367f032d93F642f64180aa3\"\n")
+            .unwrap_err();
+        assert!(format!("{err:#}").contains("unknown field `batch`"), "{err:#}");
+        let err = Config::parse("hub = \"a/b\"\nward = \"w\"\n[chain]\nrpc_url = \"x\"\ncontract = \"0x5FbDB2315678afecb367f032d93F642f64180aa3\"\n")
+            .unwrap_err();
+        assert!(format!("{err:#}").contains("hub name"), "{err:#}");
+    }
+}

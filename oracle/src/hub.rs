@@ -1,0 +1,425 @@
+//! The ward hub: starts the broker (if embedded), the MQTT session, the
+//! ingest threads, the anchorer, the device-event watcher and the metrics
+//! endpoint, and stops them in an order that loses nothing.
+
+use std::net::SocketAddr;
+use std::sync::atomic::AtomicU64;
+use std::sync::Arc;
+use std::time::Duration;
+
+use alloy::primitives::{Address, B256};
+use alloy::signers::local::PrivateKeySigner;
+use anyhow::{bail, Context, Result};
+use healthsense_abi::bindings::HealthSense as H;
+use healthsense_abi::rules::{ids, status::DeviceStatus};
+use rumqttc::{AsyncClient, Event, LastWill, MqttOptions, Packet, Publish, QoS, Transport};
+use tokio::sync::{mpsc, watch, Notify};
+
+use crate::anchor::Anchorer;
+use crate::chain::{Chain, ChainError};
+use crate::config::{Config, MQTT_PASSWORD_VAR};
+use crate::devices::Registry;
+use crate::ingest::{self, CommitHook, Incoming, Limits, Shared};
+use crate::metrics::Metrics;
+use crate::protocol::{self, Announcement, Code, DeviceTopic, Hello, Presence, StatusReply, Topics};
+use crate::store::{Binding, Store};
+
+/// Extra hooks for tests and benchmarks.
+#[derive(Default, Clone)]
+pub struct Options {
+    /// Called after each ingest commit.
+    pub on_commit: Option<CommitHook>,
+}
+
+/// A running hub.
+pub struct RunningHub {
+    /// The hub's chain address.
+    pub hub: Address,
+    /// Where the broker is (host, port).
+    pub mqtt: (String, u16),
+    /// Where `/metrics` is served.
+    pub metrics_addr: Option<SocketAddr>,
+    /// The metrics.
+    pub metrics: Arc<Metrics>,
+    shutdown: watch::Sender<bool>,
+    drained: Arc<Notify>,
+    threads: Vec<std::thread::JoinHandle<()>>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl RunningHub {
+    /// Stops cleanly: no new messages are taken, everything taken is
+    /// committed and acknowledged, the presence turns offline.
+    pub async fn shutdown(self) {
+        let _ = self.shutdown.send(true);
+        let threads = self.threads;
+        let _ = tokio::task::spawn_blocking(move || {
+            for t in threads {
+                let _ = t.join();
+            }
+        })
+        .await;
+        self.drained.notify_one();
+        for t in self.tasks {
+            let _ = tokio::time::timeout(Duration::from_secs(10), t).await;
+        }
+    }
+}
+
+async fn connect_chain(cfg: &Config, key: PrivateKeySigner) -> Result<Chain> {
+    let mut backoff = Duration::from_millis(500);
+    let (rpc, contract) = (cfg.chain.rpc_url()?, cfg.chain.contract()?);
+    loop {
+        match Chain::connect(rpc, contract, key.clone(), cfg.chain.chain_id).await {
+            Ok(chain) => return Ok(chain),
+            Err(e @ ChainError::Transport(_)) => {
+                tracing::warn!(rpc, error = %e, "chain not reachable; retrying in {backoff:?}");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(30));
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
+fn mqtt_options(cfg: &Config, host: &str, port: u16, topics: &Topics) -> Result<MqttOptions> {
+    let mut opts = MqttOptions::new(cfg.client_id(), host, port);
+    opts.set_keep_alive(Duration::from_secs(cfg.mqtt.keep_alive_s.max(5)))
+        .set_clean_session(false)
+        .set_manual_acks(true)
+        .set_request_channel_capacity(100_000)
+        .set_inflight(1_000)
+        .set_max_packet_size(crate::broker::BROKER_MAX_PAYLOAD * 2, crate::broker::BROKER_MAX_PAYLOAD * 2);
+    let offline = serde_json::to_vec(&Presence { online: false, hub: None, ward: None })?;
+    opts.set_last_will(LastWill::new(topics.online(), offline, QoS::AtLeastOnce, true));
+    if let Some(user) = &cfg.mqtt.username {
+        let password = std::env::var(MQTT_PASSWORD_VAR).unwrap_or_default();
+        opts.set_credentials(user.clone(), password);
+    }
+    if cfg.mqtt.tls {
+        let transport = match &cfg.mqtt.ca_file {
+            Some(ca) => Transport::tls(
+                std::fs::read(ca).with_context(|| format!("reading MQTT CA {}", ca.display()))?,
+                None,
+                None,
+            ),
+            None => Transport::tls_with_default_config(),
+        };
+        opts.set_transport(transport);
+    }
+    Ok(opts)
+}
+
+/// Starts a hub with configuration `cfg` and hub key `key`.
+pub async fn start(cfg: Config, key: PrivateKeySigner, options: Options) -> Result<RunningHub> {
+    let topics = Topics::new(&cfg.hub).map_err(anyhow::Error::msg)?;
+    let chain = connect_chain(&cfg, key).await?;
+    let hub = chain.hub();
+    let on_chain_domain = chain.view(H::DOMAIN_SEPARATORCall {}).await?;
+    if on_chain_domain != chain.domain_separator() {
+        bail!("the contract at {} does not use the HealthSense v1 EIP-712 domain; wrong address?", chain.contract());
+    }
+    if !chain.is_hub().await? {
+        tracing::warn!(%hub, "this hub lacks HUB_ROLE: readings are stored but not anchored until an admin runs `healthsense roles grant hub {hub}`");
+    }
+    let binding = Binding { chain_id: chain.chain_id(), contract: chain.contract(), hub };
+    let open = || Store::open(&cfg.store, binding).with_context(|| format!("opening hub store {}", cfg.store.display()));
+    let (ingest_store, anchor_store, control_store) = (open()?, open()?, open()?);
+
+    let (host, port) = if cfg.mqtt.embedded {
+        let addr = crate::broker::start_embedded(cfg.mqtt.listen)?;
+        (addr.ip().to_string(), addr.port())
+    } else {
+        (cfg.mqtt.host.clone(), cfg.mqtt.port)
+    };
+    let (client, mut eventloop) = AsyncClient::new(mqtt_options(&cfg, &host, port, &topics)?, 100_000);
+
+    let metrics = Arc::new(Metrics::default());
+    let metrics_addr = match cfg.metrics.listen {
+        Some(addr) => Some(crate::metrics::serve(addr, metrics.clone()).await?),
+        None => None,
+    };
+    let registry = Arc::new(Registry::default());
+    let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let unbatched = Arc::new(AtomicU64::new(0));
+    let wake = Arc::new(Notify::new());
+    let shared = Shared {
+        topics: topics.clone(),
+        chain: chain.clone(),
+        registry: registry.clone(),
+        metrics: metrics.clone(),
+        client: client.clone(),
+        runtime: tokio::runtime::Handle::current(),
+        unbatched: unbatched.clone(),
+        wake_anchor: wake.clone(),
+        on_commit: options.on_commit,
+    };
+    let limits = Limits {
+        max_payload: cfg.ingest.max_payload,
+        max_batch: cfg.ingest.max_batch.max(1),
+        max_future_ms: cfg.ingest.max_future_ms,
+        max_age_ms: cfg.ingest.max_age_ms,
+    };
+    let (vitals_tx, vitals_rx) = mpsc::unbounded_channel::<Incoming>();
+    let threads = ingest::start(shared, limits, ingest_store, vitals_rx)?;
+
+    let mut tasks = Vec::new();
+    let anchorer = Anchorer {
+        chain: chain.clone(),
+        store: anchor_store,
+        metrics: metrics.clone(),
+        mode: cfg.anchor.mode()?,
+        per_batch: cfg.anchor.per_batch()?,
+        interval: cfg.anchor.interval(),
+        max_backoff: Duration::from_millis(cfg.anchor.max_backoff_ms.max(100)),
+        unbatched,
+        wake,
+    };
+    let rx = shutdown_rx.clone();
+    tasks.push(tokio::spawn(async move {
+        if let Err(e) = anchorer.run(rx).await {
+            tracing::error!(error = %e, "anchorer stopped");
+        }
+    }));
+    tasks.push(tokio::spawn(watch_devices(chain.clone(), registry.clone(), cfg.chain.poll_ms.unwrap_or(1_000), shutdown_rx.clone())));
+
+    let (control_tx, control_rx) = mpsc::unbounded_channel::<Publish>();
+    let control = Control {
+        chain: chain.clone(),
+        client: client.clone(),
+        topics: topics.clone(),
+        registry,
+        store: std::sync::Mutex::new(control_store),
+        ward: ids::ward_id(&cfg.ward),
+        max_payload: cfg.ingest.max_payload,
+    };
+    tasks.push(tokio::spawn(control.run(control_rx)));
+
+    let announcement = Announcement {
+        chain_id: chain.chain_id(),
+        address: chain.contract(),
+        abi: cfg.chain.abi.clone().unwrap_or_else(|| "abi/HealthSense.json".into()),
+        domain_separator: chain.domain_separator(),
+    };
+    let presence = Presence { online: true, hub: Some(hub), ward: Some(cfg.ward.clone()) };
+    let drained = Arc::new(Notify::new());
+    let session = Session {
+        client,
+        topics,
+        announcement: serde_json::to_vec(&announcement)?,
+        presence: serde_json::to_vec(&presence)?,
+        vitals: Some(vitals_tx),
+        control: control_tx,
+    };
+    let (mut shutdown, done) = (shutdown_rx, drained.clone());
+    tasks.push(tokio::spawn(async move {
+        let mut session = session;
+        loop {
+            tokio::select! {
+                ev = eventloop.poll() => session.on_event(ev).await,
+                _ = shutdown.changed(), if session.vitals.is_some() => {
+                    // Stop taking vitals; keep polling so the writer's
+                    // acknowledgements still go out while it drains.
+                    session.vitals = None;
+                    tracing::info!("draining");
+                }
+                _ = done.notified() => break,
+            }
+        }
+        let offline = serde_json::to_vec(&Presence { online: false, hub: None, ward: None }).unwrap_or_default();
+        let _ = session.client.publish(session.topics.online(), QoS::AtLeastOnce, true, offline).await;
+        let _ = session.client.disconnect().await;
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
+        while tokio::time::Instant::now() < deadline {
+            match tokio::time::timeout_at(deadline, eventloop.poll()).await {
+                Ok(Ok(_)) => {}
+                _ => break,
+            }
+        }
+    }));
+    tracing::info!(%hub, mqtt = %format!("{host}:{port}"), ward = %cfg.ward, "hub started");
+    Ok(RunningHub { hub, mqtt: (host, port), metrics_addr, metrics, shutdown: shutdown_tx, drained, threads, tasks })
+}
+
+/// Runs a hub until Ctrl-C or SIGTERM.
+pub async fn run(cfg: Config) -> Result<()> {
+    let key = cfg.hub_key()?;
+    let hub = start(cfg, key, Options::default()).await?;
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+    tracing::info!("stopping");
+    hub.shutdown().await;
+    Ok(())
+}
+
+struct Session {
+    client: AsyncClient,
+    topics: Topics,
+    announcement: Vec<u8>,
+    presence: Vec<u8>,
+    vitals: Option<mpsc::UnboundedSender<Incoming>>,
+    control: mpsc::UnboundedSender<Publish>,
+}
+
+impl Session {
+    async fn on_event(&mut self, ev: Result<Event, rumqttc::ConnectionError>) {
+        match ev {
+            Ok(Event::Incoming(Packet::ConnAck(ack))) => {
+                tracing::info!(session_present = ack.session_present, "connected to the broker");
+                let filters = [DeviceTopic::Vitals, DeviceTopic::Hello, DeviceTopic::State, DeviceTopic::Discharge]
+                    .map(|k| rumqttc::SubscribeFilter::new(self.topics.device_filter(k), QoS::AtLeastOnce));
+                let _ = self.client.subscribe_many(filters).await;
+                let _ = self.client.publish(self.topics.online(), QoS::AtLeastOnce, true, self.presence.clone()).await;
+                let _ = self
+                    .client
+                    .publish(protocol::CONTRACT_TOPIC, QoS::AtLeastOnce, true, self.announcement.clone())
+                    .await;
+            }
+            Ok(Event::Incoming(Packet::Publish(p))) => self.route(p).await,
+            Ok(_) => {}
+            Err(e) => {
+                tracing::warn!(error = %e, "broker connection lost; reconnecting");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+        }
+    }
+
+    async fn route(&mut self, p: Publish) {
+        match self.topics.parse(&p.topic) {
+            Some((serial, DeviceTopic::Vitals)) => {
+                let serial = serial.to_string();
+                // While draining the message is left unacknowledged: the
+                // broker keeps it for the next session.
+                if let Some(tx) = &self.vitals {
+                    let _ = tx.send(Incoming { publish: p, serial, received: std::time::Instant::now() });
+                }
+            }
+            Some((_, DeviceTopic::Status)) | None => {
+                let _ = self.client.ack(&p).await;
+            }
+            Some(_) => {
+                let _ = self.control.send(p);
+            }
+        }
+    }
+}
+
+/// Hello, state and discharge messages: few, and some need a transaction.
+struct Control {
+    chain: Chain,
+    client: AsyncClient,
+    topics: Topics,
+    registry: Arc<Registry>,
+    store: std::sync::Mutex<Store>,
+    ward: B256,
+    max_payload: usize,
+}
+
+impl Control {
+    async fn run(mut self, mut rx: mpsc::UnboundedReceiver<Publish>) {
+        while let Some(p) = rx.recv().await {
+            if let Some((serial, kind)) = self.topics.parse(&p.topic) {
+                let serial = serial.to_string();
+                match kind {
+                    DeviceTopic::Hello => {
+                        let reply = self.hello(&serial, &p.payload).await;
+                        tracing::info!(serial, code = reply.code as u16, reason = %reply.reason, "hello");
+                        self.reply(&serial, &reply, true).await;
+                    }
+                    DeviceTopic::State => match protocol::parse_state(&p.payload, self.max_payload) {
+                        Ok(state) => {
+                            let at = crate::ingest::now_ms();
+                            let stored = match self.store.lock() {
+                                Ok(store) => store.set_device_state(&serial, state.battery, state.asleep, at),
+                                Err(_) => Ok(()),
+                            };
+                            if let Err(e) = stored {
+                                tracing::error!(serial, error = %e, "device state not stored");
+                            }
+                        }
+                        Err(r) => self.reply(&serial, &StatusReply::new(r.code, None, r.reason), false).await,
+                    },
+                    // Discharge over MQTT is handled with the archive (docs/PROTOCOL.md).
+                    _ => {}
+                }
+            }
+            let _ = self.client.ack(&p).await;
+        }
+    }
+
+    async fn reply(&self, serial: &str, reply: &StatusReply, retain: bool) {
+        let body = serde_json::to_vec(reply).unwrap_or_default();
+        let topic = self.topics.device(serial, DeviceTopic::Status);
+        if let Err(e) = self.client.publish(topic, QoS::AtLeastOnce, retain, body).await {
+            tracing::warn!(error = %e, "status reply not sent");
+        }
+    }
+
+    async fn hello(&mut self, serial: &str, payload: &[u8]) -> StatusReply {
+        let hello: Hello = match serde_json::from_slice(payload) {
+            Ok(h) if payload.len() <= self.max_payload => h,
+            Ok(_) => return StatusReply::new(Code::Oversized, None, "hello too large"),
+            Err(e) => return StatusReply::new(Code::Malformed, None, format!("hello is not {{\"signer\": address}}: {e}")),
+        };
+        self.reply(serial, &StatusReply::new(Code::Initialised, None, "checking the chain"), true).await;
+        let id = ids::device_id(serial);
+        let info = match self.chain.device(id).await {
+            Ok(info) => info,
+            Err(e) => return StatusReply::new(Code::Unavailable, None, format!("try again later: {e}")),
+        };
+        let status = DeviceStatus::from_code(info.status).unwrap_or(DeviceStatus::None);
+        let reply = match status {
+            DeviceStatus::None => StatusReply::new(Code::UnknownDevice, None, "not provisioned: ask an admin to run `healthsense device provision`"),
+            DeviceStatus::Revoked => StatusReply::new(Code::Revoked, None, "this device is revoked"),
+            _ if info.ward != self.ward => StatusReply::new(Code::WrongWard, None, "provisioned for another ward's hub"),
+            _ if info.signer != hello.signer => StatusReply::new(
+                Code::WrongSigner,
+                None,
+                format!("hello names signer {} but {} is provisioned", hello.signer, info.signer),
+            ),
+            DeviceStatus::Pending => match self.chain.activate(id).await {
+                Ok(mined) => StatusReply::new(Code::Registered, None, format!("activated in block {}", mined.block)),
+                Err(ChainError::Reverted { error: H::HealthSenseErrors::InvalidDeviceStatus(_), .. }) => {
+                    StatusReply::new(Code::Registered, None, "already active")
+                }
+                Err(e) => StatusReply::new(Code::Unavailable, None, format!("activation failed, try again later: {e}")),
+            },
+            DeviceStatus::Active => StatusReply::new(Code::Registered, None, "active"),
+        };
+        self.registry.invalidate(&id);
+        reply
+    }
+}
+
+/// Forgets cached device records when their on-chain state changes.
+async fn watch_devices(chain: Chain, registry: Arc<Registry>, poll_ms: u64, mut shutdown: watch::Receiver<bool>) {
+    let mut from = loop {
+        match chain.block_number().await {
+            Ok(b) => break b + 1,
+            Err(_) => tokio::time::sleep(Duration::from_secs(1)).await,
+        }
+    };
+    let every = Duration::from_millis(poll_ms.max(50));
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(every) => {}
+            _ = shutdown.changed() => if *shutdown.borrow() { return },
+        }
+        let Ok(to) = chain.block_number().await else { continue };
+        if to < from {
+            continue;
+        }
+        match chain.device_changes(from, to).await {
+            Ok(ids) => {
+                for id in ids {
+                    registry.invalidate(&id);
+                }
+                from = to + 1;
+            }
+            Err(e) => tracing::warn!(error = %e, "device events not read; retrying"),
+        }
+    }
+}

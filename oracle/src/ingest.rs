@@ -1,0 +1,293 @@
+//! Vitals ingest: parse -> verify -> commit -> acknowledge, in groups.
+//!
+//! Two threads after the MQTT event loop: the verifier takes every message
+//! waiting (up to `ingest.max_batch`), parses and checks signatures in
+//! parallel (rayon), and hands the group to the writer, which rejects
+//! replays, commits the group in one SQLite transaction, and only then
+//! acknowledges each message to the broker, in arrival order, and answers
+//! rejections on the device's status topic. While the writer commits one
+//! group the verifier checks the next.
+//!
+//! Nothing is acknowledged that is not committed: if the commit fails the
+//! writer retries it, and a crash before the commit leaves the messages
+//! unacknowledged in the broker's persistent session for the next start.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use alloy::primitives::B256;
+use healthsense_abi::rules::eip712;
+use rayon::prelude::*;
+use rumqttc::{AsyncClient, Publish, QoS};
+use tokio::runtime::Handle;
+use tokio::sync::{mpsc, Notify};
+
+use crate::chain::Chain;
+use crate::devices::{Device, Registry};
+use crate::metrics::Metrics;
+use crate::protocol::{self, Clock, Code, DeviceTopic, Rejection, StatusReply, Topics};
+use crate::store::{NewReading, NewRejection, Store};
+
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+}
+
+/// A vitals message as it left the event loop.
+pub struct Incoming {
+    /// The MQTT publish (kept for its acknowledgement).
+    pub publish: Publish,
+    /// Device serial from the topic.
+    pub serial: String,
+    /// Receive time.
+    pub received: Instant,
+}
+
+/// Called after each commit with the committed readings and the commit time
+/// (benchmarks measure publish-to-durable latency with it).
+pub type CommitHook = Arc<dyn Fn(&[NewReading], Instant) + Send + Sync>;
+
+/// Everything the ingest threads share.
+#[derive(Clone)]
+pub struct Shared {
+    /// Hub topics.
+    pub topics: Topics,
+    /// Chain connection (device lookups).
+    pub chain: Chain,
+    /// Device cache.
+    pub registry: Arc<Registry>,
+    /// Metrics.
+    pub metrics: Arc<Metrics>,
+    /// MQTT client (acknowledgements and replies).
+    pub client: AsyncClient,
+    /// Runtime handle for the async calls from the ingest threads.
+    pub runtime: Handle,
+    /// Readings committed but not yet batched.
+    pub unbatched: Arc<AtomicU64>,
+    /// Wakes the anchorer.
+    pub wake_anchor: Arc<Notify>,
+    /// Commit observer.
+    pub on_commit: Option<CommitHook>,
+}
+
+/// Limits of the ingest path.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Largest payload.
+    pub max_payload: usize,
+    /// Most messages per group.
+    pub max_batch: usize,
+    /// Clock window.
+    pub max_future_ms: u64,
+    /// Clock window.
+    pub max_age_ms: u64,
+}
+
+enum Verdict {
+    Accept(NewReading),
+    Reject(Rejection),
+}
+
+struct Group {
+    items: Vec<(Incoming, Verdict)>,
+}
+
+/// Starts the verifier and writer threads; returns when both are running.
+/// They stop when `rx` closes.
+pub fn start(
+    shared: Shared,
+    limits: Limits,
+    store: Store,
+    rx: mpsc::UnboundedReceiver<Incoming>,
+) -> anyhow::Result<Vec<std::thread::JoinHandle<()>>> {
+    let last_seqs = store.last_seqs()?;
+    let (group_tx, group_rx) = std::sync::mpsc::sync_channel::<Group>(2);
+    let s = shared.clone();
+    let verifier = std::thread::Builder::new()
+        .name("hs-verify".into())
+        .spawn(move || verifier(s, limits, rx, group_tx))?;
+    let writer = std::thread::Builder::new()
+        .name("hs-write".into())
+        .spawn(move || writer(shared, store, last_seqs, group_rx))?;
+    Ok(vec![verifier, writer])
+}
+
+fn verifier(
+    s: Shared,
+    limits: Limits,
+    mut rx: mpsc::UnboundedReceiver<Incoming>,
+    out: std::sync::mpsc::SyncSender<Group>,
+) {
+    let domain = s.chain.domain_separator();
+    while let Some(first) = rx.blocking_recv() {
+        let mut msgs = vec![first];
+        while msgs.len() < limits.max_batch {
+            match rx.try_recv() {
+                Ok(m) => msgs.push(m),
+                Err(_) => break,
+            }
+        }
+        s.metrics.ingested.inc_by(msgs.len() as u64);
+        let clock = Clock { now_ms: now_ms(), max_future_ms: limits.max_future_ms, max_age_ms: limits.max_age_ms };
+        let parsed: Vec<_> = msgs
+            .par_iter()
+            .map(|m| protocol::parse_vitals(&m.serial, &m.publish.payload, limits.max_payload, clock))
+            .collect();
+        let devices = resolve(&s, &parsed);
+        let verdicts: Vec<Verdict> = parsed
+            .into_par_iter()
+            .zip(msgs.par_iter())
+            .map(|(p, m)| {
+                let signed = match p {
+                    Ok(signed) => signed,
+                    Err(rej) => return Verdict::Reject(rej),
+                };
+                let r = signed.reading;
+                let Some(device) = devices.get(&r.deviceId) else {
+                    return Verdict::Reject(Rejection { code: Code::Unavailable, reason: "chain unreachable".into(), seq: Some(r.seq) });
+                };
+                let digest = eip712::reading_digest(domain, &r);
+                match device.check(&digest, &signed.signature) {
+                    Ok(()) => Verdict::Accept(NewReading {
+                        serial: m.serial.clone(),
+                        signature: signed.signature.as_bytes(),
+                        received_ms: now_ms(),
+                        reading: r,
+                    }),
+                    Err((code, reason)) => Verdict::Reject(Rejection { code, reason, seq: Some(r.seq) }),
+                }
+            })
+            .collect();
+        if out.send(Group { items: msgs.into_iter().zip(verdicts).collect() }).is_err() {
+            return;
+        }
+    }
+}
+
+/// The device records a group needs, from the cache or the chain. An
+/// unreachable chain is retried until it answers: the messages wait,
+/// unacknowledged, rather than being rejected for the hub's own trouble.
+fn resolve(s: &Shared, parsed: &[Result<protocol::SignedReading, Rejection>]) -> HashMap<B256, Arc<Device>> {
+    let mut out = HashMap::new();
+    for p in parsed.iter().flatten() {
+        let id = p.reading.deviceId;
+        if out.contains_key(&id) {
+            continue;
+        }
+        let device = match s.registry.get(&id) {
+            Some(d) => d,
+            None => {
+                let mut backoff = Duration::from_millis(200);
+                let info = loop {
+                    match s.runtime.block_on(s.chain.device(id)) {
+                        Ok(info) => break info,
+                        Err(e) => {
+                            tracing::warn!(device = %id, error = %e, "device lookup failed; retrying");
+                            std::thread::sleep(backoff);
+                            backoff = (backoff * 2).min(Duration::from_secs(10));
+                        }
+                    }
+                };
+                let d = s.registry.insert(id, Device::from_info(&info));
+                s.metrics.devices.set(s.registry.len() as i64);
+                d
+            }
+        };
+        out.insert(id, device);
+    }
+    out
+}
+
+fn writer(
+    s: Shared,
+    mut store: Store,
+    mut last_seqs: HashMap<B256, u64>,
+    rx: std::sync::mpsc::Receiver<Group>,
+) {
+    while let Ok(group) = rx.recv() {
+        let mut accepted = Vec::new();
+        let mut rejected = Vec::new();
+        let mut replies = Vec::new();
+        let mut tentative: HashMap<B256, u64> = HashMap::new();
+        let at_ms = now_ms();
+        for (msg, verdict) in &group.items {
+            let rejection = match verdict {
+                Verdict::Accept(n) => {
+                    let id = n.reading.deviceId;
+                    let last = tentative.get(&id).or_else(|| last_seqs.get(&id)).copied();
+                    match last {
+                        Some(last) if n.reading.seq <= last => {
+                            // A redelivery of a stored message (its
+                            // acknowledgement was lost in a crash) is
+                            // acknowledged again, silently.
+                            let same = |r: &[u8]| r == n.signature.as_slice();
+                            let redelivered = accepted
+                                .iter()
+                                .any(|a: &NewReading| a.reading.deviceId == id && a.reading.seq == n.reading.seq)
+                                || matches!(store.reading(id, n.reading.seq), Ok(Some(r)) if same(&r.signature));
+                            if redelivered {
+                                s.metrics.duplicates.inc();
+                                continue;
+                            }
+                            Rejection {
+                                code: Code::Replayed,
+                                reason: format!("seq {} is not after the last stored {last}", n.reading.seq),
+                                seq: Some(n.reading.seq),
+                            }
+                        }
+                        _ => {
+                            tentative.insert(id, n.reading.seq);
+                            accepted.push(n.clone());
+                            continue;
+                        }
+                    }
+                }
+                Verdict::Reject(r) => r.clone(),
+            };
+            s.metrics.reject(rejection.code.name());
+            rejected.push(NewRejection {
+                serial: Some(msg.serial.clone()),
+                seq: rejection.seq,
+                code: rejection.code as u16,
+                reason: rejection.reason.clone(),
+                at_ms,
+            });
+            replies.push((msg.serial.clone(), StatusReply::new(rejection.code, rejection.seq, rejection.reason)));
+        }
+        // Durable first. A failed commit (disk full, I/O error) is retried:
+        // the messages stay unacknowledged until it succeeds.
+        let mut backoff = Duration::from_millis(100);
+        while let Err(e) = store.commit(&accepted, &rejected) {
+            tracing::error!(error = %e, readings = accepted.len(), "commit failed; retrying");
+            std::thread::sleep(backoff);
+            backoff = (backoff * 2).min(Duration::from_secs(5));
+        }
+        let committed = Instant::now();
+        last_seqs.extend(tentative);
+        s.metrics.stored.inc_by(accepted.len() as u64);
+        if !accepted.is_empty() {
+            s.unbatched.fetch_add(accepted.len() as u64, Ordering::Relaxed);
+            s.wake_anchor.notify_one();
+        }
+        if let Some(hook) = &s.on_commit {
+            hook(&accepted, committed);
+        }
+        s.runtime.block_on(async {
+            for (msg, _) in &group.items {
+                if let Err(e) = s.client.ack(&msg.publish).await {
+                    tracing::warn!(error = %e, "acknowledgement not sent (the broker will redeliver)");
+                }
+            }
+            for (serial, reply) in replies {
+                tracing::debug!(serial, code = reply.code as u16, reason = %reply.reason, "rejected");
+                let topic = s.topics.device(&serial, DeviceTopic::Status);
+                let body = serde_json::to_vec(&reply).unwrap_or_default();
+                if let Err(e) = s.client.publish(topic, QoS::AtLeastOnce, false, body).await {
+                    tracing::warn!(error = %e, "status reply not sent");
+                }
+            }
+        });
+    }
+}

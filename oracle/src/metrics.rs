@@ -1,0 +1,110 @@
+//! Prometheus metrics and the `/metrics` + `/healthz` endpoint.
+
+use std::net::SocketAddr;
+use std::sync::atomic::AtomicU64;
+use std::sync::Arc;
+
+use anyhow::{Context, Result};
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+
+/// Label of a rejection counter.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct Reason {
+    /// The status code's name.
+    pub reason: String,
+}
+
+/// Label of a transaction failure counter.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct Op {
+    /// The contract function.
+    pub op: String,
+}
+
+/// The oracle's metrics.
+#[derive(Clone, Default)]
+pub struct Metrics {
+    /// Vitals messages received.
+    pub ingested: Counter,
+    /// Messages rejected, by reason.
+    pub rejected: Family<Reason, Counter>,
+    /// Readings committed to the store.
+    pub stored: Counter,
+    /// Redeliveries of stored readings, acknowledged again.
+    pub duplicates: Counter,
+    /// Readings in anchored batches.
+    pub anchored: Counter,
+    /// Batches anchored.
+    pub batches: Counter,
+    /// Age of the oldest reading not yet anchored, seconds.
+    pub anchor_lag_seconds: Gauge<f64, AtomicU64>,
+    /// Failed chain transactions, by function.
+    pub tx_failures: Family<Op, Counter>,
+    /// Devices in the registry cache.
+    pub devices: Gauge,
+}
+
+impl Metrics {
+    /// Counts a rejection.
+    pub fn reject(&self, reason: &str) {
+        self.rejected.get_or_create(&Reason { reason: reason.to_string() }).inc();
+    }
+
+    /// Counts a failed transaction.
+    pub fn tx_failed(&self, op: &str) {
+        self.tx_failures.get_or_create(&Op { op: op.to_string() }).inc();
+    }
+
+    fn registry(&self) -> Registry {
+        let mut r = Registry::with_prefix("healthsense_oracle");
+        r.register("readings_ingested", "Vitals messages received", self.ingested.clone());
+        r.register("readings_rejected", "Messages rejected, by reason", self.rejected.clone());
+        r.register("readings_stored", "Readings committed to the hub store", self.stored.clone());
+        r.register("readings_redelivered", "Redeliveries of stored readings", self.duplicates.clone());
+        r.register("readings_anchored", "Readings in anchored batches", self.anchored.clone());
+        r.register("batches_anchored", "Batches anchored on chain", self.batches.clone());
+        r.register(
+            "anchor_lag_seconds",
+            "Age of the oldest stored reading not yet anchored",
+            self.anchor_lag_seconds.clone(),
+        );
+        r.register("tx_failures", "Failed chain transactions, by function", self.tx_failures.clone());
+        r.register("devices_cached", "Device records in the cache", self.devices.clone());
+        r
+    }
+
+    /// The text exposition.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry());
+        out
+    }
+}
+
+/// Serves `/metrics` and `/healthz` on `addr`; returns the bound address.
+pub async fn serve(addr: SocketAddr, metrics: Arc<Metrics>) -> Result<SocketAddr> {
+    use axum::routing::get;
+    let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("binding metrics on {addr}"))?;
+    let bound = listener.local_addr()?;
+    let app = axum::Router::new()
+        .route(
+            "/metrics",
+            get(move || {
+                let m = metrics.clone();
+                async move {
+                    ([(axum::http::header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], m.encode())
+                }
+            }),
+        )
+        .route("/healthz", get(|| async { "ok\n" }));
+    tokio::spawn(async move {
+        if let Err(e) = axum::serve(listener, app).await {
+            tracing::error!(error = %e, "metrics endpoint stopped");
+        }
+    });
+    Ok(bound)
+}

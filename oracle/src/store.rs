@@ -1,0 +1,563 @@
+//! The hub's durable store: one SQLite file in WAL mode with
+//! `synchronous=FULL`, so a commit survives a crash and a power cut.
+//!
+//! - `readings`: every accepted reading, unique per (device, seq), in arrival
+//!   order; `batch_seq`, `leaf_index` and `proof` are set in the same
+//!   transaction that creates its batch, so a reading belongs to at most one
+//!   batch, ever.
+//! - `batches`: the hub's batches; `pending` until the anchor transaction is
+//!   mined (or found on chain after a crash), then `anchored`.
+//! - `rejections`: every rejected message with its code (never its payload).
+//! - `device_state`: the latest battery and sleep state per device.
+//! - `meta`: the chain id, contract and hub this store belongs to; opening it
+//!   for another deployment is refused instead of mixing records.
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use alloy::primitives::{Address, B256};
+use healthsense_abi::rules::merkle::StandardTree;
+use healthsense_abi::rules::reading::reading_leaf;
+use healthsense_abi::Reading;
+use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
+
+/// Store errors.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// SQLite failed (disk full, locked, corrupt...).
+    #[error("hub store: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+    /// The file belongs to another deployment or hub.
+    #[error("the hub store {path} belongs to {found}, not {expected}; use another store path for this deployment")]
+    WrongDeployment {
+        /// Store path.
+        path: String,
+        /// What the store was made for.
+        found: String,
+        /// What the configuration says.
+        expected: String,
+    },
+    /// A stored value does not decode (the file was edited by hand?).
+    #[error("hub store: corrupt row: {0}")]
+    Corrupt(String),
+}
+
+type Result<T> = std::result::Result<T, StoreError>;
+
+/// What a store belongs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Binding {
+    /// Chain id.
+    pub chain_id: u64,
+    /// Contract address.
+    pub contract: Address,
+    /// Hub address.
+    pub hub: Address,
+}
+
+impl std::fmt::Display for Binding {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "chain {} contract {} hub {}", self.chain_id, self.contract, self.hub)
+    }
+}
+
+/// An accepted reading on its way into the store.
+#[derive(Debug, Clone)]
+pub struct NewReading {
+    /// Device serial (topic segment).
+    pub serial: String,
+    /// The signed reading.
+    pub reading: Reading,
+    /// Its 65-byte signature.
+    pub signature: [u8; 65],
+    /// Hub receive time, ms since the epoch.
+    pub received_ms: u64,
+}
+
+/// A rejection on its way into the store.
+#[derive(Debug, Clone)]
+pub struct NewRejection {
+    /// Device serial, when the topic named one.
+    pub serial: Option<String>,
+    /// Sequence number, when it could be read.
+    pub seq: Option<u64>,
+    /// Status code.
+    pub code: u16,
+    /// Reason.
+    pub reason: String,
+    /// Hub time, ms.
+    pub at_ms: u64,
+}
+
+/// How a batch reaches the chain.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// A Merkle root per batch (`anchorBatch`).
+    Hash,
+    /// The readings themselves (`postReadings`).
+    Readings,
+}
+
+impl Mode {
+    fn as_str(self) -> &'static str {
+        match self {
+            Mode::Hash => "hash",
+            Mode::Readings => "readings",
+        }
+    }
+}
+
+/// A batch row.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Batch {
+    /// The hub's batch sequence number.
+    pub seq: u64,
+    /// How it is anchored.
+    pub mode: Mode,
+    /// Merkle root (zero in readings mode).
+    pub root: B256,
+    /// Number of readings.
+    pub leaf_count: u32,
+    /// `pending`, `anchored` or `failed`.
+    pub state: String,
+    /// Anchor transaction, once mined.
+    pub tx: Option<B256>,
+}
+
+/// A stored reading with its place in a batch.
+#[derive(Debug, Clone)]
+pub struct StoredReading {
+    /// Device serial.
+    pub serial: String,
+    /// The reading.
+    pub reading: Reading,
+    /// Its signature.
+    pub signature: Vec<u8>,
+    /// Batch, once cut.
+    pub batch_seq: Option<u64>,
+    /// Merkle proof (hash mode).
+    pub proof: Vec<B256>,
+}
+
+/// Totals for status output and tests.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Counts {
+    /// Readings stored.
+    pub readings: u64,
+    /// Readings in an anchored batch.
+    pub anchored_readings: u64,
+    /// Readings not yet in a batch.
+    pub unbatched: u64,
+    /// Batches anchored.
+    pub batches_anchored: u64,
+    /// Batches waiting for the chain.
+    pub batches_pending: u64,
+    /// Rejected messages.
+    pub rejections: u64,
+}
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS readings (
+    id INTEGER PRIMARY KEY,
+    device_id BLOB NOT NULL,
+    serial TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    ts INTEGER NOT NULL,
+    heart_rate INTEGER NOT NULL, resp_rate INTEGER NOT NULL, spo2 INTEGER NOT NULL,
+    systolic INTEGER NOT NULL, diastolic INTEGER NOT NULL, temperature INTEGER NOT NULL,
+    consciousness INTEGER NOT NULL,
+    signature BLOB NOT NULL,
+    received_ms INTEGER NOT NULL,
+    batch_seq INTEGER,
+    leaf_index INTEGER,
+    proof BLOB,
+    UNIQUE (device_id, seq)
+);
+CREATE INDEX IF NOT EXISTS readings_unbatched ON readings (id) WHERE batch_seq IS NULL;
+CREATE INDEX IF NOT EXISTS readings_batch ON readings (batch_seq);
+CREATE TABLE IF NOT EXISTS batches (
+    seq INTEGER PRIMARY KEY,
+    mode TEXT NOT NULL,
+    root BLOB NOT NULL,
+    leaf_count INTEGER NOT NULL,
+    state TEXT NOT NULL,
+    created_ms INTEGER NOT NULL,
+    tx BLOB, block INTEGER, gas_used INTEGER, anchored_ms INTEGER, error TEXT
+);
+CREATE TABLE IF NOT EXISTS rejections (
+    id INTEGER PRIMARY KEY, serial TEXT, seq INTEGER, code INTEGER NOT NULL, reason TEXT NOT NULL, at_ms INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS device_state (
+    serial TEXT PRIMARY KEY, battery REAL, asleep INTEGER, at_ms INTEGER NOT NULL
+);
+";
+
+/// One connection to the hub store.
+pub struct Store {
+    conn: Connection,
+}
+
+fn b256(v: Vec<u8>) -> Result<B256> {
+    (v.len() == 32).then(|| B256::from_slice(&v)).ok_or_else(|| StoreError::Corrupt(format!("{}-byte hash", v.len())))
+}
+
+impl Store {
+    /// Opens (creating if needed) the store at `path` for `binding`.
+    pub fn open(path: &Path, binding: Binding) -> Result<Self> {
+        let conn = Connection::open(path)?;
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        conn.pragma_update(None, "synchronous", "FULL")?;
+        conn.busy_timeout(std::time::Duration::from_secs(10))?;
+        conn.execute_batch(SCHEMA)?;
+        let expected = binding.to_string();
+        let found: Option<String> =
+            conn.query_row("SELECT value FROM meta WHERE key = 'binding'", [], |r| r.get(0)).optional()?;
+        match found {
+            None => {
+                conn.execute("INSERT INTO meta (key, value) VALUES ('binding', ?1)", [&expected])?;
+            }
+            Some(found) if found != expected => {
+                return Err(StoreError::WrongDeployment { path: path.display().to_string(), found, expected })
+            }
+            Some(_) => {}
+        }
+        Ok(Self { conn })
+    }
+
+    /// The highest stored sequence number of every device.
+    pub fn last_seqs(&self) -> Result<HashMap<B256, u64>> {
+        let mut stmt = self.conn.prepare("SELECT device_id, MAX(seq) FROM readings GROUP BY device_id")?;
+        let rows = stmt.query_map([], |r| Ok((r.get::<_, Vec<u8>>(0)?, r.get::<_, i64>(1)?)))?;
+        let mut out = HashMap::new();
+        for row in rows {
+            let (id, seq) = row?;
+            out.insert(b256(id)?, seq as u64);
+        }
+        Ok(out)
+    }
+
+    /// Commits accepted readings and rejections in one transaction.
+    pub fn commit(&mut self, readings: &[NewReading], rejections: &[NewRejection]) -> Result<()> {
+        let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        {
+            let mut ins = tx.prepare_cached(
+                "INSERT INTO readings (device_id, serial, seq, ts, heart_rate, resp_rate, spo2, systolic, diastolic,
+                 temperature, consciousness, signature, received_ms) VALUES (?1,?2,?3,?4,?5,?6,?7,?8,?9,?10,?11,?12,?13)",
+            )?;
+            for n in readings {
+                let r = &n.reading;
+                ins.execute(params![
+                    r.deviceId.as_slice(),
+                    n.serial,
+                    r.seq as i64,
+                    r.timestamp as i64,
+                    r.heartRate,
+                    r.respRate,
+                    r.spo2,
+                    r.systolic,
+                    r.diastolic,
+                    r.temperature,
+                    r.consciousness,
+                    &n.signature[..],
+                    n.received_ms as i64
+                ])?;
+            }
+            let mut rej = tx.prepare_cached(
+                "INSERT INTO rejections (serial, seq, code, reason, at_ms) VALUES (?1, ?2, ?3, ?4, ?5)",
+            )?;
+            for r in rejections {
+                rej.execute(params![r.serial, r.seq.map(|s| s as i64), r.code, r.reason, r.at_ms as i64])?;
+            }
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Records a device's latest state.
+    pub fn set_device_state(&self, serial: &str, battery: Option<f64>, asleep: Option<bool>, at_ms: u64) -> Result<()> {
+        self.conn.execute(
+            "INSERT INTO device_state (serial, battery, asleep, at_ms) VALUES (?1, ?2, ?3, ?4)
+             ON CONFLICT (serial) DO UPDATE SET battery = COALESCE(?2, battery), asleep = COALESCE(?3, asleep), at_ms = ?4",
+            params![serial, battery, asleep, at_ms as i64],
+        )?;
+        Ok(())
+    }
+
+    /// Readings not yet in a batch, and the receive time of the oldest.
+    pub fn unbatched(&self) -> Result<(u64, Option<u64>)> {
+        Ok(self.conn.query_row(
+            "SELECT COUNT(*), MIN(received_ms) FROM readings WHERE batch_seq IS NULL",
+            [],
+            |r| Ok((r.get::<_, i64>(0)? as u64, r.get::<_, Option<i64>>(1)?.map(|v| v as u64))),
+        )?)
+    }
+
+    /// The next batch sequence number (the highest used plus one, or 1).
+    pub fn next_batch_seq(&self) -> Result<u64> {
+        let max: Option<i64> = self.conn.query_row("SELECT MAX(seq) FROM batches", [], |r| r.get(0))?;
+        Ok(max.map_or(1, |m| m as u64 + 1))
+    }
+
+    /// Whether any batch was ever cut.
+    pub fn has_batches(&self) -> Result<bool> {
+        Ok(self.conn.query_row("SELECT EXISTS (SELECT 1 FROM batches)", [], |r| r.get(0))?)
+    }
+
+    /// Cuts the oldest `max` unbatched readings into batch `seq`: builds the
+    /// tree (hash mode) and stores the batch, each reading's place and proof
+    /// in one transaction. `None` when nothing waits.
+    pub fn cut_batch(&mut self, seq: u64, max: usize, mode: Mode, now_ms: u64) -> Result<Option<Batch>> {
+        let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let rows: Vec<(i64, Reading)> = {
+            let mut stmt = tx.prepare_cached(&format!(
+                "SELECT id, {READING_COLUMNS} FROM readings WHERE batch_seq IS NULL ORDER BY id LIMIT ?1"
+            ))?;
+            let rows = stmt.query_map([max as i64], |r| Ok((r.get(0)?, reading_row(r, 1)?)))?;
+            rows.collect::<std::result::Result<_, _>>()?
+        };
+        if rows.is_empty() {
+            return Ok(None);
+        }
+        let count = rows.len() as u32;
+        let root = match mode {
+            Mode::Hash => {
+                let leaves: Vec<B256> = rows.iter().map(|(_, r)| reading_leaf(r)).collect();
+                let tree = StandardTree::new(leaves.iter().copied()).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+                let proofs: HashMap<B256, Vec<B256>> = tree.proofs().collect();
+                let mut upd =
+                    tx.prepare_cached("UPDATE readings SET batch_seq = ?1, leaf_index = ?2, proof = ?3 WHERE id = ?4")?;
+                for (i, ((id, _), leaf)) in rows.iter().zip(&leaves).enumerate() {
+                    let proof = proofs.get(leaf).map(|p| p.concat()).unwrap_or_default();
+                    upd.execute(params![seq as i64, i as i64, proof, id])?;
+                }
+                tree.root()
+            }
+            Mode::Readings => {
+                let mut upd = tx.prepare_cached("UPDATE readings SET batch_seq = ?1, leaf_index = ?2 WHERE id = ?3")?;
+                for (i, (id, _)) in rows.iter().enumerate() {
+                    upd.execute(params![seq as i64, i as i64, id])?;
+                }
+                B256::ZERO
+            }
+        };
+        tx.execute(
+            "INSERT INTO batches (seq, mode, root, leaf_count, state, created_ms) VALUES (?1, ?2, ?3, ?4, 'pending', ?5)",
+            params![seq as i64, mode.as_str(), root.as_slice(), count, now_ms as i64],
+        )?;
+        tx.commit()?;
+        Ok(Some(Batch { seq, mode, root, leaf_count: count, state: "pending".into(), tx: None }))
+    }
+
+    /// Batches still waiting for the chain, oldest first.
+    pub fn pending_batches(&self) -> Result<Vec<Batch>> {
+        self.batches_where("state = 'pending'")
+    }
+
+    /// Every batch, oldest first.
+    pub fn batches(&self) -> Result<Vec<Batch>> {
+        self.batches_where("1")
+    }
+
+    fn batches_where(&self, cond: &str) -> Result<Vec<Batch>> {
+        let mut stmt = self
+            .conn
+            .prepare(&format!("SELECT seq, mode, root, leaf_count, state, tx FROM batches WHERE {cond} ORDER BY seq"))?;
+        let rows = stmt.query_map([], |r| {
+            Ok((
+                r.get::<_, i64>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, Vec<u8>>(2)?,
+                r.get::<_, u32>(3)?,
+                r.get::<_, String>(4)?,
+                r.get::<_, Option<Vec<u8>>>(5)?,
+            ))
+        })?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (seq, mode, root, leaf_count, state, tx) = row?;
+            out.push(Batch {
+                seq: seq as u64,
+                mode: if mode == "readings" { Mode::Readings } else { Mode::Hash },
+                root: b256(root)?,
+                leaf_count,
+                state,
+                tx: tx.map(b256).transpose()?,
+            });
+        }
+        Ok(out)
+    }
+
+    /// Marks a batch anchored.
+    pub fn mark_anchored(&self, seq: u64, tx: Option<B256>, block: u64, gas_used: u64, now_ms: u64) -> Result<()> {
+        self.conn.execute(
+            "UPDATE batches SET state = 'anchored', tx = ?2, block = ?3, gas_used = ?4, anchored_ms = ?5, error = NULL
+             WHERE seq = ?1",
+            params![seq as i64, tx.map(|t| t.to_vec()), block as i64, gas_used as i64, now_ms as i64],
+        )?;
+        Ok(())
+    }
+
+    /// Marks a batch failed for good, with the reason.
+    pub fn mark_failed(&self, seq: u64, error: &str) -> Result<()> {
+        self.conn.execute("UPDATE batches SET state = 'failed', error = ?2 WHERE seq = ?1", params![seq as i64, error])?;
+        Ok(())
+    }
+
+    /// The readings of a batch with their signatures, in batch order.
+    pub fn batch_readings(&self, seq: u64) -> Result<Vec<StoredReading>> {
+        self.readings_where("batch_seq = ?1 ORDER BY leaf_index", params![seq as i64])
+    }
+
+    /// One reading by device and sequence number.
+    pub fn reading(&self, device_id: B256, seq: u64) -> Result<Option<StoredReading>> {
+        Ok(self.readings_where("device_id = ?1 AND seq = ?2", params![device_id.as_slice(), seq as i64])?.pop())
+    }
+
+    /// Readings of a device, by sequence number.
+    pub fn device_readings(&self, device_id: B256) -> Result<Vec<StoredReading>> {
+        self.readings_where("device_id = ?1 ORDER BY seq", params![device_id.as_slice()])
+    }
+
+    fn readings_where(&self, cond: &str, args: &[&dyn rusqlite::ToSql]) -> Result<Vec<StoredReading>> {
+        let mut stmt = self
+            .conn
+            .prepare(&format!("SELECT serial, signature, batch_seq, proof, {READING_COLUMNS} FROM readings WHERE {cond}"))?;
+        let rows = stmt.query_map(args, |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, Vec<u8>>(1)?,
+                r.get::<_, Option<i64>>(2)?,
+                r.get::<_, Option<Vec<u8>>>(3)?,
+                reading_row(r, 4)?,
+            ))
+        })?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (serial, signature, batch_seq, proof, reading) = row?;
+            let proof = proof.unwrap_or_default();
+            if proof.len() % 32 != 0 {
+                return Err(StoreError::Corrupt(format!("proof of {} bytes", proof.len())));
+            }
+            out.push(StoredReading {
+                serial,
+                reading,
+                signature,
+                batch_seq: batch_seq.map(|s| s as u64),
+                proof: proof.chunks(32).map(B256::from_slice).collect(),
+            });
+        }
+        Ok(out)
+    }
+
+    /// Totals.
+    pub fn counts(&self) -> Result<Counts> {
+        Ok(self.conn.query_row(
+            "SELECT
+               (SELECT COUNT(*) FROM readings),
+               (SELECT COALESCE(SUM(leaf_count), 0) FROM batches WHERE state = 'anchored'),
+               (SELECT COUNT(*) FROM readings WHERE batch_seq IS NULL),
+               (SELECT COUNT(*) FROM batches WHERE state = 'anchored'),
+               (SELECT COUNT(*) FROM batches WHERE state = 'pending'),
+               (SELECT COUNT(*) FROM rejections)",
+            [],
+            |r| {
+                Ok(Counts {
+                    readings: r.get::<_, i64>(0)? as u64,
+                    anchored_readings: r.get::<_, i64>(1)? as u64,
+                    unbatched: r.get::<_, i64>(2)? as u64,
+                    batches_anchored: r.get::<_, i64>(3)? as u64,
+                    batches_pending: r.get::<_, i64>(4)? as u64,
+                    rejections: r.get::<_, i64>(5)? as u64,
+                })
+            },
+        )?)
+    }
+
+    /// Rejections per code.
+    pub fn rejection_codes(&self) -> Result<Vec<(u16, u64)>> {
+        let mut stmt = self.conn.prepare("SELECT code, COUNT(*) FROM rejections GROUP BY code ORDER BY code")?;
+        let rows = stmt.query_map([], |r| Ok((r.get::<_, u16>(0)?, r.get::<_, i64>(1)? as u64)))?;
+        Ok(rows.collect::<std::result::Result<_, _>>()?)
+    }
+}
+
+const READING_COLUMNS: &str =
+    "device_id, seq, ts, heart_rate, resp_rate, spo2, systolic, diastolic, temperature, consciousness";
+
+fn reading_row(r: &rusqlite::Row<'_>, at: usize) -> rusqlite::Result<Reading> {
+    let id: Vec<u8> = r.get(at)?;
+    if id.len() != 32 {
+        return Err(rusqlite::Error::InvalidColumnType(at, "device_id".into(), rusqlite::types::Type::Blob));
+    }
+    Ok(Reading {
+        deviceId: B256::from_slice(&id),
+        seq: r.get::<_, i64>(at + 1)? as u64,
+        timestamp: r.get::<_, i64>(at + 2)? as u64,
+        heartRate: r.get(at + 3)?,
+        respRate: r.get(at + 4)?,
+        spo2: r.get(at + 5)?,
+        systolic: r.get(at + 6)?,
+        diastolic: r.get(at + 7)?,
+        temperature: r.get(at + 8)?,
+        consciousness: r.get(at + 9)?,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use healthsense_abi::rules::{ids, merkle};
+
+    fn binding() -> Binding {
+        Binding { chain_id: 31_337, contract: Address::repeat_byte(1), hub: Address::repeat_byte(2) }
+    }
+
+    fn reading(serial: &str, seq: u64) -> NewReading {
+        NewReading {
+            serial: serial.into(),
+            reading: Reading {
+                deviceId: ids::device_id(serial),
+                seq,
+                timestamp: 1_000 + seq,
+                heartRate: 70 + seq as u16 % 10,
+                ..Default::default()
+            },
+            signature: [7u8; 65],
+            received_ms: 5_000 + seq,
+        }
+    }
+
+    #[test]
+    fn batches_cover_each_reading_once_with_valid_proofs() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("hub.sqlite");
+        let mut store = Store::open(&path, binding()).unwrap();
+        let batch: Vec<_> = (1..=10).map(|s| reading("HS-1", s)).chain((1..=5).map(|s| reading("HS-2", s))).collect();
+        store.commit(&batch, &[]).unwrap();
+        assert_eq!(store.last_seqs().unwrap()[&ids::device_id("HS-1")], 10);
+        // Duplicate (device, seq) is refused by the schema.
+        assert!(store.commit(&[reading("HS-1", 3)], &[]).is_err());
+        let b1 = store.cut_batch(1, 8, Mode::Hash, 0).unwrap().unwrap();
+        let b2 = store.cut_batch(2, 8, Mode::Hash, 0).unwrap().unwrap();
+        assert_eq!((b1.leaf_count, b2.leaf_count), (8, 7));
+        assert!(store.cut_batch(3, 8, Mode::Hash, 0).unwrap().is_none());
+        for b in [&b1, &b2] {
+            let rows = store.batch_readings(b.seq).unwrap();
+            assert_eq!(rows.len(), b.leaf_count as usize);
+            for row in rows {
+                assert!(merkle::verify(&row.proof, b.root, reading_leaf(&row.reading)));
+            }
+        }
+        store.mark_anchored(1, Some(B256::repeat_byte(3)), 9, 100, 1).unwrap();
+        let c = store.counts().unwrap();
+        assert_eq!((c.readings, c.anchored_readings, c.unbatched, c.batches_anchored, c.batches_pending), (15, 8, 0, 1, 1));
+        drop(store);
+        // Reopening for another hub is refused.
+        let other = Binding { hub: Address::repeat_byte(9), ..binding() };
+        assert!(matches!(Store::open(&path, other), Err(StoreError::WrongDeployment { .. })));
+        let store = Store::open(&path, binding()).unwrap();
+        assert_eq!(store.pending_batches().unwrap(), vec![b2]);
+        assert_eq!(store.next_batch_seq().unwrap(), 3);
+    }
+}
