@@ -325,7 +325,8 @@ impl Control {
                 let serial = serial.to_string();
                 match kind {
                     DeviceTopic::Hello => {
-                        let reply = self.hello(&serial, &p.payload).await;
+                        let mut reply = self.hello(&serial, &p.payload).await;
+                        reply.reason = format!("hello: {}", reply.reason);
                         tracing::info!(serial, code = reply.code as u16, reason = %reply.reason, "hello");
                         self.reply(&serial, &reply, true).await;
                     }
@@ -364,7 +365,7 @@ impl Control {
             Ok(_) => return StatusReply::new(Code::Oversized, None, "hello too large"),
             Err(e) => return StatusReply::new(Code::Malformed, None, format!("hello is not {{\"signer\": address}}: {e}")),
         };
-        self.reply(serial, &StatusReply::new(Code::Initialised, None, "checking the chain"), true).await;
+        self.reply(serial, &StatusReply::new(Code::Initialised, None, "hello: checking the chain"), true).await;
         let id = ids::device_id(serial);
         let info = match self.chain.device(id).await {
             Ok(info) => info,

@@ -200,6 +200,36 @@ fn resolve(s: &Shared, parsed: &[Result<protocol::SignedReading, Rejection>]) ->
     out
 }
 
+#[derive(Debug, PartialEq, Eq)]
+enum Sequence {
+    /// After the device's last stored sequence number: store it.
+    Fresh,
+    /// The very message already stored (its acknowledgement was lost in a
+    /// crash, so the broker sent it again): acknowledge again, silently.
+    Redelivery,
+    /// An old sequence number with other content: reject.
+    Replay(u64),
+}
+
+/// Classifies a verified reading against the device's last sequence number,
+/// the readings accepted earlier in the same group, and (only for an old
+/// number) the signature stored under the same number.
+fn sequence(
+    n: &NewReading,
+    last: Option<u64>,
+    accepted: &[NewReading],
+    stored_signature: impl FnOnce() -> Option<Vec<u8>>,
+) -> Sequence {
+    let Some(last) = last.filter(|last| n.reading.seq <= *last) else { return Sequence::Fresh };
+    let (id, seq) = (n.reading.deviceId, n.reading.seq);
+    let in_group = accepted.iter().any(|a| a.reading.deviceId == id && a.reading.seq == seq && a.signature == n.signature);
+    if in_group || stored_signature().is_some_and(|sig| sig == n.signature) {
+        Sequence::Redelivery
+    } else {
+        Sequence::Replay(last)
+    }
+}
+
 fn writer(
     s: Shared,
     mut store: Store,
@@ -217,31 +247,22 @@ fn writer(
                 Verdict::Accept(n) => {
                     let id = n.reading.deviceId;
                     let last = tentative.get(&id).or_else(|| last_seqs.get(&id)).copied();
-                    match last {
-                        Some(last) if n.reading.seq <= last => {
-                            // A redelivery of a stored message (its
-                            // acknowledgement was lost in a crash) is
-                            // acknowledged again, silently.
-                            let same = |r: &[u8]| r == n.signature.as_slice();
-                            let redelivered = accepted
-                                .iter()
-                                .any(|a: &NewReading| a.reading.deviceId == id && a.reading.seq == n.reading.seq)
-                                || matches!(store.reading(id, n.reading.seq), Ok(Some(r)) if same(&r.signature));
-                            if redelivered {
-                                s.metrics.duplicates.inc();
-                                continue;
-                            }
-                            Rejection {
-                                code: Code::Replayed,
-                                reason: format!("seq {} is not after the last stored {last}", n.reading.seq),
-                                seq: Some(n.reading.seq),
-                            }
-                        }
-                        _ => {
+                    let stored = || store.reading(id, n.reading.seq).ok().flatten().map(|r| r.signature);
+                    match sequence(n, last, &accepted, stored) {
+                        Sequence::Fresh => {
                             tentative.insert(id, n.reading.seq);
                             accepted.push(n.clone());
                             continue;
                         }
+                        Sequence::Redelivery => {
+                            s.metrics.duplicates.inc();
+                            continue;
+                        }
+                        Sequence::Replay(last) => Rejection {
+                            code: Code::Replayed,
+                            reason: format!("seq {} is not after the last stored {last}", n.reading.seq),
+                            seq: Some(n.reading.seq),
+                        },
                     }
                 }
                 Verdict::Reject(r) => r.clone(),
@@ -289,5 +310,35 @@ fn writer(
                 }
             }
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use healthsense_abi::Reading;
+
+    fn reading(seq: u64, sig: u8) -> NewReading {
+        NewReading {
+            serial: "HS-1".into(),
+            reading: Reading { deviceId: B256::repeat_byte(1), seq, ..Default::default() },
+            signature: [sig; 65],
+            received_ms: 0,
+        }
+    }
+
+    #[test]
+    fn sequence_tells_fresh_redelivered_and_replayed_apart() {
+        let none = || None;
+        assert_eq!(sequence(&reading(1, 1), None, &[], none), Sequence::Fresh);
+        assert_eq!(sequence(&reading(5, 1), Some(4), &[], none), Sequence::Fresh);
+        // Same number earlier in the group: identical is a redelivery, different a replay.
+        let group = [reading(5, 1)];
+        assert_eq!(sequence(&reading(5, 1), Some(5), &group, none), Sequence::Redelivery);
+        assert_eq!(sequence(&reading(5, 2), Some(5), &group, none), Sequence::Replay(5));
+        // Already stored: compare with the stored signature.
+        assert_eq!(sequence(&reading(3, 7), Some(9), &[], || Some(vec![7; 65])), Sequence::Redelivery);
+        assert_eq!(sequence(&reading(3, 8), Some(9), &[], || Some(vec![7; 65])), Sequence::Replay(9));
+        assert_eq!(sequence(&reading(3, 8), Some(9), &[], none), Sequence::Replay(9));
     }
 }
