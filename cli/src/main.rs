@@ -206,7 +206,7 @@ enum PolicyCmd {
 async fn main() -> ExitCode {
     let cli = Cli::parse();
     // A service logs what it does; a one-shot command only its warnings.
-    let default = if matches!(cli.command, Command::Oracle { .. }) { "info,rumqttd=warn" } else { "warn" };
+    let default = if matches!(cli.command, Command::Oracle { .. }) { "info,rumqttd=off" } else { "warn" };
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("HEALTHSENSE_LOG").unwrap_or_else(|_| default.into()))
         .with_writer(std::io::stderr)

@@ -103,6 +103,8 @@ impl Net {
 enum Broker {
     Embedded,
     External(u16),
+    /// TLS with the given CA file, user and password.
+    Tls(u16, PathBuf, &'static str, &'static str),
 }
 
 /// A `healthsense oracle` process.
@@ -116,6 +118,7 @@ struct Hub {
     mqtt_port: u16,
     metrics_port: u16,
     binding: Binding,
+    password: &'static str,
 }
 
 impl Hub {
@@ -128,6 +131,17 @@ impl Hub {
                 (format!("embedded = true\nlisten = \"127.0.0.1:{port}\""), port)
             }
             Broker::External(port) => (format!("embedded = false\nhost = \"127.0.0.1\"\nport = {port}"), port),
+            Broker::Tls(port, ref ca, user, _) => (
+                format!(
+                    "embedded = false\nhost = \"127.0.0.1\"\nport = {port}\ntls = true\nca_file = \"{}\"\nusername = \"{user}\"",
+                    ca.display()
+                ),
+                port,
+            ),
+        };
+        let password = match broker {
+            Broker::Tls(_, _, _, password) => password,
+            _ => "",
         };
         let config = net.dir.path().join(format!("{name}.toml"));
         std::fs::write(
@@ -142,7 +156,8 @@ impl Hub {
         .unwrap();
         let binding = Binding { chain_id: net.anvil.chain_id(), contract: net.contract, hub: net.hub_address(who) };
         let log = net.dir.path().join(format!("{name}.log"));
-        let mut hub = Hub { name: name.into(), who, child: None, config, log, store, mqtt_port, metrics_port, binding };
+        let mut hub =
+            Hub { name: name.into(), who, child: None, config, log, store, mqtt_port, metrics_port, binding, password };
         hub.spawn(net);
         hub
     }
@@ -156,6 +171,7 @@ impl Hub {
             .arg(&net.deployment)
             .env("HEALTHSENSE_HUB_PRIVATE_KEY", alloy::hex::encode(net.anvil.keys()[self.who].to_bytes()))
             .env("HEALTHSENSE_LOG", "info,rumqttd=warn")
+            .env("HEALTHSENSE_MQTT_PASSWORD", self.password)
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
@@ -220,10 +236,53 @@ struct Mosquitto {
     child: Child,
     port: u16,
     _dir: tempfile::TempDir,
+    _tls: Option<tempfile::TempDir>,
 }
 
 impl Mosquitto {
     fn start() -> Mosquitto {
+        Self::with("")
+    }
+
+    /// A TLS listener with a CA and server certificate made for the test,
+    /// and one user; returns the broker and the CA file.
+    fn tls(user: &str, password: &str) -> (Mosquitto, PathBuf) {
+        use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair, SanType};
+        let dir = tempfile::tempdir().unwrap();
+        let ca_key = KeyPair::generate().unwrap();
+        let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        ca_params.distinguished_name.push(DnType::CommonName, "HealthSense test CA");
+        let ca = ca_params.self_signed(&ca_key).unwrap();
+        let key = KeyPair::generate().unwrap();
+        let mut params = CertificateParams::new(vec!["localhost".to_string()]).unwrap();
+        params.subject_alt_names.push(SanType::IpAddress("127.0.0.1".parse().unwrap()));
+        let cert = params.signed_by(&key, &ca, &ca_key).unwrap();
+        let path = |f: &str| dir.path().join(f);
+        std::fs::write(path("ca.pem"), ca.pem()).unwrap();
+        std::fs::write(path("server.pem"), cert.pem()).unwrap();
+        std::fs::write(path("server.key"), key.serialize_pem()).unwrap();
+        let status = Command::new("mosquitto_passwd")
+            .args(["-b", "-c"])
+            .arg(path("passwd"))
+            .args([user, password])
+            .status()
+            .expect("mosquitto_passwd (package mosquitto)");
+        assert!(status.success());
+        let extra = format!(
+            "cafile {}\ncertfile {}\nkeyfile {}\npassword_file {}\n",
+            path("ca.pem").display(),
+            path("server.pem").display(),
+            path("server.key").display(),
+            path("passwd").display()
+        );
+        let ca_file = path("ca.pem");
+        let mut broker = Self::with(&extra);
+        broker._tls = Some(dir);
+        (broker, ca_file)
+    }
+
+    fn with(extra: &str) -> Mosquitto {
         let bin = ["/usr/sbin/mosquitto", "/usr/bin/mosquitto"]
             .into_iter()
             .find(|p| Path::new(p).exists())
@@ -234,8 +293,9 @@ impl Mosquitto {
         std::fs::write(
             &conf,
             format!(
-                "listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\nmax_queued_messages 0\n\
-                 max_inflight_messages 1000\nlog_dest stderr\n"
+                "listener {port} 127.0.0.1\n{}persistence false\nmax_queued_messages 0\n\
+                 max_inflight_messages 1000\nuser root\nlog_dest stderr\n{extra}",
+                if extra.is_empty() { "allow_anonymous true\n" } else { "allow_anonymous false\n" }
             ),
         )
         .unwrap();
@@ -245,7 +305,7 @@ impl Mosquitto {
             assert!(Instant::now() < deadline, "mosquitto did not start on {port}");
             std::thread::sleep(Duration::from_millis(20));
         }
-        Mosquitto { child, port, _dir: dir }
+        Mosquitto { child, port, _dir: dir, _tls: None }
     }
 }
 
@@ -294,7 +354,10 @@ struct Mqtt {
 
 impl Mqtt {
     async fn connect(port: u16, id: &str, hub: &str) -> Mqtt {
-        let mut opts = MqttOptions::new(id, "127.0.0.1", port);
+        Self::connect_with(MqttOptions::new(id, "127.0.0.1", port), hub).await
+    }
+
+    async fn connect_with(mut opts: MqttOptions, hub: &str) -> Mqtt {
         opts.set_keep_alive(Duration::from_secs(5)).set_inflight(500).set_max_packet_size(1 << 20, 1 << 20);
         let (client, mut eventloop) = AsyncClient::new(opts, 10_000);
         let topics = Topics::new(hub).unwrap();
@@ -606,4 +669,34 @@ fn a_killed_hub_loses_nothing_and_never_anchors_twice() {
         assert_eq!(seqs.len(), batches.len());
     });
     assert_eq!(hub.logs().matches("hub started").count(), 3, "two crashes, two restarts");
+}
+
+#[test]
+fn hub_uses_tls_and_credentials_on_an_external_broker() {
+    let (broker, ca) = Mosquitto::tls("ward-4-hub", "s3cret-hub");
+    let net = Net::new(&[1]);
+    let mut dev = Device::new("HS-TLS", net.provision("HS-TLS", "ward-4"));
+    let hub = Hub::start(&net, "ward-4", "ward-4", 1, Broker::Tls(broker.port, ca.clone(), "ward-4-hub", "s3cret-hub"), 5);
+    rt().block_on(async {
+        let mut opts = MqttOptions::new("bed-tls", "127.0.0.1", broker.port);
+        opts.set_transport(rumqttc::Transport::tls(std::fs::read(&ca).unwrap(), None, None));
+        opts.set_credentials("ward-4-hub", "s3cret-hub");
+        let mut mqtt = Mqtt::connect_with(opts, "ward-4").await;
+        assert_eq!(mqtt.hello(&dev).await, Code::Registered);
+        for i in 0..5 {
+            let r = dev.next(i);
+            mqtt.vitals(&net, &dev, &r).await;
+        }
+        hub.wait("5 readings anchored over TLS", |c| c.anchored_readings == 5);
+        assert_eq!(verify_all_on_chain(&net, &hub, &[&dev]).await, 5);
+    });
+    // A hub with the wrong password is refused by the broker, says so, and
+    // the password never appears in its log.
+    let wrong = Hub::start(&net, "ward-4b", "ward-4", 1, Broker::Tls(broker.port, ca, "ward-4-hub", "wrong-pass"), 5);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !wrong.logs().contains("no broker connection") {
+        assert!(Instant::now() < deadline, "no connection warning:\n{}", wrong.logs());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(!wrong.logs().contains("wrong-pass") && !hub.logs().contains("s3cret-hub"));
 }

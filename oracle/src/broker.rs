@@ -2,10 +2,9 @@
 //! ward hub needs no separate broker install. Production wards may point the
 //! oracle at Mosquitto or EMQX instead (`mqtt.embedded = false`).
 
-use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::time::{Duration, Instant};
+use std::net::{SocketAddr, TcpListener};
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 
 /// Largest MQTT payload the embedded broker forwards. Larger than the
 /// oracle's own limit so that oversized readings reach the oracle and get
@@ -13,14 +12,15 @@ use anyhow::{bail, Context, Result};
 pub const BROKER_MAX_PAYLOAD: usize = 64 * 1024;
 
 /// Starts rumqttd on `listen` (port 0 picks a free port) in background
-/// threads and returns the address it accepts connections on.
+/// threads and returns its address. Clients connect with retries (the
+/// oracle's session reconnects on its own), so no readiness probe is made:
+/// rumqttd logs every probe connection as an error.
 pub fn start_embedded(listen: SocketAddr) -> Result<SocketAddr> {
-    let addr = if listen.port() == 0 {
-        let probe = TcpListener::bind(listen).context("finding a free port for the embedded broker")?;
-        probe.local_addr()?
-    } else {
-        listen
-    };
+    // Bind here first: a port in use is a clear error now rather than a log
+    // line from the broker's thread later.
+    let probe = TcpListener::bind(listen).with_context(|| format!("the embedded MQTT broker cannot listen on {listen}"))?;
+    let addr = probe.local_addr()?;
+    drop(probe);
     // QoS 1 inflight window per connection: wide enough that a hub
     // acknowledging after each group commit is never starved.
     let text = format!(
@@ -51,13 +51,7 @@ dynamic_filters = true
             tracing::error!(error = %e, "embedded MQTT broker stopped");
         }
     })?;
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_err() {
-        if Instant::now() > deadline {
-            bail!("the embedded MQTT broker did not start listening on {addr} (port in use?)");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
     tracing::info!(%addr, "embedded MQTT broker listening");
     Ok(addr)
 }
+

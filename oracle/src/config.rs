@@ -104,7 +104,7 @@ pub struct MqttConfig {
     pub port: u16,
     /// Use TLS to the external broker.
     pub tls: bool,
-    /// CA certificate (PEM) for TLS; system roots when absent.
+    /// CA certificate (PEM) for TLS; required with `tls`.
     pub ca_file: Option<PathBuf>,
     /// Username; the password comes from `HEALTHSENSE_MQTT_PASSWORD`.
     pub username: Option<String>,
@@ -204,13 +204,15 @@ impl Default for IngestConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct MetricsConfig {
-    /// Listen address of `/metrics` and `/healthz`; `None` disables it.
-    pub listen: Option<SocketAddr>,
+    /// Serve `/metrics` and `/healthz`.
+    pub enabled: bool,
+    /// Their listen address (port 0 picks a free port).
+    pub listen: SocketAddr,
 }
 
 impl Default for MetricsConfig {
     fn default() -> Self {
-        Self { listen: Some(SocketAddr::from(([127, 0, 0, 1], 9464))) }
+        Self { enabled: true, listen: SocketAddr::from(([127, 0, 0, 1], 9464)) }
     }
 }
 

@@ -97,14 +97,11 @@ fn mqtt_options(cfg: &Config, host: &str, port: u16, topics: &Topics) -> Result<
         opts.set_credentials(user.clone(), password);
     }
     if cfg.mqtt.tls {
-        let transport = match &cfg.mqtt.ca_file {
-            Some(ca) => Transport::tls(
-                std::fs::read(ca).with_context(|| format!("reading MQTT CA {}", ca.display()))?,
-                None,
-                None,
-            ),
-            None => Transport::tls_with_default_config(),
-        };
+        // A hospital broker's certificate comes from the hospital's CA; name
+        // it explicitly rather than trusting whatever the host trusts.
+        let ca = cfg.mqtt.ca_file.as_ref().context("mqtt.tls needs mqtt.ca_file (the broker's CA certificate, PEM)")?;
+        let transport =
+            Transport::tls(std::fs::read(ca).with_context(|| format!("reading MQTT CA {}", ca.display()))?, None, None);
         opts.set_transport(transport);
     }
     Ok(opts)
@@ -135,12 +132,12 @@ pub async fn start(cfg: Config, key: PrivateKeySigner, options: Options) -> Resu
     let (client, mut eventloop) = AsyncClient::new(mqtt_options(&cfg, &host, port, &topics)?, 100_000);
 
     let metrics = Arc::new(Metrics::default());
-    let metrics_addr = match cfg.metrics.listen {
-        Some(addr) => Some(crate::metrics::serve(addr, metrics.clone()).await?),
-        None => None,
-    };
     let registry = Arc::new(Registry::default());
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let metrics_addr = match cfg.metrics.enabled {
+        true => Some(crate::metrics::serve(cfg.metrics.listen, metrics.clone(), shutdown_rx.clone()).await?),
+        false => None,
+    };
     let unbatched = Arc::new(AtomicU64::new(0));
     let wake = Arc::new(Notify::new());
     let shared = Shared {
@@ -203,7 +200,10 @@ pub async fn start(cfg: Config, key: PrivateKeySigner, options: Options) -> Resu
     };
     let presence = Presence { online: true, hub: Some(hub), ward: Some(cfg.ward.clone()) };
     let drained = Arc::new(Notify::new());
+    let (subscribed, mut is_subscribed) = watch::channel(false);
     let session = Session {
+        subscribed,
+        failures: 0,
         client,
         topics,
         announcement: serde_json::to_vec(&announcement)?,
@@ -237,6 +237,11 @@ pub async fn start(cfg: Config, key: PrivateKeySigner, options: Options) -> Resu
             }
         }
     }));
+    // Devices that publish before the hub's first subscription would find no
+    // session to queue for: say "started" once the subscription stands.
+    if tokio::time::timeout(Duration::from_secs(10), is_subscribed.wait_for(|s| *s)).await.is_err() {
+        tracing::warn!(mqtt = %format!("{host}:{port}"), "not subscribed to the broker yet; continuing to retry");
+    }
     tracing::info!(%hub, mqtt = %format!("{host}:{port}"), ward = %cfg.ward, "hub started");
     Ok(RunningHub { hub, mqtt: (host, port), metrics_addr, metrics, shutdown: shutdown_tx, drained, threads, tasks })
 }
@@ -262,12 +267,15 @@ struct Session {
     presence: Vec<u8>,
     vitals: Option<mpsc::UnboundedSender<Incoming>>,
     control: mpsc::UnboundedSender<Publish>,
+    subscribed: watch::Sender<bool>,
+    failures: u32,
 }
 
 impl Session {
     async fn on_event(&mut self, ev: Result<Event, rumqttc::ConnectionError>) {
         match ev {
             Ok(Event::Incoming(Packet::ConnAck(ack))) => {
+                self.failures = 0;
                 tracing::info!(session_present = ack.session_present, "connected to the broker");
                 let filters = [DeviceTopic::Vitals, DeviceTopic::Hello, DeviceTopic::State, DeviceTopic::Discharge]
                     .map(|k| rumqttc::SubscribeFilter::new(self.topics.device_filter(k), QoS::AtLeastOnce));
@@ -279,10 +287,17 @@ impl Session {
                     .await;
             }
             Ok(Event::Incoming(Packet::Publish(p))) => self.route(p).await,
+            Ok(Event::Incoming(Packet::SubAck(_))) => {
+                let _ = self.subscribed.send(true);
+            }
             Ok(_) => {}
             Err(e) => {
-                tracing::warn!(error = %e, "broker connection lost; reconnecting");
-                tokio::time::sleep(Duration::from_millis(500)).await;
+                // An embedded broker may still be binding at the first try.
+                self.failures += 1;
+                if self.failures > 2 {
+                    tracing::warn!(error = %e, "no broker connection; reconnecting");
+                }
+                tokio::time::sleep(Duration::from_millis(if self.failures > 2 { 1_000 } else { 100 })).await;
             }
         }
     }

@@ -86,7 +86,11 @@ impl Metrics {
 }
 
 /// Serves `/metrics` and `/healthz` on `addr`; returns the bound address.
-pub async fn serve(addr: SocketAddr, metrics: Arc<Metrics>) -> Result<SocketAddr> {
+pub async fn serve(
+    addr: SocketAddr,
+    metrics: Arc<Metrics>,
+    mut shutdown: tokio::sync::watch::Receiver<bool>,
+) -> Result<SocketAddr> {
     use axum::routing::get;
     let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("binding metrics on {addr}"))?;
     let bound = listener.local_addr()?;
@@ -102,7 +106,14 @@ pub async fn serve(addr: SocketAddr, metrics: Arc<Metrics>) -> Result<SocketAddr
         )
         .route("/healthz", get(|| async { "ok\n" }));
     tokio::spawn(async move {
-        if let Err(e) = axum::serve(listener, app).await {
+        let stop = async move {
+            while !*shutdown.borrow() {
+                if shutdown.changed().await.is_err() {
+                    break;
+                }
+            }
+        };
+        if let Err(e) = axum::serve(listener, app).with_graceful_shutdown(stop).await {
             tracing::error!(error = %e, "metrics endpoint stopped");
         }
     });

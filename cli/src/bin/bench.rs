@@ -1,0 +1,427 @@
+//! `healthsense-bench`: measures the oracle against the DESIGN.md targets,
+//! each as a ratio to a baseline measured in the same run.
+//!
+//! ```text
+//! cargo run --release -p healthsense-cli --bin healthsense-bench -- oracle
+//! ```
+//!
+//! Phases (one anvil, one deployment):
+//! 1. raw k256: verify pre-signed reading digests on the rayon pool (the
+//!    same threads the oracle verifies on) - the baseline;
+//! 2. ingest: the same number of pre-signed readings published over the
+//!    embedded broker to an in-process hub, timed until the last commit;
+//! 3. latency: readings paced at `--rate` per second, publish -> commit;
+//! 4. gas: anchorBatch at 2,000 readings per batch against one postReadings
+//!    transaction per reading;
+//! 5. memory: a `healthsense oracle` process serving `--beds` devices at one
+//!    reading per bed per second, RSS against the same process idle.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use alloy::network::TransactionBuilder;
+use alloy::node_bindings::Anvil;
+use alloy::primitives::{Address, Bytes, B256};
+use alloy::providers::{Provider, ProviderBuilder};
+use alloy::rpc::types::{Filter, TransactionRequest};
+use alloy::signers::local::PrivateKeySigner;
+use alloy::signers::SignerSync;
+use alloy::sol_types::{SolCall, SolEvent};
+use anyhow::{bail, Context, Result};
+use clap::Parser;
+use healthsense_abi::bindings::HealthSense as H;
+use healthsense_abi::rules::{eip712, ids};
+use healthsense_abi::Reading;
+use healthsense_cli::{artifact, deploy, tools};
+use healthsense_oracle::protocol::{self, DeviceTopic, Topics};
+use k256::ecdsa::signature::hazmat::PrehashVerifier;
+use rayon::prelude::*;
+use rumqttc::{AsyncClient, MqttOptions, QoS};
+use serde_json::json;
+
+#[derive(Parser)]
+#[command(about = "Benchmarks the HealthSense oracle against its targets (docs/BENCHMARKS.md)")]
+struct Args {
+    /// What to measure.
+    #[arg(value_parser = ["oracle"])]
+    what: String,
+    /// Readings in the throughput phases.
+    #[arg(long, default_value_t = 40_000)]
+    readings: usize,
+    /// Devices the throughput readings come from.
+    #[arg(long, default_value_t = 200)]
+    devices: usize,
+    /// Paced rate of the latency phase, readings/s.
+    #[arg(long, default_value_t = 2_000)]
+    rate: usize,
+    /// Length of the latency phase, seconds.
+    #[arg(long, default_value_t = 15)]
+    latency_seconds: u64,
+    /// Beds of the memory phase (one reading per bed per second).
+    #[arg(long, default_value_t = 2_000)]
+    beds: usize,
+    /// Length of the memory phase, seconds.
+    #[arg(long, default_value_t = 30)]
+    memory_seconds: u64,
+    /// Print one JSON object instead of the report.
+    #[arg(long)]
+    json: bool,
+}
+
+struct Bed {
+    serial: String,
+    key: PrivateKeySigner,
+}
+
+fn reading(serial: &str, seq: u64, i: u64) -> Reading {
+    Reading {
+        deviceId: ids::device_id(serial),
+        seq,
+        timestamp: healthsense_oracle::ingest::now_ms(),
+        heartRate: 60 + (i % 40) as u16,
+        respRate: 12 + (i % 8) as u16,
+        spo2: 94 + (i % 6) as u16,
+        systolic: 110 + (i % 30) as u16,
+        diastolic: 70 + (i % 15) as u16,
+        temperature: 3_650 + (i % 50) as u16,
+        consciousness: 1,
+    }
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    sorted[((sorted.len() - 1) as f64 * p).round() as usize]
+}
+
+fn rss_kib(pid: u32, field: &str) -> Result<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(field).map(|v| v.trim().trim_end_matches(" kB").trim().parse::<u64>()))
+        .context("no such field")?
+        .context("bad number")
+}
+
+async fn publisher(port: u16, id: &str, capacity: usize) -> AsyncClient {
+    let mut opts = MqttOptions::new(id, "127.0.0.1", port);
+    opts.set_keep_alive(Duration::from_secs(30)).set_inflight(u16::MAX).set_max_packet_size(1 << 20, 1 << 20);
+    let (client, mut eventloop) = AsyncClient::new(opts, capacity);
+    tokio::spawn(async move {
+        loop {
+            if eventloop.poll().await.is_err() {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    });
+    client
+}
+
+#[tokio::main(flavor = "multi_thread")]
+async fn main() -> Result<()> {
+    let args = Args::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("HEALTHSENSE_LOG").unwrap_or_else(|_| "warn,rumqttd=off".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let threads = rayon::current_num_threads();
+    let root = tools::project_root()?;
+    let anvil = Anvil::new().path(tools::foundry_tool(&root, "anvil")?).try_spawn().context("starting anvil")?;
+    let provider = ProviderBuilder::new().connect_http(anvil.endpoint_url());
+    let (admin, hub, hub2) = (anvil.addresses()[0], anvil.addresses()[1], anvil.addresses()[2]);
+    let d = deploy::deploy_evm(&provider, anvil.endpoint().as_str(), admin, admin, artifact::load_or_build(&root)?).await?;
+    let contract = d.address;
+    let domain = eip712::domain_separator(d.chain_id, contract);
+    // A fresh provider per call: the hub account also sends from the oracle,
+    // so a cached nonce would go stale.
+    let url = anvil.endpoint_url();
+    let send = |from: Address, input: Vec<u8>| {
+        let tx = TransactionRequest::default().with_from(from).with_to(contract).with_input(input);
+        let p = ProviderBuilder::new().connect_http(url.clone());
+        async move { anyhow::Ok(p.send_transaction(tx).await?.get_receipt().await?) }
+    };
+    for h in [hub, hub2] {
+        send(admin, H::grantRoleCall { role: ids::HUB_ROLE, account: h }.abi_encode()).await?;
+    }
+    let n_beds = args.devices.max(args.beds);
+    eprintln!("provisioning and activating {n_beds} devices ...");
+    let ward = ids::ward_id("bench");
+    let beds: Vec<Bed> = (0..n_beds).map(|i| Bed { serial: format!("BENCH-{i:05}"), key: PrivateKeySigner::random() }).collect();
+    let mut pending = Vec::new();
+    let batch_provider = ProviderBuilder::new().connect_http(url.clone());
+    for b in &beds {
+        let id = ids::device_id(&b.serial);
+        let calls = [
+            (admin, H::provisionDeviceCall { deviceId: id, signer: b.key.address(), ward }.abi_encode()),
+            (hub, H::activateDeviceCall { deviceId: id }.abi_encode()),
+        ];
+        for (from, input) in calls {
+            let tx = TransactionRequest::default().with_from(from).with_to(contract).with_input(input);
+            pending.push(batch_provider.send_transaction(tx).await?);
+        }
+    }
+    for p in pending {
+        p.get_receipt().await?;
+    }
+
+    // 1. Raw k256 verification: the baseline.
+    let devs = &beds[..args.devices];
+    let signed: Vec<(Reading, Vec<u8>, usize)> = (0..args.readings)
+        .into_par_iter()
+        .map(|i| {
+            let k = i % devs.len();
+            let r = reading(&devs[k].serial, 2 + (i / devs.len()) as u64, i as u64);
+            let payload = protocol::sign_vitals(&devs[k].key, domain, &devs[k].serial, &r).unwrap_or_default();
+            (r, payload, k)
+        })
+        .collect();
+    let prepared: Vec<(k256::ecdsa::VerifyingKey, B256, k256::ecdsa::Signature)> = signed
+        .par_iter()
+        .map(|(r, _, k)| {
+            let digest = eip712::reading_digest(domain, r);
+            let sig = devs[*k].key.sign_hash_sync(&digest).expect("signing");
+            (*devs[*k].key.credential().verifying_key(), digest, sig.to_k256().expect("k256 signature"))
+        })
+        .collect();
+    let t = Instant::now();
+    let ok = prepared.par_iter().filter(|(vk, digest, sig)| vk.verify_prehash(digest.as_slice(), sig).is_ok()).count();
+    let raw_secs = t.elapsed().as_secs_f64();
+    if ok != prepared.len() {
+        bail!("baseline verification failed for {} readings", prepared.len() - ok);
+    }
+    let raw_rate = args.readings as f64 / raw_secs;
+
+    // 2. Ingest over MQTT into an in-process hub.
+    let dir = tempfile::tempdir()?;
+    let committed = Arc::new(AtomicUsize::new(0));
+    let commit_times: Arc<Mutex<Option<HashMap<(B256, u64), Instant>>>> = Arc::new(Mutex::new(None));
+    let hook = {
+        let (committed, times) = (committed.clone(), commit_times.clone());
+        Arc::new(move |rs: &[healthsense_oracle::store::NewReading], at: Instant| {
+            committed.fetch_add(rs.len(), Ordering::SeqCst);
+            if let Ok(mut guard) = times.lock() {
+                if let Some(map) = guard.as_mut() {
+                    for r in rs {
+                        map.insert((r.reading.deviceId, r.reading.seq), at);
+                    }
+                }
+            }
+        })
+    };
+    let cfg = healthsense_oracle::Config::parse(&format!(
+        "hub = \"bench\"\nward = \"bench\"\nstore = \"{}\"\n[chain]\nrpc_url = \"{}\"\ncontract = \"{contract}\"\n\
+         [mqtt]\nlisten = \"127.0.0.1:0\"\n[anchor]\nbatch_size = 2000\ninterval_ms = 2000\n[metrics]\nlisten = \"127.0.0.1:0\"\n",
+        dir.path().join("hub.sqlite").display(),
+        anvil.endpoint()
+    ))?;
+    let hub_key = PrivateKeySigner::from_signing_key(anvil.keys()[1].clone().into());
+    let running = healthsense_oracle::start(cfg, hub_key, healthsense_oracle::Options { on_commit: Some(hook) }).await?;
+    let port = running.mqtt.1;
+    let topics = Topics::new("bench").map_err(anyhow::Error::msg)?;
+    let client = publisher(port, "bench-beds", args.readings + 10_000).await;
+    // Warm-up: one reading per device loads the device cache.
+    for (k, b) in devs.iter().enumerate() {
+        let r = reading(&b.serial, 1, k as u64);
+        let payload = protocol::sign_vitals(&b.key, domain, &b.serial, &r)?;
+        client.publish(topics.device(&b.serial, DeviceTopic::Vitals), QoS::AtLeastOnce, false, payload).await?;
+    }
+    wait_for(&committed, devs.len(), "warm-up").await?;
+    let t = Instant::now();
+    for (_, payload, k) in &signed {
+        let topic = topics.device(&devs[*k].serial, DeviceTopic::Vitals);
+        client.publish(topic, QoS::AtLeastOnce, false, payload.clone()).await?;
+    }
+    wait_for(&committed, devs.len() + args.readings, "ingest").await?;
+    let ingest_secs = t.elapsed().as_secs_f64();
+    let ingest_rate = args.readings as f64 / ingest_secs;
+
+    // 3. Latency at a paced rate.
+    *commit_times.lock().map_err(|_| anyhow::anyhow!("poisoned"))? = Some(HashMap::new());
+    let total = args.rate * args.latency_seconds as usize;
+    let base = committed.load(Ordering::SeqCst);
+    let mut published: HashMap<(B256, u64), Instant> = HashMap::with_capacity(total);
+    let tick = Duration::from_millis(10);
+    let per_tick = (args.rate / 100).max(1);
+    let start_seq = 10 + (args.readings / devs.len()) as u64;
+    let mut interval = tokio::time::interval(tick);
+    let mut sent = 0usize;
+    while sent < total {
+        interval.tick().await;
+        for _ in 0..per_tick.min(total - sent) {
+            let k = sent % devs.len();
+            let r = reading(&devs[k].serial, start_seq + (sent / devs.len()) as u64, sent as u64);
+            let payload = protocol::sign_vitals(&devs[k].key, domain, &devs[k].serial, &r)?;
+            let key = (r.deviceId, r.seq);
+            client.publish(topics.device(&devs[k].serial, DeviceTopic::Vitals), QoS::AtLeastOnce, false, payload).await?;
+            published.insert(key, Instant::now());
+            sent += 1;
+        }
+    }
+    wait_for(&committed, base + total, "latency phase").await?;
+    let times = commit_times.lock().map_err(|_| anyhow::anyhow!("poisoned"))?.take().unwrap_or_default();
+    let mut lat: Vec<f64> = published
+        .iter()
+        .filter_map(|(k, sent)| times.get(k).map(|c| c.saturating_duration_since(*sent).as_secs_f64() * 1e3))
+        .collect();
+    lat.sort_by(|a, b| a.total_cmp(b));
+    let (p50, p99, max) = (percentile(&lat, 0.50), percentile(&lat, 0.99), lat.last().copied().unwrap_or(f64::NAN));
+
+    // 4. Gas: full batches against one transaction per reading.
+    let expected = committed.load(Ordering::SeqCst);
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let anchored = running.metrics.anchored.get() as usize;
+        if anchored >= expected {
+            break;
+        }
+        if Instant::now() > deadline {
+            bail!("only {anchored} of {expected} readings anchored");
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    running.shutdown().await;
+    let logs = provider
+        .get_logs(&Filter::new().address(contract).from_block(0).event_signature(H::BatchAnchored::SIGNATURE_HASH))
+        .await?;
+    let mut full = Vec::new();
+    for log in logs {
+        let e = H::BatchAnchored::decode_log_data(log.data())?;
+        if e.leafCount == 2_000 {
+            let tx = log.transaction_hash.context("log without tx")?;
+            full.push(provider.get_transaction_receipt(tx).await?.context("receipt")?.gas_used);
+        }
+    }
+    if full.is_empty() {
+        bail!("no full 2,000-reading batch was anchored; raise --readings");
+    }
+    let batch_gas = full.iter().sum::<u64>() as f64 / full.len() as f64;
+    let mut single = Vec::new();
+    for (k, b) in devs.iter().take(20).enumerate() {
+        let r = reading(&b.serial, 1_000_000_000, k as u64);
+        let sig = b.key.sign_hash_sync(&eip712::reading_digest(domain, &r))?;
+        let call = H::postReadingsCall { readings: vec![r.into()], signatures: vec![Bytes::copy_from_slice(&sig.as_bytes())] };
+        single.push(send(hub, call.abi_encode()).await?.gas_used);
+    }
+    let single_gas = single.iter().sum::<u64>() as f64 / single.len() as f64;
+    let per_reading = batch_gas / 2_000.0;
+
+    // 5. Memory: a separate oracle process at `beds` readings per second.
+    let (idle_kib, peak_kib) = memory(&args, &root, &anvil, contract, domain, &beds, dir.path().into()).await?;
+
+    let report = json!({
+        "threads": threads,
+        "raw_k256_verify_per_s": raw_rate.round(),
+        "ingest_per_s": ingest_rate.round(),
+        "ingest_vs_raw": ingest_rate / raw_rate,
+        "latency_rate_per_s": args.rate,
+        "latency_ms": { "p50": p50, "p99": p99, "max": max, "samples": lat.len() },
+        "gas": { "anchor_batch": batch_gas, "per_reading_at_2000": per_reading, "one_tx_per_reading": single_gas,
+                 "ratio": per_reading / single_gas },
+        "memory": { "beds": args.beds, "idle_mib": idle_kib as f64 / 1024.0, "peak_mib": peak_kib as f64 / 1024.0 },
+    });
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+        return Ok(());
+    }
+    println!("HealthSense oracle benchmark ({threads} verification threads)");
+    println!("  raw k256 verification   {raw_rate:>10.0} readings/s  (baseline)");
+    println!(
+        "  ingest over MQTT        {ingest_rate:>10.0} readings/s  = {:.0}% of raw   (target >= 60% and >= 10,000/s)",
+        100.0 * ingest_rate / raw_rate
+    );
+    println!("  publish -> durable      p50 {p50:.1} ms, p99 {p99:.1} ms, max {max:.1} ms at {} readings/s  (target p99 <= 50 ms)", args.rate);
+    println!(
+        "  gas per reading         {per_reading:.1} at 2,000/batch vs {single_gas:.0} one tx per reading = {:.5}x  (target <= 50)",
+        per_reading / single_gas
+    );
+    println!(
+        "  oracle RSS              {:.1} MiB at {} beds vs {:.1} MiB idle  (target <= 150 MB)",
+        peak_kib as f64 / 1024.0,
+        args.beds,
+        idle_kib as f64 / 1024.0
+    );
+    Ok(())
+}
+
+async fn wait_for(counter: &AtomicUsize, n: usize, what: &str) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(300);
+    while counter.load(Ordering::SeqCst) < n {
+        if Instant::now() > deadline {
+            bail!("{what}: only {} of {n} readings committed", counter.load(Ordering::SeqCst));
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    Ok(())
+}
+
+/// Idle and peak RSS (KiB) of a `healthsense oracle` process serving `beds`.
+async fn memory(
+    args: &Args,
+    root: &std::path::Path,
+    anvil: &alloy::node_bindings::AnvilInstance,
+    contract: Address,
+    domain: B256,
+    beds: &[Bed],
+    dir: PathBuf,
+) -> Result<(u64, u64)> {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+    let config = dir.join("memory.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "hub = \"beds\"\nward = \"bench\"\nstore = \"{}\"\n[chain]\nrpc_url = \"{}\"\ncontract = \"{contract}\"\n\
+             [mqtt]\nlisten = \"127.0.0.1:{port}\"\n[anchor]\nbatch_size = 2000\ninterval_ms = 5000\n[metrics]\nlisten = \"127.0.0.1:0\"\n",
+            dir.join("memory.sqlite").display(),
+            anvil.endpoint()
+        ),
+    )?;
+    let exe = std::env::current_exe()?.with_file_name("healthsense");
+    let mut child = std::process::Command::new(&exe)
+        .args(["oracle", "--config"])
+        .arg(&config)
+        .env("HEALTHSENSE_HUB_PRIVATE_KEY", alloy::hex::encode(anvil.keys()[2].to_bytes()))
+        .env("HEALTHSENSE_HOME", root)
+        .env("HEALTHSENSE_LOG", "warn,rumqttd=off")
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .with_context(|| format!("starting {} (build the healthsense binary first)", exe.display()))?;
+    let pid = child.id();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            bail!("the oracle process did not start");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let idle = rss_kib(pid, "VmRSS:")?;
+    let topics = Topics::new("beds").map_err(anyhow::Error::msg)?;
+    let client = publisher(port, "memory-beds", 1_000_000).await;
+    let beds = &beds[..args.beds];
+    let mut tick = tokio::time::interval(Duration::from_millis(10));
+    let per_tick = (beds.len() / 100).max(1);
+    let mut peak = idle;
+    for second in 0..args.memory_seconds {
+        for chunk in beds.chunks(per_tick) {
+            tick.tick().await;
+            for (i, b) in chunk.iter().enumerate() {
+                let r = reading(&b.serial, second + 1, second * 7 + i as u64);
+                let payload = protocol::sign_vitals(&b.key, domain, &b.serial, &r)?;
+                client.publish(topics.device(&b.serial, DeviceTopic::Vitals), QoS::AtLeastOnce, false, payload).await?;
+            }
+        }
+        peak = peak.max(rss_kib(pid, "VmRSS:")?);
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let hwm = rss_kib(pid, "VmHWM:")?;
+    let _ = child.kill();
+    let _ = child.wait();
+    Ok((idle, peak.max(hwm)))
+}
