@@ -123,6 +123,11 @@ struct Hub {
 
 impl Hub {
     fn start(net: &Net, name: &str, ward: &str, who: usize, broker: Broker, batch: usize) -> Hub {
+        let anchor = format!("batch_size = {batch}\ninterval_ms = 300\nmax_backoff_ms = 1000");
+        Self::start_with(net, name, ward, who, broker, &anchor)
+    }
+
+    fn start_with(net: &Net, name: &str, ward: &str, who: usize, broker: Broker, anchor: &str) -> Hub {
         let store = net.dir.path().join(format!("{name}.sqlite"));
         let metrics_port = free_port();
         let (mqtt, mqtt_port) = match broker {
@@ -148,8 +153,7 @@ impl Hub {
             &config,
             format!(
                 "hub = \"{name}\"\nward = \"{ward}\"\nstore = \"{}\"\n[chain]\npoll_ms = 100\n[mqtt]\n{mqtt}\n\
-                 [anchor]\nbatch_size = {batch}\ninterval_ms = 300\nmax_backoff_ms = 1000\n\
-                 [metrics]\nlisten = \"127.0.0.1:{metrics_port}\"\n",
+                 [anchor]\n{anchor}\n[metrics]\nlisten = \"127.0.0.1:{metrics_port}\"\n",
                 store.display()
             ),
         )
@@ -699,4 +703,52 @@ fn hub_uses_tls_and_credentials_on_an_external_broker() {
         std::thread::sleep(Duration::from_millis(100));
     }
     assert!(!wrong.logs().contains("wrong-pass") && !hub.logs().contains("s3cret-hub"));
+}
+
+#[test]
+fn readings_mode_posts_the_signed_readings_themselves() {
+    let net = Net::new(&[1]);
+    let mut devices: Vec<Device> =
+        (1..=2).map(|i| format!("HS-R{i}")).map(|s| Device::new(&s, net.provision(&s, "ward-6"))).collect();
+    let anchor = "mode = \"readings\"\nreadings_per_tx = 25\ninterval_ms = 300";
+    let hub = Hub::start_with(&net, "ward-6", "ward-6", 1, Broker::Embedded, anchor);
+    rt().block_on(async {
+        let mut mqtt = Mqtt::connect(hub.mqtt_port, "beds", "ward-6").await;
+        for d in &devices {
+            assert_eq!(mqtt.hello(d).await, Code::Registered);
+        }
+        for i in 0..30u64 {
+            for d in devices.iter_mut() {
+                let r = d.next(i);
+                mqtt.vitals(&net, d, &r).await;
+            }
+        }
+        let c = hub.wait("60 readings posted", |c| c.anchored_readings == 60);
+        assert_eq!(c.batches_anchored, 3, "25 + 25 + 10 readings per transaction");
+        let p = net.provider().await;
+        let filter = Filter::new()
+            .address(net.contract)
+            .from_block(0)
+            .event_signature(HealthSense::ReadingPosted::SIGNATURE_HASH);
+        let posted: Vec<Reading> = p
+            .get_logs(&filter)
+            .await
+            .unwrap()
+            .iter()
+            .map(|l| {
+                let e = HealthSense::ReadingPosted::decode_log_data(l.data()).unwrap();
+                Reading { deviceId: e.deviceId, seq: e.seq, timestamp: e.timestamp, heartRate: e.heartRate, respRate: e.respRate,
+                    spo2: e.spo2, systolic: e.systolic, diastolic: e.diastolic, temperature: e.temperature, consciousness: e.consciousness }
+            })
+            .collect();
+        assert_eq!(posted.len(), 60);
+        let store = Store::open(&hub.store, hub.binding).unwrap();
+        for d in &devices {
+            let stored: Vec<Reading> = store.device_readings(ids::device_id(&d.serial)).unwrap().into_iter().map(|r| r.reading).collect();
+            let on_chain: Vec<Reading> = posted.iter().filter(|r| r.deviceId == ids::device_id(&d.serial)).cloned().collect();
+            assert_eq!(stored, on_chain, "{}: the chain holds exactly the stored readings, in order", d.serial);
+            let info = HealthSense::new(net.contract, &p).getDevice(ids::device_id(&d.serial)).call().await.unwrap();
+            assert_eq!(info.lastSeq, 30);
+        }
+    });
 }
