@@ -13,7 +13,7 @@ use std::sync::{Arc, OnceLock, RwLock};
 use alloy::primitives::{Address, Signature, B256};
 use healthsense_abi::bindings::IHealthSense::DeviceInfo;
 use healthsense_abi::rules::status::DeviceStatus;
-use k256::elliptic_curve::ops::{LinearCombination, Reduce};
+use k256::elliptic_curve::ops::{Invert, LinearCombination, Reduce};
 use k256::elliptic_curve::point::AffineCoordinates;
 use k256::elliptic_curve::PrimeField;
 use k256::{AffinePoint, ProjectivePoint, Scalar, U256 as KU256};
@@ -79,7 +79,8 @@ fn verify_exact(key: &AffinePoint, digest: &B256, sig: &Signature) -> bool {
     let (Some(r), Some(s)) = (scalar(&sig.r().to_be_bytes::<32>()), scalar(&sig.s().to_be_bytes::<32>())) else {
         return false;
     };
-    let Some(s_inv) = Option::<Scalar>::from(s.invert()) else { return false };
+    // Signatures are public: the variable-time inverse is safe and faster.
+    let Some(s_inv) = Option::<Scalar>::from(Invert::invert_vartime(&s)) else { return false };
     let z = <Scalar as Reduce<KU256>>::reduce_bytes(&k256::FieldBytes::from(digest.0));
     let big_r = ProjectivePoint::lincomb(
         &ProjectivePoint::GENERATOR,

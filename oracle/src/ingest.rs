@@ -103,7 +103,9 @@ pub fn start(
     rx: mpsc::UnboundedReceiver<Incoming>,
 ) -> anyhow::Result<Vec<std::thread::JoinHandle<()>>> {
     let last_seqs = store.last_seqs()?;
-    let (group_tx, group_rx) = std::sync::mpsc::sync_channel::<Group>(2);
+    // Deep enough that the writer can merge every group verified during one
+    // commit into the next (group commit: one fsync for all of them).
+    let (group_tx, group_rx) = std::sync::mpsc::sync_channel::<Group>(256);
     let s = shared.clone();
     let verifier = std::thread::Builder::new()
         .name("hs-verify".into())
@@ -130,6 +132,7 @@ fn verifier(
             }
         }
         s.metrics.ingested.inc_by(msgs.len() as u64);
+        let started = Instant::now();
         let clock = Clock { now_ms: now_ms(), max_future_ms: limits.max_future_ms, max_age_ms: limits.max_age_ms };
         let parsed: Vec<_> = msgs
             .par_iter()
@@ -160,6 +163,7 @@ fn verifier(
                 }
             })
             .collect();
+        tracing::debug!(messages = msgs.len(), us = started.elapsed().as_micros() as u64, "group verified");
         if out.send(Group { items: msgs.into_iter().zip(verdicts).collect() }).is_err() {
             return;
         }
@@ -200,6 +204,9 @@ fn resolve(s: &Shared, parsed: &[Result<protocol::SignedReading, Rejection>]) ->
     out
 }
 
+/// Most messages committed in one transaction.
+const MAX_COMMIT: usize = 8_192;
+
 #[derive(Debug, PartialEq, Eq)]
 enum Sequence {
     /// After the device's last stored sequence number: store it.
@@ -236,7 +243,13 @@ fn writer(
     mut last_seqs: HashMap<B256, u64>,
     rx: std::sync::mpsc::Receiver<Group>,
 ) {
-    while let Ok(group) = rx.recv() {
+    while let Ok(mut group) = rx.recv() {
+        while group.items.len() < MAX_COMMIT {
+            match rx.try_recv() {
+                Ok(more) => group.items.extend(more.items),
+                Err(_) => break,
+            }
+        }
         let mut accepted = Vec::new();
         let mut rejected = Vec::new();
         let mut replies = Vec::new();
@@ -277,6 +290,7 @@ fn writer(
             });
             replies.push((msg.serial.clone(), StatusReply::new(rejection.code, rejection.seq, rejection.reason)));
         }
+        let started = Instant::now();
         // Durable first. A failed commit (disk full, I/O error) is retried:
         // the messages stay unacknowledged until it succeeds.
         let mut backoff = Duration::from_millis(100);
@@ -286,6 +300,7 @@ fn writer(
             backoff = (backoff * 2).min(Duration::from_secs(5));
         }
         let committed = Instant::now();
+        let commit_us = committed.duration_since(started).as_micros() as u64;
         last_seqs.extend(tentative);
         s.metrics.stored.inc_by(accepted.len() as u64);
         if !accepted.is_empty() {
@@ -310,6 +325,12 @@ fn writer(
                 }
             }
         });
+        tracing::debug!(
+            readings = accepted.len(),
+            commit_us,
+            ack_us = committed.elapsed().as_micros() as u64,
+            "group committed"
+        );
     }
 }
 
