@@ -294,6 +294,12 @@ async fn main() -> Result<()> {
     wait_for(&committed, devs.len() + args.readings, "queued ingest").await?;
     let ingest_rate = (args.readings - half) as f64 / t.elapsed().as_secs_f64();
 
+    // The backlog of the throughput phases is anchored first, so the latency
+    // phase measures the steady state (with its own batches cut as it goes).
+    let binding = healthsense_oracle::store::Binding { chain_id: d.chain_id, contract, hub };
+    let store = healthsense_oracle::store::Store::open(&dir.path().join("hub.sqlite"), binding)?;
+    wait_anchored(&store, committed.load(Ordering::SeqCst)).await?;
+
     // 3. Latency at a paced rate.
     *commit_times.lock().map_err(|_| anyhow::anyhow!("poisoned"))? = Some(HashMap::new());
     let total = args.rate * args.latency_seconds as usize;
@@ -326,20 +332,7 @@ async fn main() -> Result<()> {
     let (p50, p99, max) = (percentile(&lat, 0.50), percentile(&lat, 0.99), lat.last().copied().unwrap_or(f64::NAN));
 
     // 4. Gas: full batches against one transaction per reading.
-    let expected = committed.load(Ordering::SeqCst);
-    let deadline = Instant::now() + Duration::from_secs(120);
-    let binding = healthsense_oracle::store::Binding { chain_id: d.chain_id, contract, hub };
-    let store = healthsense_oracle::store::Store::open(&dir.path().join("hub.sqlite"), binding)?;
-    loop {
-        let anchored = store.counts()?.anchored_readings as usize;
-        if anchored >= expected {
-            break;
-        }
-        if Instant::now() > deadline {
-            bail!("only {anchored} of {expected} readings anchored");
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    wait_anchored(&store, committed.load(Ordering::SeqCst)).await?;
     running.shutdown().await;
     let logs = provider
         .get_logs(&Filter::new().address(contract).from_block(0).event_signature(H::BatchAnchored::SIGNATURE_HASH))
@@ -408,6 +401,20 @@ async fn main() -> Result<()> {
         idle_kib as f64 / 1024.0
     );
     Ok(())
+}
+
+async fn wait_anchored(store: &healthsense_oracle::store::Store, expected: usize) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(180);
+    loop {
+        let anchored = store.counts()?.anchored_readings as usize;
+        if anchored >= expected {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!("only {anchored} of {expected} readings anchored");
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }
 
 async fn wait_for(counter: &AtomicUsize, n: usize, what: &str) -> Result<()> {
