@@ -12,4 +12,5 @@ pub mod demo;
 pub mod deploy;
 pub mod deployment;
 pub mod keys;
+pub mod simulate;
 pub mod tools;
