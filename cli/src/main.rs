@@ -79,6 +79,39 @@ enum Command {
         #[arg(long, short, default_value = "oracle.toml", env = "HEALTHSENSE_ORACLE_CONFIG")]
         config: PathBuf,
     },
+    /// Simulate a ward: bedside devices with their own keys and believable patients.
+    ///
+    /// Provisions BEDS new devices for WARD (admin key), says hello to the hub on the
+    /// broker, then sends EIP-712-signed SenML vitals at RATE per bed per second for
+    /// SECONDS: physiology with drift and a daily rhythm, a deterioration episode in every
+    /// third patient (SPEED simulated seconds per second), battery and sleep cycles.
+    /// Ends with each bed's highest NEWS2.
+    Simulate {
+        /// Hub name (its `hub` config key).
+        #[arg(long, default_value = "ward-3")]
+        hub: String,
+        /// Ward the devices are provisioned for.
+        #[arg(long, default_value = "ward-3")]
+        ward: String,
+        /// Broker address.
+        #[arg(long, default_value = "127.0.0.1:1883")]
+        broker: String,
+        /// Number of beds.
+        #[arg(long, default_value_t = 8)]
+        beds: usize,
+        /// Readings per bed per second.
+        #[arg(long, default_value_t = 1.0)]
+        rate: f64,
+        /// How long to run, seconds.
+        #[arg(long, default_value_t = 30.0)]
+        seconds: f64,
+        /// Simulated seconds per second (episodes unfold over the run).
+        #[arg(long, default_value_t = 720.0)]
+        speed: f64,
+        /// Random seed (patients, episodes).
+        #[arg(long, default_value_t = 7)]
+        seed: u64,
+    },
     /// Grant, revoke or check roles (admin, hub, doctor, insurer).
     #[command(subcommand)]
     Roles(RolesCmd),
@@ -338,6 +371,52 @@ async fn contract_command(cli: Cli) -> Result<()> {
     let c = admin::connect(d, signer).map_err(ConfigError)?;
     let j = cli.json;
     match cli.command {
+        Command::Simulate { hub, ward, broker, beds, rate, seconds, speed, seed } => {
+            use healthsense_cli::simulate::{self, Bed, Patient, Settings};
+            use rand::{Rng, SeedableRng};
+            let (host, port) = broker
+                .rsplit_once(':')
+                .and_then(|(h, p)| Some((h.to_string(), p.parse::<u16>().ok()?)))
+                .with_context(|| format!("--broker {broker:?} is not HOST:PORT"))
+                .map_err(ConfigError)?;
+            if !(rate > 0.0 && seconds > 0.0 && speed > 0.0) {
+                return Err(ConfigError(anyhow::anyhow!("--rate, --seconds and --speed must be positive")).into());
+            }
+            let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+            let tag = format!("{:06x}", rand::rng().random::<u32>() & 0xff_ffff);
+            let mut ward_beds: Vec<Bed> = (0..beds)
+                .map(|i| {
+                    let patient = Patient::new(&mut rng, i % 3 == 0, seconds * speed);
+                    Bed::new(format!("SIM-{tag}-{i:03}"), patient, &mut rng)
+                })
+                .collect();
+            let ward_id = ids::ward_id(&ward);
+            for b in &ward_beds {
+                c.send(H::provisionDeviceCall { deviceId: b.device_id(), signer: b.key.address(), ward: ward_id }).await?;
+            }
+            let domain = healthsense_abi::rules::eip712::domain_separator(c.deployment.chain_id, c.deployment.address);
+            let settings = Settings { hub, broker: (host, port), rate, speed, seconds, seed, domain };
+            let conn = simulate::connect(&settings, &ward_beds, &format!("sim-{tag}")).await?;
+            let report = simulate::run(&settings, &mut ward_beds, &conn.client, |r| {
+                if !j {
+                    eprint!("\r{} readings sent", r.readings);
+                }
+            })
+            .await?;
+            if !conn.flushed(report.readings + report.states).await {
+                anyhow::bail!("the broker did not acknowledge every reading within 30 s");
+            }
+            if j {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                eprintln!();
+                println!("{} readings and {} state reports from {} beds", report.readings, report.states, beds);
+                for (serial, score) in &report.max_news2 {
+                    let flag = if *score >= 7 { "emergency" } else if *score >= 5 { "urgent" } else { "" };
+                    println!("  {serial}  highest NEWS2 {score:>2}  {flag}");
+                }
+            }
+        }
         Command::Roles(RolesCmd::Grant { role, address }) => {
             let r = admin::role(&role).map_err(ConfigError)?;
             done(j, &format!("granted {role} to {address}"), c.send(H::grantRoleCall { role: r, account: address }).await?);

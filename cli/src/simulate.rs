@@ -247,9 +247,32 @@ pub struct Report {
     pub max_news2: Vec<(String, u8)>,
 }
 
+/// A connected device-side client and the number of publishes the broker
+/// has acknowledged so far.
+pub struct Connected {
+    /// The client.
+    pub client: AsyncClient,
+    /// Broker acknowledgements (PUBACK) received.
+    pub acks: std::sync::Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl Connected {
+    /// Waits until the broker has acknowledged `n` publishes (or 30 s pass).
+    pub async fn flushed(&self, n: u64) -> bool {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        while self.acks.load(std::sync::atomic::Ordering::SeqCst) < n {
+            if tokio::time::Instant::now() > deadline {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        true
+    }
+}
+
 /// Connects a device-side MQTT client and says hello for every bed until each
 /// is registered.
-pub async fn connect(settings: &Settings, beds: &[Bed], client_id: &str) -> Result<AsyncClient> {
+pub async fn connect(settings: &Settings, beds: &[Bed], client_id: &str) -> Result<Connected> {
     let topics = Topics::new(&settings.hub).map_err(anyhow::Error::msg)?;
     let mut opts = MqttOptions::new(client_id, settings.broker.0.clone(), settings.broker.1);
     opts.set_keep_alive(Duration::from_secs(15)).set_inflight(1_000).set_max_packet_size(1 << 20, 1 << 20);
@@ -257,9 +280,14 @@ pub async fn connect(settings: &Settings, beds: &[Bed], client_id: &str) -> Resu
     client.subscribe(topics.device_filter(DeviceTopic::Status), QoS::AtLeastOnce).await?;
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(String, StatusReply)>();
     let t = topics.clone();
+    let acks = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let counter = acks.clone();
     tokio::spawn(async move {
         loop {
             match eventloop.poll().await {
+                Ok(Event::Incoming(Packet::PubAck(_))) => {
+                    counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                }
                 Ok(Event::Incoming(Packet::Publish(p))) => {
                     if let (Some((serial, _)), Ok(reply)) = (t.parse(&p.topic), serde_json::from_slice::<StatusReply>(&p.payload)) {
                         let _ = tx.send((serial.to_string(), reply));
@@ -271,10 +299,12 @@ pub async fn connect(settings: &Settings, beds: &[Bed], client_id: &str) -> Resu
         }
     });
     let mut waiting: std::collections::HashMap<String, &Bed> = beds.iter().map(|b| (b.serial.clone(), b)).collect();
+    let mut hellos = 0u64;
     for attempt in 0..30 {
         for bed in waiting.values() {
             let hello = serde_json::to_vec(&protocol::Hello { signer: bed.key.address(), firmware: Some("sim-1.0".into()) })?;
             client.publish(topics.device(&bed.serial, DeviceTopic::Hello), QoS::AtLeastOnce, false, hello).await?;
+            hellos += 1;
         }
         let deadline = tokio::time::Instant::now() + Duration::from_millis(if attempt == 0 { 3_000 } else { 1_000 });
         while let Ok(Some((serial, reply))) = tokio::time::timeout_at(deadline, rx.recv()).await {
@@ -289,7 +319,11 @@ pub async fn connect(settings: &Settings, beds: &[Bed], client_id: &str) -> Resu
                 _ => {}
             }
             if waiting.is_empty() {
-                return Ok(client);
+                // Count the hellos as acknowledged from here on.
+                let c = Connected { client, acks };
+                c.flushed(hellos).await;
+                c.acks.fetch_sub(hellos.min(c.acks.load(std::sync::atomic::Ordering::SeqCst)), std::sync::atomic::Ordering::SeqCst);
+                return Ok(c);
             }
         }
     }

@@ -752,3 +752,19 @@ fn readings_mode_posts_the_signed_readings_themselves() {
         }
     });
 }
+
+#[test]
+fn a_simulated_ward_is_ingested_and_anchored() {
+    let net = Net::new(&[1]);
+    let hub = Hub::start(&net, "ward-7", "ward-7", 1, Broker::Embedded, 50);
+    let broker = format!("127.0.0.1:{}", hub.mqtt_port);
+    let args = ["--json", "simulate", "--hub", "ward-7", "--ward", "ward-7", "--broker", &broker, "--beds", "3", "--rate", "10"];
+    let out = net.cli(ADMIN, &[&args[..], &["--seconds", "6", "--speed", "3000"]].concat());
+    let report: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(report["readings"], 180, "3 beds x 10/s x 6 s, sleep-buffered ones included");
+    assert_eq!(report["states"], 6, "each bed fell asleep and woke once");
+    let c = hub.wait("every simulated reading anchored", |c| c.anchored_readings == 180);
+    assert_eq!(c.rejections, 0, "simulated readings are valid readings");
+    // Every third patient deteriorates; the simulator scores it as a nurse would.
+    assert!(report["deteriorated"].as_array().unwrap().len() >= 1, "{report}");
+}
