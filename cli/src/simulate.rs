@@ -49,6 +49,23 @@ pub fn news2(r: &Reading) -> u8 {
     score
 }
 
+/// A plausible reading without a patient model (load tests, benchmarks):
+/// every vital in range, varying with `i`, stamped now.
+pub fn steady_reading(serial: &str, seq: u64, i: u64) -> Reading {
+    Reading {
+        deviceId: ids::device_id(serial),
+        seq,
+        timestamp: healthsense_oracle::ingest::now_ms(),
+        heartRate: 60 + (i % 40) as u16,
+        respRate: 12 + (i % 8) as u16,
+        spo2: 94 + (i % 6) as u16,
+        systolic: 110 + (i % 30) as u16,
+        diastolic: 70 + (i % 15) as u16,
+        temperature: 3_650 + (i % 50) as u16,
+        consciousness: 1,
+    }
+}
+
 /// A patient's physiology.
 #[derive(Debug, Clone)]
 pub struct Patient {

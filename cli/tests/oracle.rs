@@ -334,18 +334,7 @@ impl Device {
 
     fn next(&mut self, i: u64) -> Reading {
         self.seq += 1;
-        Reading {
-            deviceId: ids::device_id(&self.serial),
-            seq: self.seq,
-            timestamp: healthsense_oracle::ingest::now_ms(),
-            heartRate: 60 + (i % 40) as u16,
-            respRate: 12 + (i % 8) as u16,
-            spo2: 94 + (i % 6) as u16,
-            systolic: 110 + (i % 30) as u16,
-            diastolic: 70 + (i % 15) as u16,
-            temperature: 3_650 + (i % 50) as u16,
-            consciousness: 1,
-        }
+        healthsense_cli::simulate::steady_reading(&self.serial, self.seq, i)
     }
 }
 

@@ -90,18 +90,7 @@ struct Bed {
 }
 
 fn reading(serial: &str, seq: u64, i: u64) -> Reading {
-    Reading {
-        deviceId: ids::device_id(serial),
-        seq,
-        timestamp: healthsense_oracle::ingest::now_ms(),
-        heartRate: 60 + (i % 40) as u16,
-        respRate: 12 + (i % 8) as u16,
-        spo2: 94 + (i % 6) as u16,
-        systolic: 110 + (i % 30) as u16,
-        diastolic: 70 + (i % 15) as u16,
-        temperature: 3_650 + (i % 50) as u16,
-        consciousness: 1,
-    }
+    healthsense_cli::simulate::steady_reading(serial, seq, i)
 }
 
 fn percentile(sorted: &[f64], p: f64) -> f64 {
