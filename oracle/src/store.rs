@@ -208,6 +208,17 @@ fn b256(v: Vec<u8>) -> Result<B256> {
 }
 
 impl Store {
+    /// The connection, for the read queries and state tables that other
+    /// modules (archive, API) keep next to their own code.
+    pub(crate) fn conn(&self) -> &Connection {
+        &self.conn
+    }
+
+    /// The connection, writable.
+    pub(crate) fn conn_mut(&mut self) -> &mut Connection {
+        &mut self.conn
+    }
+
     /// Opens (creating if needed) the store at `path` for `binding`.
     pub fn open(path: &Path, binding: Binding) -> Result<Self> {
         let conn = Connection::open(path)?;
