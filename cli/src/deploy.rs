@@ -45,6 +45,7 @@ pub async fn deploy_evm<P: Provider>(
         admin,
         rpc_url: rpc_url.to_string(),
         abi: "abi/HealthSense.json".into(),
+        ipfs_api: None,
     })
 }
 

@@ -40,6 +40,10 @@ pub struct Deployment {
     pub rpc_url: String,
     /// Where the ABI is published, relative to the checkout.
     pub abi: String,
+    /// Kubo RPC endpoint for archives and billing rules (`healthsense devnet up`
+    /// writes the embedded node's); `--ipfs-api` and `HEALTHSENSE_IPFS_API` override it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ipfs_api: Option<String>,
 }
 
 impl Deployment {
@@ -87,6 +91,7 @@ mod tests {
             admin: Address::repeat_byte(3),
             rpc_url: "http://127.0.0.1:8545".into(),
             abi: "abi/HealthSense.json".into(),
+            ipfs_api: None,
         };
         d.save(&path).unwrap();
         assert_eq!(Deployment::load(&path).unwrap(), d);

@@ -7,10 +7,12 @@
 //! [`deployment`].
 
 pub mod admin;
+pub mod archive;
 pub mod artifact;
 pub mod demo;
 pub mod deploy;
 pub mod deployment;
+pub mod devnet;
 pub mod keys;
 pub mod simulate;
 pub mod tools;

@@ -22,6 +22,8 @@ mod exit {
     pub const CONFIG: u8 = 3;
     /// The contract refused the call (wrong role, unknown id, wrong status...).
     pub const REFUSED: u8 = 4;
+    /// An archive does not match the chain (tampered).
+    pub const TAMPERED: u8 = 5;
 }
 
 #[derive(Parser)]
@@ -30,8 +32,9 @@ mod exit {
     version,
     about = "Administer a HealthSense deployment: contract, devices, patients, billing",
     long_about = "Administer a HealthSense deployment.\n\n\
-        Exit codes: 0 success, 1 failure (I/O, RPC, node), 2 usage error, 3 configuration or key missing/invalid, \
-        4 the contract refused the call (the message says why and what to do)."
+        Exit codes: 0 success, 1 failure (I/O, RPC, node, unreadable archive), 2 usage error, 3 configuration or key \
+        missing/invalid, 4 the contract refused the call (the message says why and what to do), 5 an archive does not \
+        match the chain (tampered)."
 )]
 struct Cli {
     /// Print machine-readable JSON instead of human text.
@@ -40,6 +43,9 @@ struct Cli {
     /// Deployment file to read or write [default: .healthsense/deployment.json, or $HEALTHSENSE_DEPLOYMENT].
     #[arg(long, global = true)]
     deployment: Option<PathBuf>,
+    /// Kubo RPC endpoint for archives and billing rules [default: the deployment file's, else http://127.0.0.1:5001].
+    #[arg(long, global = true, env = "HEALTHSENSE_IPFS_API")]
+    ipfs_api: Option<String>,
     #[command(flatten)]
     keys: KeyArgs,
     #[command(subcommand)]
@@ -63,12 +69,17 @@ enum Command {
         #[arg(long, value_enum, default_value = "evm")]
         edition: Edition,
     },
-    /// Play a ward story on a throw-away local chain and print a summary.
+    /// Play a whole ward story on throw-away local services and print a summary.
     ///
-    /// Starts anvil from the project-local install (scripts/setup), deploys the EVM edition,
-    /// and runs roles, devices, admissions, signed readings anchored and proven on chain,
-    /// charges, insurance, discharges and bills. Exits non-zero if any step fails.
+    /// Starts anvil (project-local install, scripts/setup), an embedded IPFS node and a ward
+    /// hub with its embedded MQTT broker; simulated bedside devices sign vitals for admitted
+    /// patients, doctors charge, insurers set policies, devices signal discharge, the contract
+    /// bills, the hub archives each stay to IPFS with its CID on chain, and every archive is
+    /// verified against the chain. Exits non-zero if any step fails.
     Demo,
+    /// Run a local network: anvil, the MQTT broker and the IPFS node, with the contract deployed.
+    #[command(subcommand)]
+    Devnet(DevnetCmd),
     /// Run a ward-hub oracle: MQTT ingest of signed vitals, durable store, anchoring.
     ///
     /// Reads a TOML config (docs/ORACLE.md); chain.rpc_url and chain.contract default to the
@@ -111,6 +122,12 @@ enum Command {
         /// Random seed (patients, episodes).
         #[arg(long, default_value_t = 7)]
         seed: u64,
+        /// Admit a patient (stay label `sim-SERIAL`) on each bed after hello; the key must also hold DOCTOR.
+        #[arg(long)]
+        admit: bool,
+        /// At the end, each device sends a signed discharge signal (the hub bills and archives).
+        #[arg(long)]
+        discharge: bool,
     },
     /// Grant, revoke or check roles (admin, hub, doctor, insurer).
     #[command(subcommand)]
@@ -135,10 +152,133 @@ enum Command {
         /// Patient id: 0x + 64 hex digits, or an opaque stay label (hashed).
         patient: String,
     },
+    /// Publish or show the billing rules document (pinned to IPFS, CID on chain).
+    #[command(subcommand)]
+    Billing(BillingCmd),
+    /// Fetch, verify, or manage the key of a discharged patient's encrypted IPFS archive.
+    ///
+    /// The hub archives each stay after discharge (docs/ARCHIVE.md). A patient or doctor
+    /// holds a patient key file (`archive key` on the hub makes one); on the hub machine
+    /// --oracle-config derives it from the master key instead.
+    #[command(subcommand)]
+    Archive(ArchiveCmd),
+    /// Check one stored reading and its Merkle proof against the anchored batch root on chain.
+    #[command(subcommand)]
+    Reading(ReadingCmd),
     /// Emergency stop of every state change except role management (admin).
     Pause,
     /// Lift the emergency stop (admin).
     Unpause,
+}
+
+#[derive(Subcommand)]
+enum DevnetCmd {
+    /// Start the devnet in the background (deploys and grants roles on first start).
+    ///
+    /// Writes the deployment file, keystores of the four role accounts (password in
+    /// <dir>/password) and <dir>/oracle.toml for `healthsense oracle --config`.
+    Up {
+        /// Folder for the devnet's state, keys and logs.
+        #[arg(long, default_value = healthsense_cli::devnet::DEFAULT_DIR)]
+        dir: PathBuf,
+        #[command(flatten)]
+        ports: healthsense_cli::devnet::Ports,
+    },
+    /// Stop the devnet (anvil keeps its state for the next `up`).
+    Down {
+        #[arg(long, default_value = healthsense_cli::devnet::DEFAULT_DIR)]
+        dir: PathBuf,
+    },
+    /// Say what runs where; exits 1 when the devnet is not running.
+    Status {
+        #[arg(long, default_value = healthsense_cli::devnet::DEFAULT_DIR)]
+        dir: PathBuf,
+    },
+    /// The background process `up` starts.
+    #[command(hide = true)]
+    Serve {
+        #[arg(long)]
+        dir: PathBuf,
+        #[command(flatten)]
+        ports: healthsense_cli::devnet::Ports,
+    },
+}
+
+#[derive(Subcommand)]
+enum ReadingCmd {
+    /// Verify a reading: from the hub store (SERIAL SEQ --oracle-config) or from a JSON file (--file).
+    ///
+    /// The file holds `{"reading": {...}, "batchId": "0x…", "proof": ["0x…", …]}`, as
+    /// `reading verify --json` prints it under "reading". Exits 5 when the chain does not prove it.
+    Verify {
+        /// Device serial (with SEQ and --oracle-config).
+        serial: Option<String>,
+        /// Device sequence number.
+        seq: Option<u64>,
+        /// The hub's oracle config (its store holds the reading and proof).
+        #[arg(long = "oracle-config", value_name = "FILE", conflicts_with = "file")]
+        oracle_config: Option<PathBuf>,
+        /// A reading with its proof, as JSON.
+        #[arg(long)]
+        file: Option<PathBuf>,
+    },
+}
+
+#[derive(Subcommand)]
+enum BillingCmd {
+    /// Pin FILE (the billing rules document) to IPFS and store its CID on chain (admin).
+    Publish { file: PathBuf },
+    /// Show the billing rules CID and version in force.
+    Show,
+}
+
+#[derive(Subcommand)]
+enum ArchiveCmd {
+    /// Show a patient's archive CID and record hash on chain.
+    Status { patient: String },
+    /// Fetch the archive by its on-chain CID, decrypt it and write the FHIR bundle.
+    Fetch {
+        patient: String,
+        /// Write the bundle here instead of standard output.
+        #[arg(long, short)]
+        out: Option<PathBuf>,
+        /// Write the encrypted archive as fetched (no key needed).
+        #[arg(long)]
+        sealed: bool,
+        #[command(flatten)]
+        key: healthsense_cli::archive::KeyArgs,
+    },
+    /// Check every reading, charge, the policy and the bill of an archive against the chain.
+    ///
+    /// Exits 5 and lists each item that does not match when the archive was tampered with.
+    Verify {
+        patient: String,
+        /// Check this sealed copy instead of fetching the on-chain CID from IPFS.
+        #[arg(long)]
+        file: Option<PathBuf>,
+        #[command(flatten)]
+        key: healthsense_cli::archive::KeyArgs,
+    },
+    /// Write a patient's archive key to a new file (0600) to hand to the patient or doctor (hub).
+    Key {
+        patient: String,
+        /// The hub's oracle config (master key and hub store).
+        #[arg(long = "oracle-config", value_name = "FILE")]
+        oracle_config: PathBuf,
+        /// New file for the key.
+        #[arg(long, short)]
+        out: PathBuf,
+    },
+    /// Erase a patient's archive key for an erasure request: the archive can never be decrypted again (hub).
+    Erase {
+        patient: String,
+        /// The hub's oracle config (master key and hub store).
+        #[arg(long = "oracle-config", value_name = "FILE")]
+        oracle_config: PathBuf,
+        /// Confirm: this cannot be undone.
+        #[arg(long)]
+        yes: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -239,7 +379,7 @@ enum PolicyCmd {
 async fn main() -> ExitCode {
     let cli = Cli::parse();
     // A service logs what it does; a one-shot command only its warnings.
-    let default = if matches!(cli.command, Command::Oracle { .. }) { "info,rumqttd=off" } else { "warn" };
+    let default = if matches!(cli.command, Command::Oracle { .. } | Command::Devnet(DevnetCmd::Serve { .. })) { "info,rumqttd=off" } else { "warn" };
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("HEALTHSENSE_LOG").unwrap_or_else(|_| default.into()))
         .with_writer(std::io::stderr)
@@ -248,7 +388,9 @@ async fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
             eprintln!("error: {err:#}");
-            let code = if err.downcast_ref::<ConfigError>().is_some() {
+            let code = if err.downcast_ref::<healthsense_cli::archive::Tampered>().is_some() {
+                exit::TAMPERED
+            } else if err.downcast_ref::<ConfigError>().is_some() || err.downcast_ref::<healthsense_cli::archive::KeyError>().is_some() {
                 exit::CONFIG
             } else if err.downcast_ref::<admin::Refused>().is_some() {
                 exit::REFUSED
@@ -266,10 +408,11 @@ async fn main() -> ExitCode {
 struct ConfigError(anyhow::Error);
 
 async fn run(cli: Cli) -> Result<()> {
-    if !matches!(cli.command, Command::Deploy { .. } | Command::Demo | Command::Oracle { .. }) {
+    if !matches!(cli.command, Command::Deploy { .. } | Command::Demo | Command::Oracle { .. } | Command::Devnet(_)) {
         return contract_command(cli).await;
     }
     match cli.command {
+        Command::Devnet(cmd) => devnet_command(cmd, deployment::resolve_path(cli.deployment.clone()), cli.json).await,
         Command::Oracle { config } => {
             let mut cfg = healthsense_oracle::Config::load(&config).map_err(ConfigError)?;
             if cfg.chain.contract.is_none() || cfg.chain.rpc_url.is_none() {
@@ -289,15 +432,19 @@ async fn run(cli: Cli) -> Result<()> {
             }
             println!("\nHealthSense demo summary");
             println!("  contract            {}", s.contract);
-            println!("  readings anchored   {} in {} batch(es), {} proofs verified on chain", s.readings_anchored, s.batches, s.proofs_verified);
+            println!("  readings anchored   {} in {} Merkle batch(es); {} proven again from the archives", s.readings_anchored, s.batches, s.proofs_verified);
             println!("  transactions        {} ({} gas)", s.transactions, s.gas_used);
-            println!("  bills               {:<12} {:>8} {:>12} {:>12} {:>12}", "patient", "bed days", "total", "covered", "due");
+            let urgent = if s.deteriorated.is_empty() { "none".to_string() } else { s.deteriorated.join(", ") };
+            println!("  NEWS2 >= 5          {urgent}");
+            println!("  bills               {:<9} {:>4} {:>10} {:>10} {:>10}  {:<8} archive", "bed", "days", "total", "covered", "due", "verified");
             for b in &s.bills {
-                let id = b.patient.to_string();
-                println!("                      {:<12} {:>8} {:>12} {:>12} {:>12}", &id[..12], b.bed_days, demo::money(b.total), demo::money(b.covered), demo::money(b.due));
+                println!("                      {:<9} {:>4} {:>10} {:>10} {:>10}  {:<8} {}", b.bed, b.bed_days, demo::money(b.total), demo::money(b.covered), demo::money(b.due),
+                    if b.verified { format!("{} rd", b.readings) } else { "NO".into() }, b.cid);
             }
+            println!("  hub store, IPFS     {}", s.workdir);
             println!("  took                {:.1} s", s.seconds);
-            println!("\nNext: docs/CONTRACT.md for the rules, scripts/test for the suite, `healthsense deploy --help` to deploy for real.");
+            println!("\nNext: docs/ARCHIVE.md (what an archive holds and how keys work), docs/ORACLE.md (running a ward hub),");
+            println!("      `healthsense --help`, and scripts/test for the whole suite.");
             Ok(())
         }
         Command::Deploy { rpc_url, admin, edition } => {
@@ -366,12 +513,20 @@ async fn contract_command(cli: Cli) -> Result<()> {
             | Command::Tariff(TariffCmd::Show { .. })
             | Command::Policy(PolicyCmd::Show { .. })
             | Command::Bill { .. }
+            | Command::Billing(BillingCmd::Show)
+            | Command::Archive(_)
+            | Command::Reading(_)
     );
     let signer = if writes { Some(cli.keys.signer().map_err(ConfigError)?) } else { None };
+    let ipfs_api = cli
+        .ipfs_api
+        .clone()
+        .or_else(|| d.ipfs_api.clone())
+        .unwrap_or_else(|| healthsense_cli::archive::DEFAULT_IPFS_API.to_string());
     let c = admin::connect(d, signer).map_err(ConfigError)?;
     let j = cli.json;
     match cli.command {
-        Command::Simulate { hub, ward, broker, beds, rate, seconds, speed, seed } => {
+        Command::Simulate { hub, ward, broker, beds, rate, seconds, speed, seed, admit, discharge } => {
             use healthsense_cli::simulate::{self, Bed, Patient, Settings};
             use rand::{Rng, SeedableRng};
             let (host, port) = broker
@@ -397,13 +552,29 @@ async fn contract_command(cli: Cli) -> Result<()> {
             let domain = healthsense_abi::rules::eip712::domain_separator(c.deployment.chain_id, c.deployment.address);
             let settings = Settings { hub, broker: (host, port), rate, speed, seconds, seed, domain };
             let conn = simulate::connect(&settings, &ward_beds, &format!("sim-{tag}")).await?;
+            if admit {
+                for b in &ward_beds {
+                    let p = admin::patient_id(&format!("sim-{}", b.serial)).map_err(ConfigError)?;
+                    c.send(H::admitPatientCall { patientId: p, deviceId: b.device_id() }).await?;
+                }
+            }
             let report = simulate::run(&settings, &mut ward_beds, &conn.client, |r| {
                 if !j {
                     eprint!("\r{} readings sent", r.readings);
                 }
             })
             .await?;
-            if !conn.flushed(report.readings + report.states).await {
+            let mut published = report.readings + report.states;
+            if discharge {
+                let topics = healthsense_oracle::protocol::Topics::new(&settings.hub).map_err(anyhow::Error::msg)?;
+                for b in &ward_beds {
+                    let payload = healthsense_oracle::protocol::sign_discharge(&b.key, domain, &b.serial, 1, healthsense_oracle::ingest::now_ms())?;
+                    let topic = topics.device(&b.serial, healthsense_oracle::protocol::DeviceTopic::Discharge);
+                    conn.client.publish(topic, rumqttc::QoS::AtLeastOnce, false, payload).await?;
+                    published += 1;
+                }
+            }
+            if !conn.flushed(published).await {
                 anyhow::bail!("the broker did not acknowledge every reading within 30 s");
             }
             if j {
@@ -566,9 +737,165 @@ async fn contract_command(cli: Cli) -> Result<()> {
                     b.bedDays, demo::money(b.total), demo::money(b.covered), demo::money(b.due)),
             );
         }
+        Command::Billing(BillingCmd::Publish { file }) => {
+            let cid = healthsense_cli::archive::publish_rules(&ipfs_api, &file).await?;
+            let tx = c.send(H::setBillingRulesCall { cid: cid.clone() }).await?;
+            let v = c.view(H::billingRulesCall {}).await?;
+            show(j, json!({ "ok": true, "cid": cid, "version": v.version, "tx": tx }),
+                format!("published billing rules {} as {cid}, version {} (tx {tx})", file.display(), v.version));
+        }
+        Command::Billing(BillingCmd::Show) => {
+            let v = c.view(H::billingRulesCall {}).await?;
+            let text = if v.cid.is_empty() { "no billing rules published yet: `healthsense billing publish FILE`".to_string() }
+                else { format!("billing rules version {}: {}", v.version, v.cid) };
+            show(j, json!({ "cid": v.cid, "version": v.version }), text);
+        }
+        Command::Archive(cmd) => archive_command(&c, &ipfs_api, j, cmd).await?,
+        Command::Reading(ReadingCmd::Verify { serial, seq, oracle_config, file }) => {
+            let proven = match (file, serial, seq, oracle_config) {
+                (Some(f), None, None, None) => {
+                    let text = std::fs::read_to_string(&f).with_context(|| format!("reading {}", f.display())).map_err(ConfigError)?;
+                    serde_json::from_str::<healthsense_cli::archive::ProvenReading>(&text)
+                        .with_context(|| format!("{} is not {{\"reading\", \"batchId\", \"proof\"}}", f.display()))
+                        .map_err(ConfigError)?
+                }
+                (None, Some(serial), Some(seq), Some(cfg)) => healthsense_cli::archive::stored_reading(&cfg, c.deployment.chain_id, c.deployment.address, &serial, seq)?,
+                _ => return Err(ConfigError(anyhow::anyhow!("give SERIAL SEQ --oracle-config FILE, or --file FILE")).into()),
+            };
+            let leaf = healthsense_abi::rules::reading::reading_leaf(&proven.reading);
+            let ok = c.view(H::verifyReadingCall { batchId: proven.batch_id, leaf, proof: proven.proof.clone() }).await?;
+            let r = &proven.reading;
+            show(j, json!({ "verified": ok, "leaf": leaf, "reading": proven }),
+                format!("reading {} of device {}: {} batch {}", r.seq, r.deviceId,
+                    if ok { "proven by the root anchored in" } else { "NOT proven by" }, proven.batch_id));
+            if !ok {
+                return Err(healthsense_cli::archive::Tampered { patient: r.deviceId, count: 1 }.into());
+            }
+        }
         Command::Pause => done(j, "paused", c.send(H::pauseCall {}).await?),
         Command::Unpause => done(j, "unpaused", c.send(H::unpauseCall {}).await?),
-        Command::Deploy { .. } | Command::Demo | Command::Oracle { .. } => unreachable!("handled in run"),
+        Command::Deploy { .. } | Command::Demo | Command::Oracle { .. } | Command::Devnet(_) => unreachable!("handled in run"),
     }
     Ok(())
 }
+
+async fn archive_command<P: Provider>(c: &admin::Client<P>, ipfs_api: &str, j: bool, cmd: ArchiveCmd) -> Result<()> {
+    use healthsense_cli::archive as a;
+    use healthsense_oracle::archive::seal::ArchiveScope;
+    let (chain_id, contract) = (c.deployment.chain_id, c.deployment.address);
+    let scope = |patient| ArchiveScope { chain_id, contract, patient };
+    match cmd {
+        ArchiveCmd::Status { patient } => {
+            let p = admin::patient_id(&patient).map_err(ConfigError)?;
+            let (cid, hash) = a::on_chain_archive(c.provider(), contract, p).await?;
+            show(j, json!({ "patient": p, "cid": cid, "recordHash": hash }), format!("archive of {p}\n  cid          {cid}\n  record hash  {hash}"));
+        }
+        ArchiveCmd::Fetch { patient, out, sealed, key } => {
+            let p = admin::patient_id(&patient).map_err(ConfigError)?;
+            let (cid, _) = a::on_chain_archive(c.provider(), contract, p).await?;
+            let key = if sealed { None } else { Some(a::patient_key(&key, &scope(p))?) };
+            let bytes = a::fetch_sealed(ipfs_api, &cid).await?;
+            let body = match key {
+                None => bytes,
+                Some(key) => a::open_sealed(&key, &scope(p), &bytes)?,
+            };
+            match &out {
+                Some(path) => std::fs::write(path, &body).with_context(|| format!("writing {}", path.display()))?,
+                None => {
+                    use std::io::Write;
+                    std::io::stdout().write_all(&body)?;
+                }
+            }
+            if let Some(path) = out {
+                let what = if sealed { "sealed archive" } else { "FHIR bundle" };
+                show(j, json!({ "patient": p, "cid": cid, "bytes": body.len(), "out": path }), format!("wrote the {what} of {p} ({} bytes, {cid}) to {}", body.len(), path.display()));
+            }
+        }
+        ArchiveCmd::Verify { patient, file, key } => {
+            let p = admin::patient_id(&patient).map_err(ConfigError)?;
+            let (cid, _) = a::on_chain_archive(c.provider(), contract, p).await?;
+            let key = a::patient_key(&key, &scope(p))?;
+            let sealed = match &file {
+                Some(f) => std::fs::read(f).with_context(|| format!("reading {}", f.display()))?,
+                None => a::fetch_sealed(ipfs_api, &cid).await?,
+            };
+            let bundle = a::open_sealed(&key, &scope(p), &sealed)?;
+            let report = a::verify_bundle(c.provider(), contract, p, &bundle).await?;
+            let mut text = format!(
+                "archive of {p} ({})\n  readings     {}/{} proven against {} anchored batch(es) and signed by the device\n  charges      {}\n  bill         {}\n  record hash  {}",
+                file.as_ref().map_or(cid.clone(), |f| f.display().to_string()),
+                report.readings_verified, report.readings, report.batches, report.charges,
+                if report.bill_verified { "matches the chain" } else { "DOES NOT match the chain" },
+                if report.record_hash_verified { "matches the chain" } else { "DOES NOT match the chain" },
+            );
+            for t in &report.tampered {
+                text += &format!("\n  TAMPERED     {}: {}", t.item, t.why);
+            }
+            text += if report.verified() { "\nverified" } else { "" };
+            show(j, serde_json::to_value(&report)?, text);
+            if !report.verified() {
+                return Err(a::Tampered { patient: p, count: report.tampered.len() }.into());
+            }
+        }
+        ArchiveCmd::Key { patient, oracle_config, out } => {
+            let p = admin::patient_id(&patient).map_err(ConfigError)?;
+            let k = a::patient_key(&a::KeyArgs { key_file: None, oracle_config: Some(oracle_config) }, &scope(p))?;
+            a::write_private(&out, format!("{}\n", k.to_hex()).as_bytes())?;
+            show(j, json!({ "patient": p, "out": out }), format!("wrote the archive key of {p} to {} (mode 0600); hand it over in person", out.display()));
+        }
+        ArchiveCmd::Erase { patient, oracle_config, yes } => {
+            let p = admin::patient_id(&patient).map_err(ConfigError)?;
+            if !yes {
+                return Err(ConfigError(anyhow::anyhow!("erasing the archive key of {p} cannot be undone: add --yes")).into());
+            }
+            let (store, _) = a::hub_store(&oracle_config, chain_id, contract)?;
+            let erased = store.erase_archive_key(p, healthsense_oracle::ingest::now_ms())?;
+            let text = if erased { format!("erased the archive key of {p}: its archive can no longer be decrypted (copies of handed-out key files must be destroyed too)") }
+                else { format!("no archive key of {p} in this hub store (already erased, or archived elsewhere)") };
+            show(j, json!({ "patient": p, "erased": erased }), text);
+        }
+    }
+    Ok(())
+}
+
+async fn devnet_command(cmd: DevnetCmd, deployment: PathBuf, j: bool) -> Result<()> {
+    use healthsense_cli::devnet;
+    let print = |s: &devnet::State| {
+        let services = devnet::services(s);
+        let mut text = format!("devnet running (pid {})", s.pid);
+        for (name, addr, up) in &services {
+            text += &format!("\n  {name:<9} {addr:<28} {}", if *up { "up" } else { "NOT ANSWERING" });
+        }
+        text += &format!("\n  contract  {} (chain {})\n  deployment {}", s.contract, s.chain_id, s.deployment.display());
+        for (role, addr) in &s.accounts {
+            text += &format!("\n  {role:<9} {addr}  keystore {}/{role}.json", s.keystores.display());
+        }
+        text += &format!("\n  hub config {}  (healthsense oracle --config {})", s.oracle_config.display(), s.oracle_config.display());
+        let rows: Vec<_> = services.iter().map(|(n, a, u)| json!({ "service": n, "address": a, "up": u })).collect();
+        show(j, json!({ "running": true, "state": s, "services": rows }), text);
+    };
+    match cmd {
+        DevnetCmd::Up { dir, ports } => {
+            let s = devnet::up(&dir, &deployment, ports)?;
+            print(&s);
+        }
+        DevnetCmd::Down { dir } => {
+            let stopped = devnet::down(&dir)?;
+            show(j, json!({ "stopped": stopped }), if stopped { "devnet stopped".into() } else { "no devnet running".into() });
+        }
+        DevnetCmd::Status { dir } => match devnet::running(&dir) {
+            Some(s) => print(&s),
+            None => {
+                show(j, json!({ "running": false }), format!("no devnet running (state in {}); start one with `healthsense devnet up`", dir.display()));
+                return Err(NotRunning.into());
+            }
+        },
+        DevnetCmd::Serve { dir, ports } => devnet::serve(&dir, &deployment, ports).await?,
+    }
+    Ok(())
+}
+
+/// `devnet status` when nothing runs (exit 1, nothing more to say).
+#[derive(Debug, thiserror::Error)]
+#[error("the devnet is not running")]
+struct NotRunning;

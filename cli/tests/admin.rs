@@ -120,3 +120,73 @@ fn mistakes_say_what_to_do_and_exit_with_meaning() {
     assert_eq!(out.status.code(), Some(3));
     assert!(String::from_utf8_lossy(&out.stderr).contains("healthsense deploy"));
 }
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// `healthsense devnet up|status|down` as a new user runs them, with the
+/// devnet's own keystores for the roles, and a restart that keeps the chain.
+#[test]
+fn devnet_up_status_down_and_up_again_keeps_the_deployment() {
+    let root = tools::project_root().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("devnet");
+    let deployment = dir.path().join("deployment.json");
+    let ports = [free_port(), free_port(), free_port()].map(|p| p.to_string());
+    let hs = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_healthsense"))
+            .args(args)
+            .arg("--deployment")
+            .arg(&deployment)
+            .env("HEALTHSENSE_HOME", &root)
+            .env_remove("HEALTHSENSE_PRIVATE_KEY")
+            .output()
+            .unwrap()
+    };
+    let dir_arg = state.to_str().unwrap();
+    let out = hs(&["devnet", "status", "--dir", dir_arg]);
+    assert_eq!(out.status.code(), Some(1), "status says not running");
+    assert!(String::from_utf8_lossy(&out.stdout).contains("devnet up"));
+
+    let up = ["devnet", "up", "--dir", dir_arg, "--rpc-port", &ports[0], "--mqtt-port", &ports[1], "--ipfs-port", &ports[2]];
+    let out = hs(&[&["--json"], &up[..]].concat());
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let s: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(s["services"].as_array().unwrap().iter().all(|x| x["up"] == true), "{s}");
+    let contract = s["state"]["contract"].as_str().unwrap().to_string();
+
+    // The doctor's keystore from the devnet signs as the doctor.
+    let keys = state.join("keys");
+    let password = state.join("password");
+    let as_role = |role: &str, args: &[&str]| {
+        let ks = keys.join(format!("{role}.json"));
+        hs(&[args, &["--keystore", ks.to_str().unwrap(), "--password-file", password.to_str().unwrap()]].concat())
+    };
+    let roles = String::from_utf8(hs(&["roles", "list"]).stdout).unwrap();
+    assert_eq!(roles.lines().count(), 4, "admin, hub, doctor, insurer: {roles}");
+    let out = as_role("admin", &["device", "provision", "HS-DEV1", "--signer", &s["state"]["accounts"][1][1].as_str().unwrap(), "--ward", "ward-1"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = as_role("doctor", &["device", "provision", "HS-DEV2", "--signer", &contract, "--ward", "ward-1"]);
+    assert_eq!(out.status.code(), Some(4), "a doctor cannot provision");
+    // The hub config it wrote parses and points at this devnet.
+    let cfg = healthsense_oracle::Config::load(&state.join("oracle.toml")).unwrap();
+    assert_eq!(cfg.chain.contract.unwrap(), contract.parse::<alloy::primitives::Address>().unwrap());
+
+    // Up again while running: says so, changes nothing.
+    let again: serde_json::Value = serde_json::from_slice(&hs(&[&["--json"], &up[..]].concat()).stdout).unwrap();
+    assert_eq!(again["state"]["pid"], s["state"]["pid"]);
+
+    let out = hs(&["devnet", "down", "--dir", dir_arg]);
+    assert!(out.status.success() && String::from_utf8_lossy(&out.stdout).contains("stopped"));
+    assert_eq!(hs(&["devnet", "status", "--dir", dir_arg]).status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&hs(&["devnet", "down", "--dir", dir_arg]).stdout).contains("no devnet"));
+
+    // A restart loads anvil's state: same contract, the device is still there.
+    let out = hs(&[&["--json"], &up[..]].concat());
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let s2: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(s2["state"]["contract"], s["state"]["contract"]);
+    assert!(String::from_utf8_lossy(&hs(&["device", "show", "HS-DEV1"]).stdout).contains("pending"));
+    assert!(hs(&["devnet", "down", "--dir", dir_arg]).status.success());
+}

@@ -40,6 +40,10 @@ struct Net {
     deployment: PathBuf,
     contract: Address,
     domain: B256,
+    /// Where hubs reach the chain, when not anvil directly (a proxy).
+    rpc_override: Option<String>,
+    /// Appended to every hub config.
+    hub_extra: String,
 }
 
 impl Net {
@@ -48,7 +52,16 @@ impl Net {
         let anvil = Anvil::new().path(tools::foundry_tool(&root, "anvil").unwrap()).spawn();
         let dir = tempfile::tempdir().unwrap();
         let deployment = dir.path().join("deployment.json");
-        let mut net = Net { anvil, root, dir, deployment, contract: Address::ZERO, domain: B256::ZERO };
+        let mut net = Net {
+            anvil,
+            root,
+            dir,
+            deployment,
+            contract: Address::ZERO,
+            domain: B256::ZERO,
+            rpc_override: None,
+            hub_extra: String::new(),
+        };
         net.cli(ADMIN, &["deploy", "--rpc-url", net.anvil.endpoint().as_str()]);
         let d: serde_json::Value = serde_json::from_slice(&std::fs::read(&net.deployment).unwrap()).unwrap();
         net.contract = d["address"].as_str().unwrap().parse().unwrap();
@@ -152,9 +165,11 @@ impl Hub {
         std::fs::write(
             &config,
             format!(
-                "hub = \"{name}\"\nward = \"{ward}\"\nstore = \"{}\"\n[chain]\npoll_ms = 100\n[mqtt]\n{mqtt}\n\
-                 [anchor]\n{anchor}\n[metrics]\nlisten = \"127.0.0.1:{metrics_port}\"\n",
-                store.display()
+                "hub = \"{name}\"\nward = \"{ward}\"\nstore = \"{}\"\n[chain]\npoll_ms = 100\n{}[mqtt]\n{mqtt}\n\
+                 [anchor]\n{anchor}\n[metrics]\nlisten = \"127.0.0.1:{metrics_port}\"\n{}",
+                store.display(),
+                net.rpc_override.as_ref().map(|u| format!("rpc_url = \"{u}\"\n")).unwrap_or_default(),
+                net.hub_extra
             ),
         )
         .unwrap();
@@ -756,4 +771,346 @@ fn a_simulated_ward_is_ingested_and_anchored() {
     assert_eq!(c.rejections, 0, "simulated readings are valid readings");
     // Every third patient deteriorates; the simulator scores it as a nurse would.
     assert!(report["deteriorated"].as_array().unwrap().len() >= 1, "{report}");
+}
+
+// ---- Discharge, bill and the encrypted IPFS archive ---------------------
+
+const DOCTOR: usize = 2;
+const INSURER: usize = 3;
+
+/// A TCP forwarder standing between the hubs and anvil, to cut the chain
+/// off and bring it back without losing its state.
+struct Proxy {
+    port: u16,
+    target: u16,
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Proxy {
+    fn new(target: u16) -> Proxy {
+        Proxy { port: free_port(), target, task: None }
+    }
+
+    fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    async fn up(&mut self) {
+        let listener = tokio::net::TcpListener::bind(("127.0.0.1", self.port)).await.unwrap();
+        let target = self.target;
+        self.task = Some(tokio::spawn(async move {
+            let mut conns = tokio::task::JoinSet::new();
+            while let Ok((mut inbound, _)) = listener.accept().await {
+                conns.spawn(async move {
+                    if let Ok(mut outbound) = tokio::net::TcpStream::connect(("127.0.0.1", target)).await {
+                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                    }
+                });
+            }
+        }));
+    }
+
+    /// Closes the port and every open connection (dropping the JoinSet aborts them).
+    async fn down(&mut self) {
+        if let Some(t) = self.task.take() {
+            t.abort();
+            let _ = t.await;
+        }
+    }
+}
+
+/// An embedded IPFS node with its repository in the test's folder.
+struct Ipfs {
+    repo: PathBuf,
+    port: u16,
+    node: Option<healthsense_ipfs::node::RunningNode>,
+}
+
+impl Ipfs {
+    async fn start(dir: &Path) -> Ipfs {
+        let mut ipfs = Ipfs { repo: dir.join("ipfs"), port: free_port(), node: None };
+        ipfs.up().await;
+        ipfs
+    }
+
+    fn api(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    async fn up(&mut self) {
+        let cfg = healthsense_ipfs::node::NodeConfig::new(self.repo.clone(), ([127, 0, 0, 1], self.port).into());
+        self.node = Some(healthsense_ipfs::node::start(cfg).await.unwrap());
+    }
+
+    async fn down(&mut self) {
+        if let Some(n) = self.node.take() {
+            n.shutdown().await;
+        }
+    }
+}
+
+/// Net with doctor and insurer roles, a tariff, published billing rules
+/// and hubs configured to archive to `ipfs` under a fresh master key.
+fn archiving_net(ipfs_api: &str, hubs: &[usize]) -> (Net, PathBuf) {
+    let mut net = Net::new(hubs);
+    net.cli(ADMIN, &["roles", "grant", "doctor", &net.anvil.addresses()[DOCTOR].to_string()]);
+    net.cli(ADMIN, &["roles", "grant", "insurer", &net.anvil.addresses()[INSURER].to_string()]);
+    let key_file = net.dir.path().join("archive.key");
+    std::fs::write(&key_file, healthsense_oracle::archive::seal::Secret::random().to_hex()).unwrap();
+    let rules = net.dir.path().join("billing-rules.md");
+    std::fs::write(&rules, "# Ward tariffs 2026\nBed days are started days; see docs/CONTRACT.md.\n").unwrap();
+    let out = net.cli(ADMIN, &["--json", "--ipfs-api", ipfs_api, "billing", "publish", rules.to_str().unwrap()]);
+    let published: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert!(published["cid"].as_str().unwrap().starts_with("bafk"), "{published}");
+    net.hub_extra = format!(
+        "[archive]\nipfs_api = \"{ipfs_api}\"\nkey_file = \"{}\"\nsettle_ms = 300\nmax_backoff_ms = 1000\n",
+        key_file.display()
+    );
+    (net, key_file)
+}
+
+/// Admits `patient` on `serial`, with two charges and an 80% policy.
+fn admit_with_charges(net: &Net, patient: &str, serial: &str) {
+    net.cli(DOCTOR, &["patient", "admit", patient, "--device", serial]);
+    net.cli(DOCTOR, &["charge", "add", patient, "--code", "99223", "--category", "consultation", "--unit-price", "25000"]);
+    net.cli(DOCTOR, &["charge", "add", patient, "--code", "LAB-CBC", "--category", "laboratory", "--quantity", "3", "--unit-price", "1999"]);
+    net.cli(INSURER, &["policy", "set", patient, "--coverage-bps", "8000", "--deductible", "5000"]);
+}
+
+fn patient_id(label: &str) -> B256 {
+    alloy::primitives::keccak256(label)
+}
+
+/// Waits until the chain holds the patient's archive CID.
+async fn archived_cid(net: &Net, hub: &Hub, patient: B256) -> String {
+    let p = net.provider().await;
+    let contract = HealthSense::new(net.contract, &p);
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        let a = contract.getArchive(patient).call().await.unwrap();
+        if !a.cid.is_empty() {
+            return a.cid;
+        }
+        assert!(Instant::now() < deadline, "no archive CID on chain for {patient}:\n{}", hub.logs());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+fn cli_output(net: &Net, who: usize, args: &[&str]) -> std::process::Output {
+    common::healthsense(&net.anvil, who, &net.deployment, &net.root, args)
+}
+
+/// Decrypts a sealed archive with `key`, lets `edit` change the bundle
+/// text, and seals it again under the same key (a forger who holds the key).
+fn reseal(net: &Net, patient: B256, key_file: &Path, sealed: &[u8], edit: impl Fn(String) -> String) -> Vec<u8> {
+    use healthsense_oracle::archive::seal::{self, ArchiveScope, Secret};
+    use std::io::Write;
+    let scope = ArchiveScope { chain_id: net.anvil.chain_id(), contract: net.contract, patient };
+    let key = Secret::from_hex(&std::fs::read_to_string(key_file).unwrap(), "key").unwrap();
+    let json = String::from_utf8(seal::decompress(&seal::open(&key, &scope, sealed).unwrap()).unwrap()).unwrap();
+    let edited = edit(json.clone());
+    assert_ne!(edited, json, "the edit changed nothing");
+    let mut enc = seal::compressor(Vec::new()).unwrap();
+    enc.write_all(edited.as_bytes()).unwrap();
+    seal::seal(&key, &scope, &enc.finish().unwrap())
+}
+
+#[test]
+fn a_discharge_signal_bills_archives_and_every_archive_verifies() {
+    let rt = rt();
+    let tmp = tempfile::tempdir().unwrap();
+    let ipfs = rt.block_on(Ipfs::start(tmp.path()));
+    let (net, _) = archiving_net(&ipfs.api(), &[1]);
+    let mut bed = Device::new("HS-D1", net.provision("HS-D1", "ward-3"));
+    let hub = Hub::start(&net, "ward-3", "ward-3", 1, Broker::Embedded, 20);
+    let config = hub.config.to_str().unwrap().to_string();
+    let patient = patient_id("stay-d1");
+    rt.block_on(async {
+        let mut mqtt = Mqtt::connect(hub.mqtt_port, "bedside", "ward-3").await;
+        assert_eq!(mqtt.hello(&bed).await, Code::Registered);
+        admit_with_charges(&net, "stay-d1", "HS-D1");
+        for i in 0..45u64 {
+            let r = bed.next(i);
+            mqtt.vitals(&net, &bed, &r).await;
+        }
+        hub.wait("45 readings stored", |c| c.readings == 45);
+
+        // A forged signal (another key) and a bad code are refused with their codes.
+        let forged = protocol::sign_discharge(&PrivateKeySigner::random(), net.domain, "HS-D1", 1, protocol_now()).unwrap();
+        mqtt.publish("HS-D1", DeviceTopic::Discharge, forged).await;
+        assert_eq!(mqtt.rejection("HS-D1", &hub).await.code, Code::WrongSigner);
+        mqtt.publish("HS-D1", DeviceTopic::Discharge, b"{\"code\":1}".to_vec()).await;
+        assert_eq!(mqtt.rejection("HS-D1", &hub).await.code, Code::Malformed);
+
+        let signal = protocol::sign_discharge(&bed.key, net.domain, "HS-D1", 1, protocol_now()).unwrap();
+        mqtt.publish("HS-D1", DeviceTopic::Discharge, signal.clone()).await;
+        assert_eq!(mqtt.rejection("HS-D1", &hub).await.code, Code::Discharging);
+        let cid = archived_cid(&net, &hub, patient).await;
+        assert!(cid.starts_with("bafybei") || cid.starts_with("bafkrei"), "a CIDv1: {cid}");
+        // The same signal again finds no admitted patient on the device.
+        mqtt.publish("HS-D1", DeviceTopic::Discharge, signal).await;
+        assert_eq!(mqtt.rejection("HS-D1", &hub).await.code, Code::NoPatient);
+    });
+
+    // The bill came from the contract: 1 bed day (no tariff) + 25000 + 3 x 1999.
+    let bill: serde_json::Value = serde_json::from_str(&net.cli(ADMIN, &["--json", "bill", "stay-d1"])).unwrap();
+    assert_eq!(bill["total"], "30997");
+    // Covered: 80% of what is above the 5000 deductible, rounded down.
+    assert_eq!((bill["covered"].as_str(), bill["due"].as_str()), (Some("20797"), Some("10200")));
+
+    let verify = net.cli(ADMIN, &["--ipfs-api", &ipfs.api(), "archive", "verify", "stay-d1", "--oracle-config", &config]);
+    assert!(verify.contains("45/45") && verify.trim_end().ends_with("verified"), "{verify}\n{}", hub.logs());
+
+    let bundle_path = tmp.path().join("bundle.json");
+    net.cli(ADMIN, &["--ipfs-api", &ipfs.api(), "archive", "fetch", "stay-d1", "--oracle-config", &config, "-o", bundle_path.to_str().unwrap()]);
+    let bundle: serde_json::Value = serde_json::from_slice(&std::fs::read(&bundle_path).unwrap()).unwrap();
+    let kinds: Vec<&str> = bundle["entry"].as_array().unwrap().iter().map(|e| e["resource"]["resourceType"].as_str().unwrap()).collect();
+    assert_eq!(kinds.iter().filter(|k| **k == "Observation").count(), 45);
+    assert_eq!(kinds.iter().filter(|k| **k == "ChargeItem").count(), 2);
+    for k in ["Patient", "Encounter", "Device", "Coverage", "ExplanationOfBenefit"] {
+        assert!(kinds.contains(&k), "{k} missing: {kinds:?}");
+    }
+    let text = String::from_utf8(std::fs::read(&bundle_path).unwrap()).unwrap();
+    assert!(!text.contains("HS-D1\"") || text.contains("urn:healthsense:serial"), "no name or MRN, only ids");
+
+    // One reading with its proof, from the hub store, then altered.
+    let out = net.cli(ADMIN, &["--json", "reading", "verify", "HS-D1", "7", "--oracle-config", &config]);
+    let proven: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(proven["verified"], true, "{proven}");
+    let mut altered = proven["reading"].clone();
+    altered["reading"]["heartRate"] = (altered["reading"]["heartRate"].as_u64().unwrap() + 1).into();
+    let file = tmp.path().join("reading.json");
+    std::fs::write(&file, altered.to_string()).unwrap();
+    let out = cli_output(&net, ADMIN, &["reading", "verify", "--file", file.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(5), "{}", String::from_utf8_lossy(&out.stdout));
+
+    // The patient's own key works without the hub's master key.
+    let patient_key = tmp.path().join("patient.key");
+    net.cli(ADMIN, &["archive", "key", "stay-d1", "--oracle-config", &config, "-o", patient_key.to_str().unwrap()]);
+    let verify = net.cli(ADMIN, &["--ipfs-api", &ipfs.api(), "archive", "verify", "stay-d1", "--key-file", patient_key.to_str().unwrap()]);
+    assert!(verify.contains("45/45"), "{verify}");
+
+    // Tampering: a reading, a charge, the bill, in turn.
+    let sealed_path = tmp.path().join("sealed.hsa");
+    net.cli(ADMIN, &["--ipfs-api", &ipfs.api(), "archive", "fetch", "stay-d1", "--sealed", "-o", sealed_path.to_str().unwrap()]);
+    let sealed = std::fs::read(&sealed_path).unwrap();
+    let cases: [(&str, Box<dyn Fn(String) -> String>); 3] = [
+        ("reading 3", Box::new(|j: String| {
+            let at = j.find("\"id\":\"reading-3\"").unwrap();
+            let hr = at + j[at..].find("\"value\":").unwrap() + "\"value\":".len();
+            let end = hr + j[hr..].find(',').unwrap();
+            let v: f64 = j[hr..end].parse().unwrap();
+            format!("{}{}{}", &j[..hr], v + 1.0, &j[end..])
+        })),
+        ("charge 1", Box::new(|j: String| j.replacen("{\"url\":\"unitPrice\",\"valueString\":\"1999\"}", "{\"url\":\"unitPrice\",\"valueString\":\"1899\"}", 1))),
+        ("bill", Box::new(|j: String| j.replacen("{\"url\":\"total\",\"valueString\":\"30997\"}", "{\"url\":\"total\",\"valueString\":\"30897\"}", 1))),
+    ];
+    for (item, edit) in cases {
+        let forged = tmp.path().join("forged.hsa");
+        std::fs::write(&forged, reseal(&net, patient, &patient_key, &sealed, edit)).unwrap();
+        let out = cli_output(&net, ADMIN, &["archive", "verify", "stay-d1", "--file", forged.to_str().unwrap(), "--key-file", patient_key.to_str().unwrap()]);
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert_eq!(out.status.code(), Some(5), "{item}: {stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+        assert!(stdout.contains(&format!("TAMPERED     {item}")), "{item} not reported: {stdout}");
+        assert!(stdout.contains("record hash  DOES NOT match"), "{stdout}");
+    }
+
+    // Wrong key, truncated and corrupt archives, unknown patient: clear errors.
+    let wrong = tmp.path().join("wrong.key");
+    std::fs::write(&wrong, healthsense_oracle::archive::seal::Secret::random().to_hex()).unwrap();
+    let truncated = tmp.path().join("truncated.hsa");
+    std::fs::write(&truncated, &sealed[..sealed.len() / 2]).unwrap();
+    let short = tmp.path().join("short.hsa");
+    std::fs::write(&short, &sealed[..10]).unwrap();
+    let junk = tmp.path().join("junk.hsa");
+    std::fs::write(&junk, b"<html>gateway timeout</html>").unwrap();
+    let key = patient_key.to_str().unwrap();
+    for (args, code, says) in [
+        (vec!["--ipfs-api", &ipfs.api(), "archive", "verify", "stay-d1", "--key-file", wrong.to_str().unwrap()], 1, "wrong key"),
+        (vec!["archive", "verify", "stay-d1", "--file", truncated.to_str().unwrap(), "--key-file", key], 1, "does not decrypt"),
+        (vec!["archive", "verify", "stay-d1", "--file", short.to_str().unwrap(), "--key-file", key], 1, "truncated"),
+        (vec!["archive", "verify", "stay-d1", "--file", junk.to_str().unwrap(), "--key-file", key], 1, "not a HealthSense archive"),
+        (vec!["archive", "verify", "stay-unknown", "--key-file", key], 4, "no patient"),
+        (vec!["archive", "verify", "stay-d1"], 3, "--key-file"),
+    ] {
+        let out = cli_output(&net, ADMIN, &args);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(code), "{args:?}: {stderr}");
+        assert!(stderr.contains(says), "{args:?} should say {says:?}: {stderr}");
+    }
+
+    // Erasure: once the key salt is gone the hub cannot derive the key again.
+    let out = cli_output(&net, ADMIN, &["archive", "erase", "stay-d1", "--oracle-config", &config]);
+    assert_eq!(out.status.code(), Some(3), "erasure needs --yes");
+    net.cli(ADMIN, &["archive", "erase", "stay-d1", "--oracle-config", &config, "--yes"]);
+    let out = cli_output(&net, ADMIN, &["--ipfs-api", &ipfs.api(), "archive", "verify", "stay-d1", "--oracle-config", &config]);
+    assert_eq!(out.status.code(), Some(3), "{}", String::from_utf8_lossy(&out.stderr));
+    rt.block_on(async { drop(ipfs) });
+}
+
+fn protocol_now() -> u64 {
+    healthsense_oracle::ingest::now_ms()
+}
+
+#[test]
+fn outages_of_ipfs_and_the_chain_delay_the_archive_and_lose_nothing() {
+    let rt = rt();
+    let tmp = tempfile::tempdir().unwrap();
+    let mut ipfs = rt.block_on(Ipfs::start(tmp.path()));
+    let (mut net, _) = archiving_net(&ipfs.api(), &[1]);
+    let mut proxy = Proxy::new(net.anvil.port());
+    rt.block_on(proxy.up());
+    net.rpc_override = Some(proxy.url());
+    let mut bed = Device::new("HS-F1", net.provision("HS-F1", "ward-3"));
+    let hub = Hub::start(&net, "ward-3", "ward-3", 1, Broker::Embedded, 10);
+    let config = hub.config.to_str().unwrap().to_string();
+    let patient = patient_id("stay-f1");
+    let job_state = || {
+        let store = Store::open(&hub.store, hub.binding).unwrap();
+        store.init_archive().unwrap();
+        store.archive_job(patient).unwrap().map(|j| (j.state, j.last_error.unwrap_or_default()))
+    };
+    let wait_state = |want: healthsense_oracle::archive::State, error_too: bool| {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Some((state, error)) = job_state() {
+                if state == want && (!error_too || !error.is_empty()) {
+                    return error;
+                }
+            }
+            assert!(Instant::now() < deadline, "job never reached {want:?} ({:?}):\n{}", job_state(), hub.logs());
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    };
+    rt.block_on(async {
+        let mut mqtt = Mqtt::connect(hub.mqtt_port, "bedside", "ward-3").await;
+        assert_eq!(mqtt.hello(&bed).await, Code::Registered);
+        admit_with_charges(&net, "stay-f1", "HS-F1");
+        for i in 0..30u64 {
+            let r = bed.next(i);
+            mqtt.vitals(&net, &bed, &r).await;
+        }
+        hub.wait("30 readings anchored", |c| c.anchored_readings == 30);
+        ipfs.down().await;
+    });
+    // A doctor discharges from the CLI (straight to anvil) while IPFS is down.
+    net.cli(DOCTOR, &["patient", "discharge", "stay-f1"]);
+    let error = wait_state(healthsense_oracle::archive::State::Sealed, true);
+    assert!(!error.is_empty(), "the failed IPFS add is recorded");
+    rt.block_on(async {
+        proxy.down().await; // the chain goes away too
+        ipfs.up().await; // IPFS comes back: the archive is pinned...
+    });
+    let error = wait_state(healthsense_oracle::archive::State::Pinned, true);
+    assert!(error.contains("chain"), "...but setArchive waits for the chain: {error}");
+    rt.block_on(async {
+        proxy.up().await;
+        let cid = archived_cid(&net, &hub, patient).await;
+        assert!(cid.starts_with("baf"), "{cid}");
+    });
+    let verify = net.cli(ADMIN, &["--ipfs-api", &ipfs.api(), "archive", "verify", "stay-f1", "--oracle-config", &config]);
+    assert!(verify.contains("30/30"), "every reading of the stay is in the archive: {verify}");
+    let metrics = hub.metrics();
+    assert!(metrics.contains("healthsense_oracle_archives_total 1"), "{metrics}");
+    rt.block_on(async { ipfs.down().await });
 }

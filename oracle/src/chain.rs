@@ -7,7 +7,7 @@ use std::time::Duration;
 use alloy::network::{EthereumWallet, TransactionBuilder};
 use alloy::primitives::{Address, Bytes, B256};
 use alloy::providers::{DynProvider, Provider, ProviderBuilder};
-use alloy::rpc::types::{Filter, TransactionRequest};
+use alloy::rpc::types::{Filter, TransactionReceipt, TransactionRequest};
 use alloy::signers::local::PrivateKeySigner;
 use alloy::sol_types::{SolCall, SolEvent, SolInterface};
 use healthsense_abi::bindings::HealthSense::{self as H, HealthSenseErrors};
@@ -143,6 +143,11 @@ impl Chain {
 
     /// Sends a transaction as the hub after a dry run, and waits for its receipt.
     pub async fn send<C: SolCall>(&self, call: C) -> Result<Mined, ChainError> {
+        Ok(self.send_receipt(call).await?.0)
+    }
+
+    /// [`Chain::send`], also returning the receipt (for its events).
+    pub async fn send_receipt<C: SolCall>(&self, call: C) -> Result<(Mined, TransactionReceipt), ChainError> {
         let tx = self.request(&call);
         self.provider.call(tx.clone()).await.map_err(|e| Self::decode(C::SIGNATURE, e))?;
         let pending = self.provider.send_transaction(tx).await.map_err(|e| Self::decode(C::SIGNATURE, e))?;
@@ -156,11 +161,12 @@ impl Chain {
                 receipt.transaction_hash
             )));
         }
-        Ok(Mined {
+        let mined = Mined {
             tx: receipt.transaction_hash,
             block: receipt.block_number.unwrap_or_default(),
             gas_used: receipt.gas_used,
-        })
+        };
+        Ok((mined, receipt))
     }
 
     /// A device's record.
@@ -197,6 +203,27 @@ impl Chain {
     /// The latest block number.
     pub async fn block_number(&self) -> Result<u64, ChainError> {
         self.provider.get_block_number().await.map_err(transport)
+    }
+
+    /// Discharges a patient as the hub; returns the bill event.
+    pub async fn discharge(&self, patient: B256) -> Result<(Mined, Option<H::PatientDischarged>), ChainError> {
+        let (mined, receipt) = self.send_receipt(H::dischargeCall { patientId: patient }).await?;
+        let event = receipt.inner.logs().iter().find_map(|l| H::PatientDischarged::decode_log_data(l.data()).ok());
+        Ok((mined, event))
+    }
+
+    /// `PatientDischarged` events in blocks `from..=to` (of one patient when given).
+    pub async fn discharges(&self, from: u64, to: u64, patient: Option<B256>) -> Result<Vec<H::PatientDischarged>, ChainError> {
+        let mut filter = Filter::new()
+            .address(self.contract)
+            .from_block(from)
+            .to_block(to)
+            .event_signature(H::PatientDischarged::SIGNATURE_HASH);
+        if let Some(p) = patient {
+            filter = filter.topic1(p);
+        }
+        let logs = self.provider.get_logs(&filter).await.map_err(transport)?;
+        Ok(logs.iter().filter_map(|l| H::PatientDischarged::decode_log_data(l.data()).ok()).collect())
     }
 
     /// Devices whose on-chain record changed in blocks `from..=to`.

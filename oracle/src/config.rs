@@ -21,6 +21,8 @@ pub const HUB_PASSWORD_VAR: &str = "HEALTHSENSE_HUB_PASSWORD";
 pub const MQTT_PASSWORD_VAR: &str = "HEALTHSENSE_MQTT_PASSWORD";
 /// Environment variable overriding `chain.rpc_url`.
 pub const RPC_URL_VAR: &str = "HEALTHSENSE_RPC_URL";
+/// Environment variable holding the hospital archive master key (64 hex digits).
+pub const ARCHIVE_KEY_VAR: &str = "HEALTHSENSE_ARCHIVE_KEY";
 
 /// The whole configuration.
 #[derive(Debug, Clone, Deserialize)]
@@ -48,6 +50,9 @@ pub struct Config {
     /// Metrics endpoint.
     #[serde(default)]
     pub metrics: MetricsConfig,
+    /// Discharge and the IPFS archive.
+    #[serde(default)]
+    pub archive: ArchiveConfig,
 }
 
 fn default_store() -> PathBuf {
@@ -216,6 +221,68 @@ impl Default for MetricsConfig {
     }
 }
 
+/// Discharge handling and the encrypted IPFS archive (docs/ARCHIVE.md).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ArchiveConfig {
+    /// Run the archiver (discharge signals are refused with 503 without it).
+    pub enabled: bool,
+    /// Kubo RPC endpoint: the embedded node, a Kubo daemon or IPFS Cluster's proxy.
+    pub ipfs_api: String,
+    /// File holding the hospital master key (64 hex digits, mode 0600);
+    /// `HEALTHSENSE_ARCHIVE_KEY` takes precedence.
+    pub key_file: Option<PathBuf>,
+    /// Where sealed archives wait for IPFS (default: `<store>.archives/`).
+    pub dir: Option<PathBuf>,
+    /// How long after discharge buffered readings may still arrive, ms.
+    pub settle_ms: u64,
+    /// Longest pause between retries, ms.
+    pub max_backoff_ms: u64,
+    /// ISO 4217 code of the contract's minor units (display in the FHIR bundle).
+    pub currency: String,
+}
+
+impl Default for ArchiveConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            ipfs_api: "http://127.0.0.1:5001".into(),
+            key_file: None,
+            dir: None,
+            settle_ms: 10_000,
+            max_backoff_ms: 30_000,
+            currency: "EUR".into(),
+        }
+    }
+}
+
+impl ArchiveConfig {
+    /// The master key, if configured. The error never contains key material.
+    pub fn master_key(&self) -> Result<Option<crate::archive::seal::Secret>> {
+        use crate::archive::seal::Secret;
+        if let Ok(hex) = std::env::var(ARCHIVE_KEY_VAR) {
+            return Ok(Some(Secret::from_hex(&hex, ARCHIVE_KEY_VAR)?));
+        }
+        match &self.key_file {
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .with_context(|| format!("reading archive.key_file {}", path.display()))?;
+                Ok(Some(Secret::from_hex(&text, &format!("archive.key_file {}", path.display()))?))
+            }
+            None => Ok(None),
+        }
+    }
+
+    /// The directory of sealed archives for a store at `store`.
+    pub fn dir_for(&self, store: &Path) -> PathBuf {
+        self.dir.clone().unwrap_or_else(|| {
+            let mut name = store.file_name().map(|n| n.to_os_string()).unwrap_or_default();
+            name.push(".archives");
+            store.with_file_name(name)
+        })
+    }
+}
+
 impl Config {
     /// Reads a TOML file and applies the environment overrides. Relative
     /// paths in it are taken from the file's directory.
@@ -223,7 +290,14 @@ impl Config {
         let text = std::fs::read_to_string(path).with_context(|| format!("reading config {}", path.display()))?;
         let mut cfg = Self::parse(&text).with_context(|| format!("in config {}", path.display()))?;
         let base = path.parent().unwrap_or(Path::new("."));
-        for p in [Some(&mut cfg.store), cfg.chain.keystore.as_mut(), cfg.chain.password_file.as_mut(), cfg.mqtt.ca_file.as_mut()]
+        for p in [
+            Some(&mut cfg.store),
+            cfg.chain.keystore.as_mut(),
+            cfg.chain.password_file.as_mut(),
+            cfg.mqtt.ca_file.as_mut(),
+            cfg.archive.key_file.as_mut(),
+            cfg.archive.dir.as_mut(),
+        ]
             .into_iter()
             .flatten()
         {

@@ -170,7 +170,7 @@ pub async fn start(cfg: Config, key: PrivateKeySigner, options: Options) -> Resu
         interval: cfg.anchor.interval(),
         max_backoff: Duration::from_millis(cfg.anchor.max_backoff_ms.max(100)),
         unbatched,
-        wake,
+        wake: wake.clone(),
     };
     let rx = shutdown_rx.clone();
     tasks.push(tokio::spawn(async move {
@@ -178,6 +178,39 @@ pub async fn start(cfg: Config, key: PrivateKeySigner, options: Options) -> Resu
             tracing::error!(error = %e, "anchorer stopped");
         }
     }));
+    let archive_wake = match cfg.archive.enabled {
+        true => {
+            let wake_archive = Arc::new(Notify::new());
+            let master = cfg.archive.master_key()?;
+            if master.is_none() {
+                tracing::warn!("no archive master key (archive.key_file or {}): discharges are billed but not archived until one is set", crate::config::ARCHIVE_KEY_VAR);
+            }
+            let ipfs = healthsense_ipfs::Ipfs::new(&cfg.archive.ipfs_api)
+                .with_context(|| format!("archive.ipfs_api {:?}", cfg.archive.ipfs_api))?;
+            let archiver = crate::archive::job::Archiver {
+                chain: chain.clone(),
+                store: open()?,
+                ipfs,
+                master,
+                dir: cfg.archive.dir_for(&cfg.store),
+                settle: Duration::from_millis(cfg.archive.settle_ms),
+                max_backoff: Duration::from_millis(cfg.archive.max_backoff_ms.max(100)),
+                currency: cfg.archive.currency.clone(),
+                ward: ids::ward_id(&cfg.ward),
+                wake_anchor: wake.clone(),
+                wake: wake_archive.clone(),
+                metrics: metrics.clone(),
+            };
+            let rx = shutdown_rx.clone();
+            tasks.push(tokio::spawn(async move {
+                if let Err(e) = archiver.run(rx).await {
+                    tracing::error!(error = format!("{e:#}"), "archiver stopped");
+                }
+            }));
+            Some(wake_archive)
+        }
+        false => None,
+    };
     tasks.push(tokio::spawn(watch_devices(chain.clone(), registry.clone(), cfg.chain.poll_ms.unwrap_or(1_000), shutdown_rx.clone())));
 
     let (control_tx, control_rx) = mpsc::unbounded_channel::<Publish>();
@@ -189,6 +222,8 @@ pub async fn start(cfg: Config, key: PrivateKeySigner, options: Options) -> Resu
         store: std::sync::Mutex::new(control_store),
         ward: ids::ward_id(&cfg.ward),
         max_payload: cfg.ingest.max_payload,
+        archive: archive_wake,
+        metrics: metrics.clone(),
     };
     tasks.push(tokio::spawn(control.run(control_rx)));
 
@@ -331,6 +366,9 @@ struct Control {
     store: std::sync::Mutex<Store>,
     ward: B256,
     max_payload: usize,
+    /// Wakes the archiver; `None` when archiving is disabled.
+    archive: Option<Arc<Notify>>,
+    metrics: Arc<Metrics>,
 }
 
 impl Control {
@@ -358,7 +396,11 @@ impl Control {
                         }
                         Err(r) => self.reply(&serial, &StatusReply::new(r.code, None, r.reason), false).await,
                     },
-                    // Discharge over MQTT is handled with the archive (docs/PROTOCOL.md).
+                    DeviceTopic::Discharge => {
+                        let reply = self.discharge(&serial, &p.payload).await;
+                        tracing::info!(serial, code = reply.code as u16, reason = %reply.reason, "discharge signal");
+                        self.reply(&serial, &reply, false).await;
+                    }
                     _ => {}
                 }
             }
@@ -371,6 +413,56 @@ impl Control {
         let topic = self.topics.device(serial, DeviceTopic::Status);
         if let Err(e) = self.client.publish(topic, QoS::AtLeastOnce, retain, body).await {
             tracing::warn!(error = %e, "status reply not sent");
+        }
+    }
+
+    /// A device's signed discharge signal: checked against the chain, then
+    /// handed to the archiver, which sends the `discharge` transaction.
+    async fn discharge(&self, serial: &str, payload: &[u8]) -> StatusReply {
+        let Some(wake) = &self.archive else {
+            return StatusReply::new(Code::Unavailable, None, "this hub runs without the archiver (archive.enabled = false)");
+        };
+        let (signal, signer) = match protocol::parse_discharge(serial, payload, self.max_payload, self.chain.domain_separator()) {
+            Ok(x) => x,
+            Err(r) => return StatusReply::new(r.code, None, format!("discharge: {}", r.reason)),
+        };
+        let device = match self.chain.device(signal.deviceId).await {
+            Ok(d) => d,
+            Err(e) => return StatusReply::new(Code::Unavailable, None, format!("try again later: {e}")),
+        };
+        if DeviceStatus::from_code(device.status) == Some(DeviceStatus::None) || device.signer.is_zero() {
+            return StatusReply::new(Code::UnknownDevice, None, "discharge: device not provisioned");
+        }
+        if device.ward != self.ward {
+            return StatusReply::new(Code::WrongWard, None, "discharge: device belongs to another ward's hub");
+        }
+        if signer != device.signer {
+            return StatusReply::new(Code::WrongSigner, None, "discharge: not signed by the device's registered signer");
+        }
+        if device.patientId.is_zero() {
+            return StatusReply::new(Code::NoPatient, None, "discharge: no patient is admitted on this device");
+        }
+        let patient = match self.chain.view(H::getPatientCall { patientId: device.patientId }).await {
+            Ok(p) => p,
+            Err(e) => return StatusReply::new(Code::Unavailable, None, format!("try again later: {e}")),
+        };
+        if signal.timestamp / 1_000 < patient.admittedAt {
+            return StatusReply::new(Code::NoPatient, None, "discharge: signal is older than the current admission");
+        }
+        let created = match self.store.lock() {
+            Ok(store) => store.request_archive(device.patientId, signal.deviceId, crate::archive::State::Discharging, signal.code, crate::ingest::now_ms()),
+            Err(_) => return StatusReply::new(Code::Unavailable, None, "hub store unavailable"),
+        };
+        match created {
+            Ok(created) => {
+                wake.notify_one();
+                if created {
+                    self.metrics.discharge_signals.inc();
+                }
+                let what = if created { "discharging" } else { "already discharging" };
+                StatusReply::new(Code::Discharging, None, format!("{what} patient {}; the archive follows", device.patientId))
+            }
+            Err(e) => StatusReply::new(Code::Unavailable, None, format!("not recorded, send again: {e}")),
         }
     }
 

@@ -9,6 +9,7 @@
 #![warn(missing_docs)]
 
 pub mod anchor;
+pub mod archive;
 pub mod broker;
 pub mod chain;
 pub mod config;

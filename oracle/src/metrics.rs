@@ -46,6 +46,12 @@ pub struct Metrics {
     pub tx_failures: Family<Op, Counter>,
     /// Devices in the registry cache.
     pub devices: Gauge,
+    /// Patient archives whose CID is on chain.
+    pub archives_done: Counter,
+    /// Archive steps retried after a transient failure.
+    pub archive_retries: Counter,
+    /// Discharge signals accepted from devices.
+    pub discharge_signals: Counter,
 }
 
 impl Metrics {
@@ -74,6 +80,9 @@ impl Metrics {
         );
         r.register("tx_failures", "Failed chain transactions, by function", self.tx_failures.clone());
         r.register("devices_cached", "Device records in the cache", self.devices.clone());
+        r.register("archives", "Patient archives with their CID on chain", self.archives_done.clone());
+        r.register("archive_retries", "Archive steps retried after a transient failure", self.archive_retries.clone());
+        r.register("discharge_signals", "Discharge signals accepted from devices", self.discharge_signals.clone());
         r
     }
 

@@ -129,6 +129,8 @@ status_codes! {
     Initialised = 100, "initialised";
     /// Provisioned for this ward and active on chain: send vitals.
     Registered = 200, "registered";
+    /// Discharge signal accepted: the hub discharges the patient and archives the stay.
+    Discharging = 202, "discharging";
     /// Not JSON, or not the envelope's shape.
     Malformed = 400, "malformed";
     /// The signature does not parse, is not low-s, or recovers to nothing.
@@ -151,6 +153,8 @@ status_codes! {
     WrongWard = 421, "wrong_ward";
     /// A value is outside its physiological or clock range.
     OutOfRange = 422, "out_of_range";
+    /// A discharge signal from a device with no admitted patient (or older than the admission).
+    NoPatient = 424, "no_patient";
     /// The chain could not be reached; try again later.
     Unavailable = 503, "unavailable";
 }
@@ -551,6 +555,79 @@ pub fn state_pack(serial: &str, battery: f64, asleep: bool) -> Vec<u8> {
     serde_json::to_vec(&pack).unwrap_or_default()
 }
 
+alloy::sol! {
+    /// The bedside discharge signal a device signs (EIP-712, same domain as
+    /// readings): the device and a disposition code, stamped so an old
+    /// signal cannot discharge a later stay.
+    #[derive(Debug, PartialEq, Eq)]
+    struct Discharge {
+        bytes32 deviceId;
+        uint64 timestamp;
+        uint16 code;
+    }
+}
+
+/// Discharge disposition codes a device may send (docs/PROTOCOL.md).
+pub const DISCHARGE_CODES: [(u16, &str); 5] =
+    [(1, "home"), (2, "transfer to another facility"), (3, "left against advice"), (4, "deceased"), (5, "other")];
+
+/// The discharge envelope on `.../discharge`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DischargeEnvelope {
+    /// Disposition code, one of [`DISCHARGE_CODES`].
+    pub code: u16,
+    /// When the signal was given, ms since the Unix epoch.
+    pub timestamp: u64,
+    /// `0x`-hex 65-byte signature of the [`Discharge`] typed data.
+    pub sig: String,
+}
+
+/// The digest a device signs for a discharge.
+pub fn discharge_digest(domain: B256, d: &Discharge) -> B256 {
+    use alloy::sol_types::SolStruct;
+    let mut buf = [0u8; 66];
+    buf[0] = 0x19;
+    buf[1] = 0x01;
+    buf[2..34].copy_from_slice(domain.as_slice());
+    buf[34..].copy_from_slice(d.eip712_hash_struct().as_slice());
+    alloy::primitives::keccak256(buf)
+}
+
+/// A signed discharge payload for device `serial`.
+pub fn sign_discharge(
+    key: &PrivateKeySigner,
+    domain: B256,
+    serial: &str,
+    code: u16,
+    timestamp: u64,
+) -> Result<Vec<u8>, alloy::signers::Error> {
+    let d = Discharge { deviceId: ids::device_id(serial), timestamp, code };
+    let sig = key.sign_hash_sync(&discharge_digest(domain, &d))?.as_bytes();
+    let env = DischargeEnvelope { code, timestamp, sig: alloy::hex::encode_prefixed(sig) };
+    Ok(serde_json::to_vec(&env).unwrap_or_default())
+}
+
+/// Reads a discharge signal and recovers its signer (checked by the caller
+/// against the device's registered signer).
+pub fn parse_discharge(serial: &str, payload: &[u8], max_payload: usize, domain: B256) -> Result<(Discharge, Address), Rejection> {
+    if payload.len() > max_payload {
+        return Err(Rejection::new(Code::Oversized, format!("{} bytes, limit {max_payload}", payload.len())));
+    }
+    let env: DischargeEnvelope = serde_json::from_slice(payload)
+        .map_err(|e| Rejection::new(Code::Malformed, format!("not a discharge envelope {{code, timestamp, sig}}: {e}")))?;
+    if !DISCHARGE_CODES.iter().any(|(c, _)| *c == env.code) {
+        return Err(Rejection::new(Code::OutOfRange, format!("discharge code {} is not one of 1..5", env.code)));
+    }
+    let d = Discharge { deviceId: ids::device_id(serial), timestamp: env.timestamp, code: env.code };
+    let raw = alloy::hex::decode(&env.sig).map_err(|_| Rejection::new(Code::BadSignature, "sig is not hex"))?;
+    let sig = Signature::from_raw(&raw).map_err(|_| Rejection::new(Code::BadSignature, "sig is not 65 bytes r‖s‖v"))?;
+    let signer = sig
+        .recover_address_from_prehash(&discharge_digest(domain, &d))
+        .map_err(|_| Rejection::new(Code::BadSignature, "signature recovers to no key"))?;
+    Ok((d, signer))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -630,5 +707,23 @@ mod tests {
         let s = parse_state(&state_pack("HS-1", 83.0, true), 1024).unwrap();
         assert_eq!(s, DeviceState { battery: Some(83.0), asleep: Some(true) });
         assert_eq!(parse_state(b"[{\"n\":\"battery\",\"u\":\"%EL\",\"v\":140}]", 1024).unwrap_err().code, Code::OutOfRange);
+    }
+
+    #[test]
+    fn discharge_signals_round_trip_and_bad_ones_are_refused() {
+        let key = PrivateKeySigner::random();
+        let domain = B256::repeat_byte(3);
+        let payload = sign_discharge(&key, domain, "HS-1", 1, 1_764_000_000_000).unwrap();
+        let (d, signer) = parse_discharge("HS-1", &payload, 2_048, domain).unwrap();
+        assert_eq!((d.code, d.timestamp, signer), (1, 1_764_000_000_000, key.address()));
+        // Replayed on another device's topic, it recovers to some other key.
+        let (_, other) = parse_discharge("HS-2", &payload, 2_048, domain).unwrap();
+        assert_ne!(other, key.address());
+        let bad_code = sign_discharge(&key, domain, "HS-1", 9, 1).unwrap();
+        assert_eq!(parse_discharge("HS-1", &bad_code, 2_048, domain).unwrap_err().code, Code::OutOfRange);
+        assert_eq!(parse_discharge("HS-1", b"{}", 2_048, domain).unwrap_err().code, Code::Malformed);
+        assert_eq!(parse_discharge("HS-1", &payload, 10, domain).unwrap_err().code, Code::Oversized);
+        let text = String::from_utf8(payload).unwrap().replace("\"sig\":\"0x", "\"sig\":\"0xzz");
+        assert_eq!(parse_discharge("HS-1", text.as_bytes(), 2_048, domain).unwrap_err().code, Code::BadSignature);
     }
 }

@@ -47,7 +47,7 @@ pub enum StoreError {
     Corrupt(String),
 }
 
-type Result<T> = std::result::Result<T, StoreError>;
+pub(crate) type Result<T> = std::result::Result<T, StoreError>;
 
 /// What a store belongs to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -219,6 +219,25 @@ impl Store {
         &mut self.conn
     }
 
+    /// Opens an existing store for a tool on the hub machine (`healthsense
+    /// archive key|erase`), checking only that it belongs to `chain_id` and
+    /// `contract`.
+    pub fn open_existing(path: &Path, chain_id: u64, contract: Address) -> Result<Self> {
+        let conn = Connection::open_with_flags(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_WRITE)?;
+        conn.busy_timeout(std::time::Duration::from_secs(10))?;
+        let found: Option<String> =
+            conn.query_row("SELECT value FROM meta WHERE key = 'binding'", [], |r| r.get(0)).optional()?;
+        let prefix = format!("chain {chain_id} contract {contract} ");
+        match found {
+            Some(found) if found.starts_with(&prefix) => Ok(Self { conn }),
+            found => Err(StoreError::WrongDeployment {
+                path: path.display().to_string(),
+                found: found.unwrap_or_else(|| "nothing (not a hub store)".into()),
+                expected: prefix.trim_end().to_string(),
+            }),
+        }
+    }
+
     /// Opens (creating if needed) the store at `path` for `binding`.
     pub fn open(path: &Path, binding: Binding) -> Result<Self> {
         let conn = Connection::open(path)?;
@@ -239,6 +258,31 @@ impl Store {
             Some(_) => {}
         }
         Ok(Self { conn })
+    }
+
+    /// The hub this store belongs to (from its binding).
+    pub fn hub(&self) -> Result<Option<Address>> {
+        let binding = self.meta("binding")?.unwrap_or_default();
+        Ok(binding.rsplit(' ').next().and_then(|a| a.parse().ok()))
+    }
+
+    /// A `meta` value.
+    pub fn meta(&self, key: &str) -> Result<Option<String>> {
+        Ok(self.conn.query_row("SELECT value FROM meta WHERE key = ?1", [key], |r| r.get(0)).optional()?)
+    }
+
+    /// Sets a `meta` value.
+    pub fn set_meta(&self, key: &str, value: &str) -> Result<()> {
+        self.conn.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?1, ?2)", [key, value])?;
+        Ok(())
+    }
+
+    /// The serial a device's readings arrived under, if any arrived.
+    pub fn serial_of(&self, device_id: B256) -> Result<Option<String>> {
+        Ok(self
+            .conn
+            .query_row("SELECT serial FROM readings WHERE device_id = ?1 LIMIT 1", [device_id.as_slice()], |r| r.get(0))
+            .optional()?)
     }
 
     /// The highest stored sequence number of every device.

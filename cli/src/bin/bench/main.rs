@@ -42,12 +42,17 @@ use rayon::prelude::*;
 use rumqttc::{AsyncClient, MqttOptions, QoS};
 use serde_json::json;
 
+mod archive;
+
 #[derive(Parser)]
 #[command(about = "Benchmarks the HealthSense oracle against its targets (docs/BENCHMARKS.md)")]
 struct Args {
     /// What to measure.
-    #[arg(value_parser = ["oracle"])]
+    #[arg(value_parser = ["oracle", "archive"])]
     what: String,
+    /// Readings of the archived stay (archive: 604,800 = 7 days at 1 Hz).
+    #[arg(long, default_value_t = 604_800)]
+    stay_readings: u64,
     /// Readings in the throughput phases.
     #[arg(long, default_value_t = 40_000)]
     readings: usize,
@@ -139,6 +144,9 @@ async fn main() -> Result<()> {
         )
         .with_writer(std::io::stderr)
         .init();
+    if args.what == "archive" {
+        return archive::run(args.stay_readings, args.json).await;
+    }
     let threads = rayon::current_num_threads();
     let root = tools::project_root()?;
     let anvil = Anvil::new().path(tools::foundry_tool(&root, "anvil")?).try_spawn().context("starting anvil")?;

@@ -1,0 +1,276 @@
+//! `healthsense devnet up|down|status`: a local network on this machine.
+//!
+//! `up` starts a background `healthsense devnet serve` that runs anvil (from
+//! the project-local install, its state kept across restarts), the embedded
+//! MQTT broker and the embedded IPFS node; on first start it deploys the EVM
+//! edition, gives four dev accounts the four roles, writes their encrypted
+//! keystores, the deployment file and a ready-to-run oracle config. `down`
+//! stops it (anvil dumps its state); `status` says what runs where.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use alloy::primitives::Address;
+use alloy::providers::{Provider, ProviderBuilder};
+use alloy::signers::local::PrivateKeySigner;
+use anyhow::{bail, Context, Result};
+use healthsense_abi::bindings::HealthSense as H;
+use healthsense_abi::rules::ids;
+use serde::{Deserialize, Serialize};
+
+use crate::admin::Client;
+use crate::deployment::Deployment;
+use crate::{artifact, deploy, tools};
+
+/// Default folder of the devnet's state.
+pub const DEFAULT_DIR: &str = ".healthsense/devnet";
+
+/// Ports the devnet listens on (all on 127.0.0.1).
+#[derive(Debug, Clone, Copy, clap::Args)]
+pub struct Ports {
+    /// anvil's JSON-RPC port.
+    #[arg(long, default_value_t = 8545)]
+    pub rpc_port: u16,
+    /// The MQTT broker's port.
+    #[arg(long, default_value_t = 1883)]
+    pub mqtt_port: u16,
+    /// The IPFS node's Kubo RPC port.
+    #[arg(long, default_value_t = 5001)]
+    pub ipfs_port: u16,
+}
+
+/// What a running devnet publishes in `state.json`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct State {
+    /// The `devnet serve` process.
+    pub pid: u32,
+    /// anvil's JSON-RPC URL.
+    pub rpc_url: String,
+    /// MQTT broker address.
+    pub mqtt: SocketAddr,
+    /// Kubo RPC URL of the IPFS node.
+    pub ipfs_api: String,
+    /// The contract.
+    pub contract: Address,
+    /// Chain id.
+    pub chain_id: u64,
+    /// Role -> dev account.
+    pub accounts: Vec<(String, Address)>,
+    /// The deployment file.
+    pub deployment: PathBuf,
+    /// The oracle config for this devnet's hub.
+    pub oracle_config: PathBuf,
+    /// Keystores (password in `password`).
+    pub keystores: PathBuf,
+}
+
+fn state_path(dir: &Path) -> PathBuf {
+    dir.join("state.json")
+}
+
+fn alive(pid: u32) -> bool {
+    Path::new(&format!("/proc/{pid}")).exists()
+        && std::fs::read_to_string(format!("/proc/{pid}/stat")).map_or(false, |s| !s.contains(") Z "))
+}
+
+/// The running devnet's state, if one runs.
+pub fn running(dir: &Path) -> Option<State> {
+    let state: State = serde_json::from_slice(&std::fs::read(state_path(dir)).ok()?).ok()?;
+    alive(state.pid).then_some(state)
+}
+
+/// Starts the devnet in the background (nothing if it already runs).
+pub fn up(dir: &Path, deployment: &Path, ports: Ports) -> Result<State> {
+    if let Some(s) = running(dir) {
+        return Ok(s);
+    }
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let _ = std::fs::remove_file(state_path(dir));
+    let log = std::fs::File::create(dir.join("devnet.log"))?;
+    let exe = std::env::current_exe().context("locating the healthsense binary")?;
+    let mut cmd = Command::new(exe);
+    cmd.args(["devnet", "serve", "--dir"])
+        .arg(dir)
+        .arg("--deployment")
+        .arg(deployment)
+        .args(["--rpc-port", &ports.rpc_port.to_string(), "--mqtt-port", &ports.mqtt_port.to_string()])
+        .args(["--ipfs-port", &ports.ipfs_port.to_string()])
+        .stdin(Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log);
+    // Its own process group: a Ctrl-C in this shell must not stop the devnet.
+    std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
+    let mut child = cmd.spawn().context("starting `healthsense devnet serve`")?;
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        if let Some(s) = running(dir) {
+            return Ok(s);
+        }
+        if let Some(status) = child.try_wait()? {
+            let log = std::fs::read_to_string(dir.join("devnet.log")).unwrap_or_default();
+            let tail: Vec<&str> = log.lines().rev().take(15).collect::<Vec<_>>().into_iter().rev().collect();
+            bail!("the devnet exited ({status}) while starting:\n{}", tail.join("\n"));
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            bail!("the devnet did not start within 2 minutes; see {}", dir.join("devnet.log").display());
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Stops a running devnet; returns whether one ran.
+pub fn down(dir: &Path) -> Result<bool> {
+    let Some(state) = running(dir) else {
+        let _ = std::fs::remove_file(state_path(dir));
+        return Ok(false);
+    };
+    let status = Command::new("kill").args(["-TERM", &state.pid.to_string()]).status().context("running kill")?;
+    if !status.success() {
+        bail!("could not signal the devnet (pid {})", state.pid);
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while alive(state.pid) {
+        if Instant::now() > deadline {
+            bail!("the devnet (pid {}) did not stop within 30 s", state.pid);
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    Ok(true)
+}
+
+fn listening(addr: &str) -> bool {
+    addr.parse::<SocketAddr>()
+        .ok()
+        .is_some_and(|a| std::net::TcpStream::connect_timeout(&a, Duration::from_millis(300)).is_ok())
+}
+
+/// Per service: name, address, whether it answers.
+pub fn services(s: &State) -> Vec<(&'static str, String, bool)> {
+    let host_port = |url: &str| url.trim_start_matches("http://").trim_end_matches('/').to_string();
+    vec![
+        ("anvil", s.rpc_url.clone(), listening(&host_port(&s.rpc_url))),
+        ("mqtt", s.mqtt.to_string(), listening(&s.mqtt.to_string())),
+        ("ipfs", s.ipfs_api.clone(), listening(&host_port(&s.ipfs_api))),
+    ]
+}
+
+const ROLES: [(&str, usize); 4] = [("admin", 0), ("hub", 1), ("doctor", 2), ("insurer", 3)];
+
+/// The background process: runs everything until SIGTERM or Ctrl-C.
+pub async fn serve(dir: &Path, deployment_path: &Path, ports: Ports) -> Result<()> {
+    let dir = std::path::absolute(dir)?;
+    let deployment_path = std::path::absolute(deployment_path)?;
+    let root = tools::project_root()?;
+    let anvil_state = dir.join("anvil-state.json");
+    let anvil = alloy::node_bindings::Anvil::new()
+        .path(tools::foundry_tool(&root, "anvil")?)
+        .port(ports.rpc_port)
+        .arg("--state")
+        .arg(anvil_state.display().to_string())
+        .try_spawn()
+        .with_context(|| format!("starting anvil on port {} (--rpc-port; is it taken?)", ports.rpc_port))?;
+    let rpc_url = format!("http://127.0.0.1:{}", ports.rpc_port);
+    let provider = ProviderBuilder::new().connect_http(rpc_url.parse()?);
+    let chain_id = provider.get_chain_id().await.context("asking anvil for its chain id")?;
+    let mqtt = healthsense_oracle::broker::start_embedded(([127, 0, 0, 1], ports.mqtt_port).into())
+        .with_context(|| format!("starting the MQTT broker on port {} (--mqtt-port)", ports.mqtt_port))?;
+    let ipfs = healthsense_ipfs::node::start(healthsense_ipfs::node::NodeConfig::new(dir.join("ipfs"), ([127, 0, 0, 1], ports.ipfs_port).into()))
+    .await
+    .with_context(|| format!("starting the IPFS node on port {} (--ipfs-port)", ports.ipfs_port))?;
+
+    // anvil's dev accounts take the four roles.
+    let keys: Vec<PrivateKeySigner> = anvil.keys()[..4].iter().cloned().map(PrivateKeySigner::from).collect();
+    let accounts: Vec<(String, Address)> = ROLES.iter().map(|(r, i)| (r.to_string(), keys[*i].address())).collect();
+    let existing = Deployment::load(&deployment_path).ok().filter(|d| d.chain_id == chain_id && d.rpc_url == rpc_url);
+    let has_code = match &existing {
+        Some(d) => !provider.get_code_at(d.address).await?.is_empty(),
+        None => false,
+    };
+    let d = match existing {
+        Some(d) if has_code => d,
+        _ => {
+            let admin = keys[0].address();
+            let mut d = deploy::deploy_evm(&provider, &rpc_url, admin, admin, artifact::load_or_build(&root)?).await?;
+            d.ipfs_api = Some(ipfs.api_url());
+            let c = Client::new(provider.clone(), d.clone(), admin);
+            for (role, who) in [(ids::HUB_ROLE, 1), (ids::DOCTOR_ROLE, 2), (ids::INSURER_ROLE, 3)] {
+                c.send_from(admin, H::grantRoleCall { role, account: keys[who].address() }).await?;
+            }
+            d.save(&deployment_path)?;
+            d
+        }
+    };
+    let keystores = dir.join("keys");
+    let password = dir.join("password");
+    if !password.exists() {
+        crate::archive::write_private(&password, format!("{}\n", alloy::hex::encode(rand::random::<[u8; 16]>())).as_bytes())?;
+    }
+    let pass = std::fs::read_to_string(&password)?.lines().next().unwrap_or_default().to_string();
+    std::fs::create_dir_all(&keystores)?;
+    for (role, i) in ROLES {
+        if !keystores.join(format!("{role}.json")).exists() {
+            PrivateKeySigner::encrypt_keystore(&keystores, &mut rand08(), keys[i].to_bytes(), &pass, Some(&format!("{role}.json")))?;
+        }
+    }
+    let archive_key = dir.join("archive.key");
+    if !archive_key.exists() {
+        crate::archive::write_private(&archive_key, healthsense_oracle::archive::seal::Secret::random().to_hex().as_bytes())?;
+    }
+    let oracle_config = dir.join("oracle.toml");
+    std::fs::write(
+        &oracle_config,
+        format!(
+            "# Written by `healthsense devnet up`: the hub of ward-1 on this devnet.\n\
+             hub = \"ward-1\"\nward = \"ward-1\"\nstore = \"hub.sqlite\"\n\n[chain]\nrpc_url = \"{rpc_url}\"\ncontract = \"{}\"\n\
+             keystore = \"keys/hub.json\"\npassword_file = \"password\"\n\n[mqtt]\nembedded = false\nhost = \"127.0.0.1\"\nport = {}\n\n\
+             [archive]\nipfs_api = \"{}\"\nkey_file = \"archive.key\"\n",
+            d.address,
+            mqtt.port(),
+            ipfs.api_url()
+        ),
+    )?;
+    let state = State {
+        pid: std::process::id(),
+        rpc_url: rpc_url.clone(),
+        mqtt,
+        ipfs_api: ipfs.api_url(),
+        contract: d.address,
+        chain_id,
+        accounts,
+        deployment: deployment_path,
+        oracle_config,
+        keystores,
+    };
+    let tmp = dir.join("state.json.tmp");
+    std::fs::write(&tmp, serde_json::to_vec_pretty(&state)?)?;
+    std::fs::rename(&tmp, state_path(&dir))?;
+    tracing::info!(rpc = %rpc_url, mqtt = %mqtt, ipfs = %ipfs.api_url(), contract = %d.address, "devnet up");
+
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+    let _ = std::fs::remove_file(state_path(&dir));
+    ipfs.shutdown().await;
+    // SIGTERM (not the SIGKILL of dropping the instance) lets anvil write
+    // its state for the next `up`.
+    let pid = anvil.child().id();
+    let _ = Command::new("kill").args(["-TERM", &pid.to_string()]).status();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while alive(pid) && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    drop(anvil);
+    tracing::info!("devnet down");
+    Ok(())
+}
+
+/// alloy's keystore encryption takes a rand 0.8 RNG.
+fn rand08() -> impl alloy::signers::k256::elliptic_curve::rand_core::CryptoRngCore {
+    alloy::signers::k256::elliptic_curve::rand_core::OsRng
+}

@@ -1,0 +1,176 @@
+//! Checking an archive against the chain: every reading's Merkle proof
+//! against its anchored batch root and its signature against the device's
+//! registered signer, every charge, the policy and the bill against the
+//! contract, and the whole record against the on-chain record hash.
+
+use std::collections::HashMap;
+
+use alloy::primitives::{keccak256, Address, B256};
+use alloy::providers::Provider;
+use healthsense_abi::bindings::HealthSense::HealthSenseInstance;
+use healthsense_abi::rules::{eip712, merkle, reading::reading_leaf};
+use rayon::prelude::*;
+use serde::Serialize;
+
+use super::fhir::ParsedBundle;
+
+/// One problem found.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Finding {
+    /// What: `reading 17`, `charge 2`, `bill`, `policy`, `record`.
+    pub item: String,
+    /// Why it does not match the chain.
+    pub why: String,
+}
+
+/// The verdict on an archive.
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    /// Patient id.
+    pub patient: B256,
+    /// Readings in the archive.
+    pub readings: usize,
+    /// Of which proven by an anchored root and signed by the device.
+    pub readings_verified: usize,
+    /// Anchored batches the readings belong to.
+    pub batches: usize,
+    /// Charges checked.
+    pub charges: usize,
+    /// Whether the bill matched.
+    pub bill_verified: bool,
+    /// Whether the record hash matched the on-chain one.
+    pub record_hash_verified: bool,
+    /// Everything that did not match.
+    pub tampered: Vec<Finding>,
+}
+
+impl Report {
+    /// True when nothing was found.
+    pub fn verified(&self) -> bool {
+        self.tampered.is_empty()
+    }
+}
+
+/// Why verification could not run (as opposed to finding tampering).
+#[derive(Debug, thiserror::Error)]
+#[error("cannot verify against the chain: {0}")]
+pub struct VerifyError(String);
+
+fn rpc(e: impl std::fmt::Display) -> VerifyError {
+    VerifyError(e.to_string())
+}
+
+/// Verifies `bundle` (the decrypted, decompressed JSON) of `patient`
+/// against the contract at `contract`. `record_hash` is `keccak256(bundle)`.
+pub async fn verify<P: Provider>(
+    provider: &P,
+    contract: Address,
+    patient: B256,
+    bundle_bytes: &[u8],
+    parsed: &ParsedBundle,
+) -> Result<Report, VerifyError> {
+    let h = HealthSenseInstance::new(contract, provider);
+    let chain_id = provider.get_chain_id().await.map_err(rpc)?;
+    let mut tampered = Vec::new();
+    let mut bad = |item: String, why: String| tampered.push(Finding { item, why });
+    for u in &parsed.unreadable {
+        bad(u.item.clone(), u.why.clone());
+    }
+
+    let on_chain = h.getPatient(patient).call().await.map_err(rpc)?;
+    if on_chain.admittedAt == 0 {
+        return Err(VerifyError(format!("patient {patient} is unknown to the contract at {contract}")));
+    }
+    if parsed.patient != Some(patient) {
+        bad("patient".into(), format!("the archive is of patient {:?}, not {patient}", parsed.patient));
+    }
+    if parsed.stay != Some((on_chain.admittedAt, on_chain.dischargedAt)) {
+        bad("encounter".into(), format!("stay {:?} differs from the chain's ({}, {})", parsed.stay, on_chain.admittedAt, on_chain.dischargedAt));
+    }
+
+    let archive = h.getArchive(patient).call().await.map_err(rpc)?;
+    let record_hash_verified = archive.recordHash == keccak256(bundle_bytes);
+    if !record_hash_verified {
+        bad("record".into(), format!("content hash differs from the on-chain record hash {}", archive.recordHash));
+    }
+
+    // Readings: one root lookup per batch, then proofs and signatures in parallel.
+    let mut roots: HashMap<B256, B256> = HashMap::new();
+    for a in &parsed.readings {
+        if !roots.contains_key(&a.batch_id) {
+            let b = h.getBatch(a.batch_id).call().await.map_err(rpc)?;
+            roots.insert(a.batch_id, b.root);
+        }
+    }
+    let device = h.getDevice(on_chain.deviceId).call().await.map_err(rpc)?;
+    let domain = eip712::domain_separator(chain_id, contract);
+    let problems: Vec<Finding> = parsed
+        .readings
+        .par_iter()
+        .filter_map(|a| {
+            let item = format!("reading {}", a.reading.seq);
+            let root = roots.get(&a.batch_id).copied().unwrap_or_default();
+            if root.is_zero() {
+                return Some(Finding { item, why: format!("batch {} is not anchored", a.batch_id) });
+            }
+            if a.reading.deviceId != on_chain.deviceId {
+                return Some(Finding { item, why: "taken by another device".into() });
+            }
+            if !merkle::verify(&a.proof, root, reading_leaf(&a.reading)) {
+                return Some(Finding { item, why: format!("values do not match the root anchored in batch {}", a.batch_seq) });
+            }
+            let digest = eip712::reading_digest(domain, &a.reading);
+            let signer = alloy::primitives::Signature::from_raw(&a.signature)
+                .ok()
+                .and_then(|s| s.recover_address_from_prehash(&digest).ok());
+            (signer != Some(device.signer)).then(|| Finding { item, why: "signature is not the device's".into() })
+        })
+        .collect();
+    let readings_verified = parsed.readings.len() - problems.len();
+    tampered.extend(problems);
+    let mut bad = |item: String, why: String| tampered.push(Finding { item, why });
+
+    if parsed.charges.len() != on_chain.chargeCount as usize {
+        bad("charges".into(), format!("{} in the archive, {} on chain", parsed.charges.len(), on_chain.chargeCount));
+    }
+    for c in &parsed.charges {
+        let item = format!("charge {}", c.index);
+        match h.getCharge(patient, c.index).call().await {
+            Ok(chain) if chain == c.charge && c.display_consistent => {}
+            Ok(chain) if chain == c.charge => bad(item, "displayed price differs from the exact one".into()),
+            Ok(chain) => bad(item, format!("differs from the chain's {chain:?}")),
+            Err(_) => bad(item, "no such charge on chain".into()),
+        }
+    }
+    let policy = h.getPolicy(patient).call().await.map_err(rpc)?;
+    let chain_policy = (!policy.insurer.is_zero()).then_some(policy);
+    if parsed.policy != chain_policy {
+        bad("policy".into(), format!("differs from the chain's {chain_policy:?}"));
+    }
+    let bill = h.getBill(patient).call().await.map_err(rpc)?;
+    let bill_verified = match &parsed.bill {
+        Some((b, true)) if *b == bill => true,
+        Some((b, false)) if *b == bill => {
+            bad("bill".into(), "displayed amounts differ from the exact ones".into());
+            false
+        }
+        Some((b, _)) => {
+            bad("bill".into(), format!("total {} covered {} due {} differ from the chain's {} {} {}", b.total, b.covered, b.due, bill.total, bill.covered, bill.due));
+            false
+        }
+        None => {
+            bad("bill".into(), "missing".into());
+            false
+        }
+    };
+    Ok(Report {
+        patient,
+        readings: parsed.readings.len() + parsed.unreadable.iter().filter(|u| u.item.starts_with("Observation/")).count(),
+        readings_verified,
+        batches: roots.len(),
+        charges: parsed.charges.len(),
+        bill_verified,
+        record_hash_verified,
+        tampered,
+    })
+}
