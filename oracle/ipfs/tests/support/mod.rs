@@ -7,10 +7,10 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
 
-use rand_chacha::rand_core::{RngCore, SeedableRng};
 use healthsense_ipfs::node::{self, NodeConfig, RunningNode};
 use healthsense_ipfs::Ipfs;
 use ipfs_api_backend_hyper::{IpfsClient, TryFromUri};
+use rand_chacha::rand_core::{RngCore, SeedableRng};
 use sha2::{Digest, Sha256};
 use tempfile::TempDir;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
