@@ -379,7 +379,7 @@ enum PolicyCmd {
 async fn main() -> ExitCode {
     let cli = Cli::parse();
     // A service logs what it does; a one-shot command only its warnings.
-    let default = if matches!(cli.command, Command::Oracle { .. } | Command::Devnet(DevnetCmd::Serve { .. })) { "info,rumqttd=off" } else { "warn" };
+    let default = if matches!(cli.command, Command::Oracle { .. } | Command::Devnet(DevnetCmd::Serve { .. })) { "info,rumqttd=off" } else { "warn,rumqttd=off" };
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("HEALTHSENSE_LOG").unwrap_or_else(|_| default.into()))
         .with_writer(std::io::stderr)

@@ -681,6 +681,7 @@ fn a_killed_hub_loses_nothing_and_never_anchors_twice() {
 
 #[test]
 fn hub_uses_tls_and_credentials_on_an_external_broker() {
+    healthsense_oracle::hub::install_tls_provider();
     let (broker, ca) = Mosquitto::tls("ward-4-hub", "s3cret-hub");
     let net = Net::new(&[1]);
     let mut dev = Device::new("HS-TLS", net.provision("HS-TLS", "ward-4"));

@@ -97,6 +97,7 @@ fn mqtt_options(cfg: &Config, host: &str, port: u16, topics: &Topics) -> Result<
         opts.set_credentials(user.clone(), password);
     }
     if cfg.mqtt.tls {
+        install_tls_provider();
         // A hospital broker's certificate comes from the hospital's CA; name
         // it explicitly rather than trusting whatever the host trusts.
         let ca = cfg.mqtt.ca_file.as_ref().context("mqtt.tls needs mqtt.ca_file (the broker's CA certificate, PEM)")?;
@@ -105,6 +106,14 @@ fn mqtt_options(cfg: &Config, host: &str, port: u16, topics: &Topics) -> Result<
         opts.set_transport(transport);
     }
     Ok(opts)
+}
+
+/// Selects rustls's crypto provider for MQTT over TLS. Two are compiled in
+/// (alloy's HTTP stack brings aws-lc-rs, the IPFS node's libp2p ring), so
+/// rustls cannot pick one by itself; any TLS client in the process (a test's
+/// device, say) calls this first. Later calls find it installed.
+pub fn install_tls_provider() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
 }
 
 /// Starts a hub with configuration `cfg` and hub key `key`.
@@ -140,7 +149,9 @@ pub async fn start(cfg: Config, key: PrivateKeySigner, options: Options) -> Resu
     };
     let unbatched = Arc::new(AtomicU64::new(0));
     let wake = Arc::new(Notify::new());
+    let acks = Arc::new(crate::acks::AckGate::new(client.clone()));
     let shared = Shared {
+        acks: acks.clone(),
         topics: topics.clone(),
         chain: chain.clone(),
         registry: registry.clone(),
@@ -213,8 +224,9 @@ pub async fn start(cfg: Config, key: PrivateKeySigner, options: Options) -> Resu
     };
     tasks.push(tokio::spawn(watch_devices(chain.clone(), registry.clone(), cfg.chain.poll_ms.unwrap_or(1_000), shutdown_rx.clone())));
 
-    let (control_tx, control_rx) = mpsc::unbounded_channel::<Publish>();
+    let (control_tx, control_rx) = mpsc::unbounded_channel::<(u64, Publish)>();
     let control = Control {
+        acks: acks.clone(),
         chain: chain.clone(),
         client: client.clone(),
         topics: topics.clone(),
@@ -245,6 +257,7 @@ pub async fn start(cfg: Config, key: PrivateKeySigner, options: Options) -> Resu
         presence: serde_json::to_vec(&presence)?,
         vitals: Some(vitals_tx),
         control: control_tx,
+        acks,
     };
     let (mut shutdown, done) = (shutdown_rx, drained.clone());
     tasks.push(tokio::spawn(async move {
@@ -301,7 +314,8 @@ struct Session {
     announcement: Vec<u8>,
     presence: Vec<u8>,
     vitals: Option<mpsc::UnboundedSender<Incoming>>,
-    control: mpsc::UnboundedSender<Publish>,
+    control: mpsc::UnboundedSender<(u64, Publish)>,
+    acks: Arc<crate::acks::AckGate>,
     subscribed: watch::Sender<bool>,
     failures: u32,
 }
@@ -344,14 +358,17 @@ impl Session {
                 // While draining the message is left unacknowledged: the
                 // broker keeps it for the next session.
                 if let Some(tx) = &self.vitals {
-                    let _ = tx.send(Incoming { publish: p, serial, received: std::time::Instant::now() });
+                    let ticket = self.acks.ticket();
+                    let _ = tx.send(Incoming { publish: p, ticket, serial, received: std::time::Instant::now() });
                 }
             }
             Some((_, DeviceTopic::Status)) | None => {
-                let _ = self.client.ack(&p).await;
+                let ticket = self.acks.ticket();
+                self.acks.done(ticket, p).await;
             }
             Some(_) => {
-                let _ = self.control.send(p);
+                let ticket = self.acks.ticket();
+                let _ = self.control.send((ticket, p));
             }
         }
     }
@@ -369,11 +386,12 @@ struct Control {
     /// Wakes the archiver; `None` when archiving is disabled.
     archive: Option<Arc<Notify>>,
     metrics: Arc<Metrics>,
+    acks: Arc<crate::acks::AckGate>,
 }
 
 impl Control {
-    async fn run(mut self, mut rx: mpsc::UnboundedReceiver<Publish>) {
-        while let Some(p) = rx.recv().await {
+    async fn run(mut self, mut rx: mpsc::UnboundedReceiver<(u64, Publish)>) {
+        while let Some((ticket, p)) = rx.recv().await {
             if let Some((serial, kind)) = self.topics.parse(&p.topic) {
                 let serial = serial.to_string();
                 match kind {
@@ -404,7 +422,7 @@ impl Control {
                     _ => {}
                 }
             }
-            let _ = self.client.ack(&p).await;
+            self.acks.done(ticket, p).await;
         }
     }
 

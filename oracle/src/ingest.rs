@@ -39,6 +39,8 @@ pub fn now_ms() -> u64 {
 pub struct Incoming {
     /// The MQTT publish (kept for its acknowledgement).
     pub publish: Publish,
+    /// Its place in the acknowledgement order ([`crate::acks::AckGate`]).
+    pub ticket: u64,
     /// Device serial from the topic.
     pub serial: String,
     /// Receive time.
@@ -60,8 +62,10 @@ pub struct Shared {
     pub registry: Arc<Registry>,
     /// Metrics.
     pub metrics: Arc<Metrics>,
-    /// MQTT client (acknowledgements and replies).
+    /// MQTT client (status replies).
     pub client: AsyncClient,
+    /// Acknowledgements, in arrival order.
+    pub acks: Arc<crate::acks::AckGate>,
     /// Runtime handle for the async calls from the ingest threads.
     pub runtime: Handle,
     /// Readings committed but not yet batched.
@@ -312,9 +316,7 @@ fn writer(
         }
         s.runtime.block_on(async {
             for (msg, _) in &group.items {
-                if let Err(e) = s.client.ack(&msg.publish).await {
-                    tracing::warn!(error = %e, "acknowledgement not sent (the broker will redeliver)");
-                }
+                s.acks.done(msg.ticket, msg.publish.clone()).await;
             }
             for (serial, reply) in replies {
                 tracing::debug!(serial, code = reply.code as u16, reason = %reply.reason, "rejected");

@@ -8,6 +8,7 @@
 //! `docs/ORACLE.md`; wire protocol: `docs/PROTOCOL.md`.
 #![warn(missing_docs)]
 
+pub mod acks;
 pub mod anchor;
 pub mod archive;
 pub mod broker;

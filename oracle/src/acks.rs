@@ -1,0 +1,56 @@
+//! Acknowledgements in arrival order. MQTT 3.1.1 (section 4.6) has a
+//! receiver send its PUBACKs in the order the PUBLISHes arrived, and rumqttd
+//! disconnects a client that does not. Vitals are acknowledged by the writer
+//! after their commit and device control messages by the control task after
+//! theirs, so both hand their messages here, and the gate releases the
+//! acknowledgements in arrival order.
+
+use std::collections::BTreeMap;
+
+use rumqttc::{AsyncClient, Publish};
+use tokio::sync::Mutex;
+
+/// Releases acknowledgements in the order [`AckGate::ticket`] handed out.
+pub struct AckGate {
+    client: AsyncClient,
+    state: Mutex<Gate>,
+    tickets: std::sync::atomic::AtomicU64,
+}
+
+#[derive(Default)]
+struct Gate {
+    next: u64,
+    done: BTreeMap<u64, Publish>,
+}
+
+impl AckGate {
+    /// A gate acknowledging through `client`.
+    pub fn new(client: AsyncClient) -> Self {
+        Self { client, state: Mutex::new(Gate::default()), tickets: Default::default() }
+    }
+
+    /// The next ticket; call in arrival order (the event loop's task).
+    pub fn ticket(&self) -> u64 {
+        self.tickets.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Marks `ticket` handled and sends every acknowledgement now due. The
+    /// lock is held while sending, so two callers cannot interleave.
+    pub async fn done(&self, ticket: u64, publish: Publish) {
+        let mut gate = self.state.lock().await;
+        gate.done.insert(ticket, publish);
+        loop {
+            let next = gate.next;
+            let Some(p) = gate.done.remove(&next) else { break };
+            gate.next += 1;
+            if let Err(e) = self.client.ack(&p).await {
+                tracing::warn!(error = %e, "acknowledgement not sent (the broker will redeliver)");
+            }
+        }
+    }
+
+    /// Acknowledgements waiting for an earlier message.
+    pub async fn waiting(&self) -> usize {
+        self.state.lock().await.done.len()
+    }
+}
