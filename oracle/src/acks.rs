@@ -48,9 +48,4 @@ impl AckGate {
             }
         }
     }
-
-    /// Acknowledgements waiting for an earlier message.
-    pub async fn waiting(&self) -> usize {
-        self.state.lock().await.done.len()
-    }
 }

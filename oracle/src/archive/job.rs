@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use alloy::primitives::{keccak256, B256};
+use alloy::primitives::B256;
 use anyhow::{Context, Result};
 use healthsense_abi::bindings::HealthSense as H;
 use healthsense_abi::bindings::HealthSense::HealthSenseErrors as E;
@@ -424,9 +424,4 @@ fn write_durably(path: &Path, bytes: &[u8]) -> Result<()> {
         std::fs::File::open(dir)?.sync_all()?;
     }
     Ok(())
-}
-
-/// The record hash of a bundle's bytes (what `setArchive` stores).
-pub fn record_hash(bundle: &[u8]) -> B256 {
-    keccak256(bundle)
 }
