@@ -2,13 +2,17 @@
 //!
 //! [`protocol`] (topics, codes, the signed SenML envelope) ->
 //! [`ingest`] (verify with [`devices`], commit to [`store`], acknowledge) ->
-//! [`anchor`] (Merkle batches on chain through [`chain`]),
+//! [`anchor`] (Merkle batches on chain through [`chain`]);
+//! [`alerts`] scores each stored reading with [`news2`] and raises alerts;
+//! [`api`] serves the read-only REST API and the dashboard;
 //! with [`broker`] (embedded rumqttd), [`metrics`] and [`hub`] (start/stop)
 //! around them. Configuration: [`config`]; operations guide:
 //! `docs/ORACLE.md`; wire protocol: `docs/PROTOCOL.md`.
 #![warn(missing_docs)]
 
+pub mod alerts;
 pub mod anchor;
+pub mod api;
 pub mod broker;
 pub mod chain;
 pub mod config;
@@ -16,6 +20,7 @@ pub mod devices;
 pub mod hub;
 pub mod ingest;
 pub mod metrics;
+pub mod news2;
 pub mod protocol;
 pub mod store;
 

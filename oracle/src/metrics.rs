@@ -25,6 +25,13 @@ pub struct Op {
     pub op: String,
 }
 
+/// Label of an alert counter.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct Level {
+    /// The NEWS2 alert level (`none` counts resolutions).
+    pub level: String,
+}
+
 /// The oracle's metrics.
 #[derive(Clone, Default)]
 pub struct Metrics {
@@ -46,6 +53,8 @@ pub struct Metrics {
     pub tx_failures: Family<Op, Counter>,
     /// Devices in the registry cache.
     pub devices: Gauge,
+    /// NEWS2 alert level changes, by new level.
+    pub alerts: Family<Level, Counter>,
 }
 
 impl Metrics {
@@ -57,6 +66,11 @@ impl Metrics {
     /// Counts a failed transaction.
     pub fn tx_failed(&self, op: &str) {
         self.tx_failures.get_or_create(&Op { op: op.to_string() }).inc();
+    }
+
+    /// Counts an alert level change.
+    pub fn alert(&self, level: &str) {
+        self.alerts.get_or_create(&Level { level: level.to_string() }).inc();
     }
 
     fn registry(&self) -> Registry {
@@ -74,6 +88,7 @@ impl Metrics {
         );
         r.register("tx_failures", "Failed chain transactions, by function", self.tx_failures.clone());
         r.register("devices_cached", "Device records in the cache", self.devices.clone());
+        r.register("alerts", "NEWS2 alert level changes, by new level", self.alerts.clone());
         r
     }
 
