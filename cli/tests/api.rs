@@ -540,7 +540,7 @@ fn dashboard_in_headless_chromium() {
     assert!(playwright.is_dir() && chromium.is_some(), "the browser test needs Chromium and playwright-core: run scripts/setup");
     let out_dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("../test-output");
     std::fs::create_dir_all(&out_dir).unwrap();
-    let screenshot = out_dir.join("dashboard.png").canonicalize().unwrap_or(out_dir.join("dashboard.png"));
+    let screenshot = out_dir.canonicalize().unwrap().join("dashboard.png");
     rt().block_on(async {
         let net = Devnet::new().await;
         let hub = net.hub("ward-3", "ward-3", HUB, 600).await;

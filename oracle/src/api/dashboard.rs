@@ -32,4 +32,6 @@ pub(crate) fn router() -> Router {
         .route("/", get(|| async { asset("text/html; charset=utf-8", INDEX) }))
         .route("/assets/app.js", get(|| async { asset("text/javascript; charset=utf-8", APP_JS) }))
         .route("/assets/app.css", get(|| async { asset("text/css; charset=utf-8", APP_CSS) }))
+        // Browsers ask for it; there is none.
+        .route("/favicon.ico", get(|| async { axum::http::StatusCode::NO_CONTENT }))
 }

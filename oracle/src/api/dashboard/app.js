@@ -122,9 +122,9 @@ function onReading(r) {
 
 function onAlert(a) {
   counted();
-  if (state.view === 'ward') addAlert($('#ward-alerts'), a, true);
+  if (state.view === 'ward') addAlert($('#ward-alerts'), a);
   if (state.view === 'patient' && state.patient && a.deviceId === state.patient.deviceId) {
-    addAlert($('#p-alerts'), a, false);
+    addAlert($('#p-alerts'), a);
     banner(a);
   }
 }
@@ -142,7 +142,7 @@ function alertText(a) {
     : `${time(a.timestamp)} ${a.serial}: ${a.level.toUpperCase()} (NEWS2 ${a.score})`;
 }
 
-function addAlert(list, a, top) {
+function addAlert(list, a) {
   const li = document.createElement('li');
   li.className = 'alert';
   li.dataset.level = a.level;
@@ -150,7 +150,7 @@ function addAlert(list, a, top) {
   badge.className = riskClass(a.level);
   text(badge, a.score);
   li.append(badge, ' ', alertText(a));
-  if (top) list.prepend(li); else list.prepend(li);
+  list.prepend(li);
   while (list.children.length > 20) list.lastChild.remove();
 }
 
@@ -224,7 +224,7 @@ async function showWard() {
   }
   const list = $('#ward-alerts');
   list.replaceChildren();
-  for (const a of w.alerts.slice().reverse()) addAlert(list, a, true);
+  for (const a of w.alerts.slice().reverse()) addAlert(list, a);
 }
 
 async function showDevices() {
@@ -350,7 +350,7 @@ async function showPatient(id) {
   const alerts = await api(`/api/v1/patients/${id}/alerts?limit=20`);
   const list = $('#p-alerts');
   list.replaceChildren();
-  for (const a of alerts.items.slice().reverse()) addAlert(list, a, false);
+  for (const a of alerts.items.slice().reverse()) addAlert(list, a);
   banner(alerts.items[0]);
   const charges = await api(`/api/v1/patients/${id}/charges`);
   const body = $('#p-charges tbody');
@@ -366,7 +366,7 @@ async function showPatient(id) {
   }
   const bill = await api(`/api/v1/patients/${id}/bill`);
   dl($('#p-bill'), [
-    ['', bill.final ? 'final (computed at discharge)' : 'estimate if discharged now'],
+    ['Kind', bill.final ? 'final (computed at discharge)' : 'estimate, if discharged now'],
     ['Bed days', bill.bedDays],
     ['Total', money(bill.total)],
     ['Insurance share', money(bill.covered) + (bill.policy ? ` (${bill.policy.coverageBps / 100} %)` : ' (no policy)')],
