@@ -100,11 +100,21 @@ impl Metrics {
     }
 }
 
+/// Resolves once `flag` turns true (or its sender is gone): the graceful
+/// shutdown signal of the hub's HTTP endpoints.
+pub(crate) async fn until_true(mut flag: tokio::sync::watch::Receiver<bool>) {
+    while !*flag.borrow() {
+        if flag.changed().await.is_err() {
+            break;
+        }
+    }
+}
+
 /// Serves `/metrics` and `/healthz` on `addr`; returns the bound address.
 pub async fn serve(
     addr: SocketAddr,
     metrics: Arc<Metrics>,
-    mut shutdown: tokio::sync::watch::Receiver<bool>,
+    shutdown: tokio::sync::watch::Receiver<bool>,
 ) -> Result<SocketAddr> {
     use axum::routing::get;
     let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("binding metrics on {addr}"))?;
@@ -121,14 +131,7 @@ pub async fn serve(
         )
         .route("/healthz", get(|| async { "ok\n" }));
     tokio::spawn(async move {
-        let stop = async move {
-            while !*shutdown.borrow() {
-                if shutdown.changed().await.is_err() {
-                    break;
-                }
-            }
-        };
-        if let Err(e) = axum::serve(listener, app).with_graceful_shutdown(stop).await {
+        if let Err(e) = axum::serve(listener, app).with_graceful_shutdown(until_true(shutdown)).await {
             tracing::error!(error = %e, "metrics endpoint stopped");
         }
     });

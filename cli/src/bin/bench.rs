@@ -113,6 +113,18 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
     sorted[((sorted.len() - 1) as f64 * p).round() as usize]
 }
 
+/// Milliseconds from each `sent` time to its `arrived` time, sorted, with
+/// p50, p99 and max.
+fn latencies<K: std::hash::Hash + Eq>(sent: &HashMap<K, Instant>, arrived: &HashMap<K, Instant>) -> (Vec<f64>, f64, f64, f64) {
+    let mut lat: Vec<f64> = sent
+        .iter()
+        .filter_map(|(k, s)| arrived.get(k).map(|a| a.saturating_duration_since(*s).as_secs_f64() * 1e3))
+        .collect();
+    lat.sort_by(|a, b| a.total_cmp(b));
+    let (p50, p99, max) = (percentile(&lat, 0.50), percentile(&lat, 0.99), lat.last().copied().unwrap_or(f64::NAN));
+    (lat, p50, p99, max)
+}
+
 fn rss_kib(pid: u32, field: &str) -> Result<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
     status
@@ -329,12 +341,7 @@ async fn main() -> Result<()> {
     }
     wait_for(&committed, base + total, "latency phase").await?;
     let times = commit_times.lock().map_err(|_| anyhow::anyhow!("poisoned"))?.take().unwrap_or_default();
-    let mut lat: Vec<f64> = published
-        .iter()
-        .filter_map(|(k, sent)| times.get(k).map(|c| c.saturating_duration_since(*sent).as_secs_f64() * 1e3))
-        .collect();
-    lat.sort_by(|a, b| a.total_cmp(b));
-    let (p50, p99, max) = (percentile(&lat, 0.50), percentile(&lat, 0.99), lat.last().copied().unwrap_or(f64::NAN));
+    let (lat, p50, p99, max) = latencies(&published, &times);
 
     // 4. Gas: full batches against one transaction per reading.
     wait_anchored(&store, committed.load(Ordering::SeqCst)).await?;
@@ -598,12 +605,7 @@ async fn alerts(args: &Args) -> Result<()> {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let got = received.lock().map_err(|_| anyhow::anyhow!("poisoned"))?.clone();
-    let mut lat: Vec<f64> = published
-        .iter()
-        .filter_map(|(k, t)| got.get(k).map(|a| a.saturating_duration_since(*t).as_secs_f64() * 1e3))
-        .collect();
-    lat.sort_by(|a, b| a.total_cmp(b));
-    let (p50, p99, max) = (percentile(&lat, 0.50), percentile(&lat, 0.99), lat.last().copied().unwrap_or(f64::NAN));
+    let (lat, p50, p99, max) = latencies(&published, &got);
     running.shutdown().await;
     if lat.len() < total {
         bail!("only {} of {total} alerts arrived", lat.len());

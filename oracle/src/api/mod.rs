@@ -158,7 +158,7 @@ pub(crate) async fn serve(
     chain: Chain,
     store: Store,
     live: Live,
-    mut shutdown: watch::Receiver<bool>,
+    shutdown: watch::Receiver<bool>,
 ) -> Result<Serving> {
     queries::init(&store)?;
     crate::alerts::init(&store)?;
@@ -188,14 +188,7 @@ pub(crate) async fn serve(
     });
     let app = handlers::router(ctx).merge(dashboard::router());
     tokio::spawn(async move {
-        let stop = async move {
-            while !*shutdown.borrow() {
-                if shutdown.changed().await.is_err() {
-                    break;
-                }
-            }
-        };
-        if let Err(e) = axum::serve(listener, app).with_graceful_shutdown(stop).await {
+        if let Err(e) = axum::serve(listener, app).with_graceful_shutdown(crate::metrics::until_true(shutdown)).await {
             tracing::error!(error = %e, "API stopped");
         }
     });
