@@ -165,7 +165,8 @@ mod tests {
     /// score, first value of the next band, its score).
     #[test]
     fn every_band_edge_of_the_chart() {
-        let edges: [(&str, fn(u16) -> u8, &[(u16, u8)]); 5] = [
+        type Chart<'a> = (&'a str, fn(u16) -> u8, &'a [(u16, u8)]);
+        let edges: [Chart; 5] = [
             ("respiration", resp_rate, &[(1, 3), (8, 3), (9, 1), (11, 1), (12, 0), (20, 0), (21, 2), (24, 2), (25, 3), (80, 3)]),
             ("spo2 scale 1", spo2, &[(50, 3), (91, 3), (92, 2), (93, 2), (94, 1), (95, 1), (96, 0), (100, 0)]),
             ("systolic", systolic, &[(40, 3), (90, 3), (91, 2), (100, 2), (101, 1), (110, 1), (111, 0), (219, 0), (220, 3), (300, 3)]),

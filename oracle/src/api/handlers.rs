@@ -221,8 +221,8 @@ async fn sign_in(State(ctx): Ax, body: axum::body::Bytes) -> ApiResult {
     Ok(res)
 }
 
-async fn sign_out(State(ctx): Ax, headers: HeaderMap, caller: Caller) -> ApiResult {
-    drop(caller);
+/// Signing out needs a live session (`_caller`), then forgets its token.
+async fn sign_out(State(ctx): Ax, headers: HeaderMap, _caller: Caller) -> ApiResult {
     if let Some(t) = super::token(&headers) {
         ctx.auth.close(&t);
     }
@@ -528,9 +528,12 @@ async fn bill(State(ctx): Ax, caller: Caller, Path(id): Path<String>) -> ApiResu
 
 // -------------------------------------------------------- ward, devices
 
-/// Every device this hub has heard from, by serial: latest reading and state.
-fn known_devices(ctx: &Ctx) -> Result<BTreeMap<String, (B256, Option<alerts::Latest>, Option<queries::DeviceState>)>, ApiError> {
-    let mut out: BTreeMap<String, (B256, Option<alerts::Latest>, Option<queries::DeviceState>)> = BTreeMap::new();
+/// A device this hub has heard from: id, latest reading, reported state.
+type Known = (B256, Option<alerts::Latest>, Option<queries::DeviceState>);
+
+/// Every device this hub has heard from, by serial.
+fn known_devices(ctx: &Ctx) -> Result<BTreeMap<String, Known>, ApiError> {
+    let mut out: BTreeMap<String, Known> = BTreeMap::new();
     for (id, l) in ctx.live.latest() {
         out.insert(l.serial.clone(), (id, Some(l), None));
     }

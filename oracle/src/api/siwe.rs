@@ -52,7 +52,7 @@ impl std::fmt::Display for Message {
         }
         write!(f, "{}{PREAMBLE}\n{}\n\n", self.domain, self.address.to_checksum(None))?;
         if let Some(s) = &self.statement {
-            write!(f, "{s}\n")?;
+            writeln!(f, "{s}")?;
         }
         write!(
             f,
