@@ -314,10 +314,21 @@ enum DeviceCmd {
 #[derive(Subcommand)]
 enum PatientCmd {
     /// Admit a stay on an active device (doctor).
+    ///
+    /// The stay's id is PATIENT (0x + 64 hex digits, or an opaque label that is hashed),
+    /// or, with --wallet, derived from the patient's wallet and the stay number so the
+    /// patient can sign in to the dashboard with that wallet (docs/API.md).
     Admit {
-        patient: String,
+        #[arg(required_unless_present = "wallet", conflicts_with = "wallet")]
+        patient: Option<String>,
         #[arg(long)]
         device: String,
+        /// The patient's wallet: the id becomes keccak256(abi.encode(tag, wallet, stay)).
+        #[arg(long)]
+        wallet: Option<Address>,
+        /// The stay number with --wallet (a wallet's first stay is 1).
+        #[arg(long, default_value_t = 1, requires = "wallet")]
+        stay: u64,
     },
     /// Show a stay.
     Show { patient: String },
@@ -641,10 +652,15 @@ async fn contract_command(cli: Cli) -> Result<()> {
                     dv.signer, dv.ward, device_status(dv.status), dv.patientId),
             );
         }
-        Command::Patient(PatientCmd::Admit { patient, device }) => {
-            let p = admin::patient_id(&patient).map_err(ConfigError)?;
+        Command::Patient(PatientCmd::Admit { patient, device, wallet, stay }) => {
+            let p = match (wallet, patient) {
+                (Some(w), _) => ids::patient_id(w, stay),
+                (None, Some(label)) => admin::patient_id(&label).map_err(ConfigError)?,
+                (None, None) => return Err(ConfigError(anyhow::anyhow!("give PATIENT or --wallet")).into()),
+            };
             let tx = c.send(H::admitPatientCall { patientId: p, deviceId: ids::device_id(&device) }).await?;
-            done(j, &format!("admitted {p} on device {device}"), tx);
+            let signin = wallet.map(|w| format!("; the patient signs in with {w} and stay {stay}")).unwrap_or_default();
+            show(j, json!({ "ok": true, "tx": tx, "patient": p }), format!("admitted {p} on device {device}{signin} (tx {tx})"));
         }
         Command::Patient(PatientCmd::Show { patient }) => {
             let p = admin::patient_id(&patient).map_err(ConfigError)?;

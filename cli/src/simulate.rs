@@ -6,8 +6,8 @@
 //! and temperature. Some patients deteriorate: a sepsis-like episode raises
 //! heart and breathing rates and temperature, lowers SpO2 and blood pressure
 //! and clouds consciousness, then resolves with treatment; the NEWS2 score
-//! (Royal College of Physicians, 2017) of each reading shows it the way a
-//! ward nurse would see it. Devices drain their battery, sleep in cycles
+//! (Royal College of Physicians, 2017; `healthsense_oracle::news2`) of each
+//! reading shows it the way a ward nurse would see it. Devices drain their battery, sleep in cycles
 //! (buffering readings, sent when they wake), and report both on their state
 //! topic.
 
@@ -24,29 +24,9 @@ use rand::{Rng, SeedableRng};
 use rand_distr::{Distribution, Normal};
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 
-/// NEWS2 of a reading (room air; unmeasured vitals score 0).
-pub fn news2(r: &Reading) -> u8 {
-    let band = |v: u16, bands: &[(u16, u8)], above: u8| bands.iter().find(|(max, _)| v <= *max).map_or(above, |b| b.1);
-    let mut score = 0;
-    if r.respRate > 0 {
-        score += band(r.respRate, &[(8, 3), (11, 1), (20, 0), (24, 2)], 3);
-    }
-    if r.spo2 > 0 {
-        score += band(r.spo2, &[(91, 3), (93, 2), (95, 1)], 0);
-    }
-    if r.systolic > 0 {
-        score += band(r.systolic, &[(90, 3), (100, 2), (110, 1), (219, 0)], 3);
-    }
-    if r.heartRate > 0 {
-        score += band(r.heartRate, &[(40, 3), (50, 1), (90, 0), (110, 1), (130, 2)], 3);
-    }
-    if r.consciousness > 1 {
-        score += 3;
-    }
-    if r.temperature > 0 {
-        score += band(r.temperature, &[(3500, 3), (3600, 1), (3800, 0), (3900, 1)], 2);
-    }
-    score
+/// The NEWS2 aggregate of a reading (the oracle's one definition).
+fn news2(r: &Reading) -> u8 {
+    healthsense_oracle::news2::score(r).total
 }
 
 /// A plausible reading without a patient model (load tests, benchmarks):
@@ -412,16 +392,6 @@ mod tests {
 
     fn reading(hr: u16, rr: u16, spo2: u16, sys: u16, temp: u16, avpu: u8) -> Reading {
         Reading { heartRate: hr, respRate: rr, spo2, systolic: sys, diastolic: 60, temperature: temp, consciousness: avpu, ..Default::default() }
-    }
-
-    #[test]
-    fn news2_matches_the_rcp_chart() {
-        assert_eq!(news2(&reading(75, 16, 97, 124, 3_680, 1)), 0);
-        // RR 22 (2) + SpO2 93 (2) + SBP 98 (2) + HR 118 (2) + new confusion (3) + 38.6 °C (1).
-        assert_eq!(news2(&reading(118, 22, 93, 98, 3_860, 2)), 12);
-        assert_eq!(news2(&reading(40, 8, 91, 90, 3_500, 1)), 15);
-        assert_eq!(news2(&reading(131, 25, 96, 220, 3_910, 1)), 3 + 3 + 3 + 2);
-        assert_eq!(news2(&Reading::default()), 0, "nothing measured, nothing scored");
     }
 
     #[test]

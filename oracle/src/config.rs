@@ -53,6 +53,9 @@ pub struct Config {
     /// Discharge and the IPFS archive.
     #[serde(default)]
     pub archive: ArchiveConfig,
+    /// REST API and dashboard.
+    #[serde(default)]
+    pub api: ApiConfig,
 }
 
 fn default_store() -> PathBuf {
@@ -256,6 +259,46 @@ impl Default for ArchiveConfig {
     }
 }
 
+/// The read-only REST API and the dashboard (`docs/API.md`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ApiConfig {
+    /// Serve the API and the dashboard. Off by default: it serves clinical
+    /// records, so an operator turns it on knowingly (and behind TLS).
+    pub enabled: bool,
+    /// Listen address (port 0 picks a free port).
+    pub listen: SocketAddr,
+    /// How long a session token lives, seconds.
+    pub session_ttl_s: u64,
+    /// How long a sign-in challenge (nonce) may wait for its signature, seconds.
+    pub nonce_ttl_s: u64,
+    /// The SIWE `domain` sign-in messages must name (the host and port users
+    /// reach the dashboard at); default: the bound listen address.
+    pub domain: Option<String>,
+    /// The SIWE `URI` sign-in messages must name; default `http://{domain}`.
+    pub uri: Option<String>,
+    /// First block to read `PatientAdmitted` events from (the deployment
+    /// block); default 0.
+    pub from_block: u64,
+    /// Mark the session cookie `Secure` (set when served over HTTPS).
+    pub secure_cookie: bool,
+}
+
+impl Default for ApiConfig {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            session_ttl_s: 900,
+            nonce_ttl_s: 300,
+            domain: None,
+            uri: None,
+            from_block: 0,
+            secure_cookie: false,
+        }
+    }
+}
+
 impl ArchiveConfig {
     /// The master key, if configured. The error never contains key material.
     pub fn master_key(&self) -> Result<Option<crate::archive::seal::Secret>> {
@@ -359,6 +402,8 @@ mod tests {
         )
         .unwrap();
         assert!(cfg.mqtt.embedded);
+        assert!(!cfg.api.enabled, "the API is opt-in");
+        assert_eq!(cfg.api.session_ttl_s, 900);
         assert_eq!(cfg.anchor.per_batch().unwrap(), 2_000);
         assert_eq!(cfg.client_id(), "hs-oracle-ward-3");
         let err = Config::parse("hub = \"w\"\nward = \"w\"\nbatch = 3\n[chain]\nrpc_url = \"x\"\ncontract = \"0x5FbDB2315678afecb367f032d93F642f64180aa3\"\n")

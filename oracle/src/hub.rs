@@ -1,6 +1,7 @@
 //! The ward hub: starts the broker (if embedded), the MQTT session, the
-//! ingest threads, the anchorer, the device-event watcher and the metrics
-//! endpoint, and stops them in an order that loses nothing.
+//! ingest threads, the NEWS2 alert thread, the anchorer, the device-event
+//! watcher, the metrics endpoint and the REST API, and stops them in an
+//! order that loses nothing.
 
 use std::net::SocketAddr;
 use std::sync::atomic::AtomicU64;
@@ -15,6 +16,7 @@ use healthsense_abi::rules::{ids, status::DeviceStatus};
 use rumqttc::{AsyncClient, Event, LastWill, MqttOptions, Packet, Publish, QoS, Transport};
 use tokio::sync::{mpsc, watch, Notify};
 
+use crate::alerts::{Engine, Live, LiveEvent};
 use crate::anchor::Anchorer;
 use crate::chain::{Chain, ChainError};
 use crate::config::{Config, MQTT_PASSWORD_VAR};
@@ -41,6 +43,11 @@ pub struct RunningHub {
     pub metrics_addr: Option<SocketAddr>,
     /// The metrics.
     pub metrics: Arc<Metrics>,
+    /// Where the REST API and dashboard are served (`api.enabled`).
+    pub api_addr: Option<SocketAddr>,
+    /// The live view: latest reading per device, and a stream of readings,
+    /// alerts and device states.
+    pub live: Live,
     shutdown: watch::Sender<bool>,
     drained: Arc<Notify>,
     threads: Vec<std::thread::JoinHandle<()>>,
@@ -130,7 +137,7 @@ pub async fn start(cfg: Config, key: PrivateKeySigner, options: Options) -> Resu
     }
     let binding = Binding { chain_id: chain.chain_id(), contract: chain.contract(), hub };
     let open = || Store::open(&cfg.store, binding).with_context(|| format!("opening hub store {}", cfg.store.display()));
-    let (ingest_store, anchor_store, control_store) = (open()?, open()?, open()?);
+    let (ingest_store, anchor_store, control_store, alert_store) = (open()?, open()?, open()?, open()?);
 
     let (host, port) = if cfg.mqtt.embedded {
         let addr = crate::broker::start_embedded(cfg.mqtt.listen)?;
@@ -147,6 +154,26 @@ pub async fn start(cfg: Config, key: PrivateKeySigner, options: Options) -> Resu
         true => Some(crate::metrics::serve(cfg.metrics.listen, metrics.clone(), shutdown_rx.clone()).await?),
         false => None,
     };
+    let live = Live::default();
+    let (alerts_tx, alerts_rx) = std::sync::mpsc::channel();
+    let alert_thread = Engine {
+        store: alert_store,
+        client: client.clone(),
+        topics: topics.clone(),
+        metrics: metrics.clone(),
+        live: live.clone(),
+        runtime: tokio::runtime::Handle::current(),
+    }
+    .start(alerts_rx)?;
+    let api_addr = match cfg.api.enabled {
+        true => {
+            let store = open()?;
+            store.init_archive()?; // the API reads the job table even when archiving is off
+            let serving = crate::api::serve(&cfg.api, &cfg.hub, &cfg.ward, chain.clone(), store, live.clone(), shutdown_rx.clone());
+            Some(serving.await?.addr)
+        }
+        false => None,
+    };
     let unbatched = Arc::new(AtomicU64::new(0));
     let wake = Arc::new(Notify::new());
     let acks = Arc::new(crate::acks::AckGate::new(client.clone()));
@@ -161,6 +188,7 @@ pub async fn start(cfg: Config, key: PrivateKeySigner, options: Options) -> Resu
         unbatched: unbatched.clone(),
         wake_anchor: wake.clone(),
         on_commit: options.on_commit,
+        alerts: Some(alerts_tx),
     };
     let limits = Limits {
         max_payload: cfg.ingest.max_payload,
@@ -169,7 +197,9 @@ pub async fn start(cfg: Config, key: PrivateKeySigner, options: Options) -> Resu
         max_age_ms: cfg.ingest.max_age_ms,
     };
     let (vitals_tx, vitals_rx) = mpsc::unbounded_channel::<Incoming>();
-    let threads = ingest::start(shared, limits, ingest_store, vitals_rx)?;
+    let mut threads = ingest::start(shared, limits, ingest_store, vitals_rx)?;
+    // Joined after the ingest threads, whose end closes its channel.
+    threads.push(alert_thread);
 
     let mut tasks = Vec::new();
     let anchorer = Anchorer {
@@ -236,6 +266,7 @@ pub async fn start(cfg: Config, key: PrivateKeySigner, options: Options) -> Resu
         max_payload: cfg.ingest.max_payload,
         archive: archive_wake,
         metrics: metrics.clone(),
+        live: live.clone(),
     };
     tasks.push(tokio::spawn(control.run(control_rx)));
 
@@ -291,7 +322,18 @@ pub async fn start(cfg: Config, key: PrivateKeySigner, options: Options) -> Resu
         tracing::warn!(mqtt = %format!("{host}:{port}"), "not subscribed to the broker yet; continuing to retry");
     }
     tracing::info!(%hub, mqtt = %format!("{host}:{port}"), ward = %cfg.ward, "hub started");
-    Ok(RunningHub { hub, mqtt: (host, port), metrics_addr, metrics, shutdown: shutdown_tx, drained, threads, tasks })
+    Ok(RunningHub {
+        hub,
+        mqtt: (host, port),
+        metrics_addr,
+        metrics,
+        api_addr,
+        live,
+        shutdown: shutdown_tx,
+        drained,
+        threads,
+        tasks,
+    })
 }
 
 /// Runs a hub until Ctrl-C or SIGTERM.
@@ -387,6 +429,7 @@ struct Control {
     archive: Option<Arc<Notify>>,
     metrics: Arc<Metrics>,
     acks: Arc<crate::acks::AckGate>,
+    live: Live,
 }
 
 impl Control {
@@ -411,6 +454,7 @@ impl Control {
                             if let Err(e) = stored {
                                 tracing::error!(serial, error = %e, "device state not stored");
                             }
+                            self.live.send(LiveEvent::State { serial: serial.clone(), battery: state.battery, asleep: state.asleep });
                         }
                         Err(r) => self.reply(&serial, &StatusReply::new(r.code, None, r.reason), false).await,
                     },

@@ -74,6 +74,8 @@ pub struct Shared {
     pub wake_anchor: Arc<Notify>,
     /// Commit observer.
     pub on_commit: Option<CommitHook>,
+    /// Where committed readings go for NEWS2 alerts ([`crate::alerts`]).
+    pub alerts: Option<std::sync::mpsc::Sender<Vec<NewReading>>>,
 }
 
 /// Limits of the ingest path.
@@ -333,6 +335,10 @@ fn writer(
             ack_us = committed.elapsed().as_micros() as u64,
             "group committed"
         );
+        // Scored after the acknowledgements: alerts never delay ingest.
+        if let (Some(tx), false) = (&s.alerts, accepted.is_empty()) {
+            let _ = tx.send(accepted);
+        }
     }
 }
 

@@ -2,14 +2,19 @@
 //!
 //! [`protocol`] (topics, codes, the signed SenML envelope) ->
 //! [`ingest`] (verify with [`devices`], commit to [`store`], acknowledge) ->
-//! [`anchor`] (Merkle batches on chain through [`chain`]),
+//! [`anchor`] (Merkle batches on chain through [`chain`]);
+//! [`alerts`] scores each stored reading with [`news2`] and raises alerts;
+//! [`archive`] seals a discharged stay, pins it to IPFS and puts its CID on chain;
+//! [`api`] serves the read-only REST API and the dashboard;
 //! with [`broker`] (embedded rumqttd), [`metrics`] and [`hub`] (start/stop)
 //! around them. Configuration: [`config`]; operations guide:
 //! `docs/ORACLE.md`; wire protocol: `docs/PROTOCOL.md`.
 #![warn(missing_docs)]
 
 pub mod acks;
+pub mod alerts;
 pub mod anchor;
+pub mod api;
 pub mod archive;
 pub mod broker;
 pub mod chain;
@@ -18,6 +23,7 @@ pub mod devices;
 pub mod hub;
 pub mod ingest;
 pub mod metrics;
+pub mod news2;
 pub mod protocol;
 pub mod store;
 

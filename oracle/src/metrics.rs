@@ -25,6 +25,13 @@ pub struct Op {
     pub op: String,
 }
 
+/// Label of an alert counter.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct Level {
+    /// The NEWS2 alert level (`none` counts resolutions).
+    pub level: String,
+}
+
 /// The oracle's metrics.
 #[derive(Clone, Default)]
 pub struct Metrics {
@@ -52,6 +59,8 @@ pub struct Metrics {
     pub archive_retries: Counter,
     /// Discharge signals accepted from devices.
     pub discharge_signals: Counter,
+    /// NEWS2 alert level changes, by new level.
+    pub alerts: Family<Level, Counter>,
 }
 
 impl Metrics {
@@ -63,6 +72,11 @@ impl Metrics {
     /// Counts a failed transaction.
     pub fn tx_failed(&self, op: &str) {
         self.tx_failures.get_or_create(&Op { op: op.to_string() }).inc();
+    }
+
+    /// Counts an alert level change.
+    pub fn alert(&self, level: &str) {
+        self.alerts.get_or_create(&Level { level: level.to_string() }).inc();
     }
 
     fn registry(&self) -> Registry {
@@ -83,6 +97,7 @@ impl Metrics {
         r.register("archives", "Patient archives with their CID on chain", self.archives_done.clone());
         r.register("archive_retries", "Archive steps retried after a transient failure", self.archive_retries.clone());
         r.register("discharge_signals", "Discharge signals accepted from devices", self.discharge_signals.clone());
+        r.register("alerts", "NEWS2 alert level changes, by new level", self.alerts.clone());
         r
     }
 
@@ -94,11 +109,21 @@ impl Metrics {
     }
 }
 
+/// Resolves once `flag` turns true (or its sender is gone): the graceful
+/// shutdown signal of the hub's HTTP endpoints.
+pub(crate) async fn until_true(mut flag: tokio::sync::watch::Receiver<bool>) {
+    while !*flag.borrow() {
+        if flag.changed().await.is_err() {
+            break;
+        }
+    }
+}
+
 /// Serves `/metrics` and `/healthz` on `addr`; returns the bound address.
 pub async fn serve(
     addr: SocketAddr,
     metrics: Arc<Metrics>,
-    mut shutdown: tokio::sync::watch::Receiver<bool>,
+    shutdown: tokio::sync::watch::Receiver<bool>,
 ) -> Result<SocketAddr> {
     use axum::routing::get;
     let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("binding metrics on {addr}"))?;
@@ -115,14 +140,7 @@ pub async fn serve(
         )
         .route("/healthz", get(|| async { "ok\n" }));
     tokio::spawn(async move {
-        let stop = async move {
-            while !*shutdown.borrow() {
-                if shutdown.changed().await.is_err() {
-                    break;
-                }
-            }
-        };
-        if let Err(e) = axum::serve(listener, app).with_graceful_shutdown(stop).await {
+        if let Err(e) = axum::serve(listener, app).with_graceful_shutdown(until_true(shutdown)).await {
             tracing::error!(error = %e, "metrics endpoint stopped");
         }
     });

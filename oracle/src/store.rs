@@ -214,11 +214,6 @@ impl Store {
         &self.conn
     }
 
-    /// The connection, writable.
-    pub(crate) fn conn_mut(&mut self) -> &mut Connection {
-        &mut self.conn
-    }
-
     /// Opens an existing store for a tool on the hub machine (`healthsense
     /// archive key|erase`), checking only that it belongs to `chain_id` and
     /// `contract`.

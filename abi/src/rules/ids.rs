@@ -57,6 +57,25 @@ pub fn charge_code_text(code: &B256) -> Option<&str> {
     core::str::from_utf8(&code[..end]).ok()
 }
 
+/// `keccak256("healthsense.patient.v1")`: the domain tag of [`patient_id`].
+pub const PATIENT_ID_TAG: B256 =
+    b256!("f89f05fa8ebbbf1cfb7a3b14049d2449322e54722151dc0339d0f02b18970cae");
+
+/// A patient id the patient can sign in with: `keccak256(abi.encode(
+/// PATIENT_ID_TAG, wallet, uint64 stay))`. The hospital admits the stay
+/// under this id (`healthsense patient admit --wallet W --stay N`); the
+/// patient proves the id is theirs by signing in with `wallet` and naming
+/// `stay`, and the API recomputes it. Still pseudonymous (no name or MRN);
+/// stays of one wallet are linkable by whoever knows the wallet, so a
+/// patient who wants unlinkable stays uses a fresh wallet per stay.
+pub fn patient_id(wallet: Address, stay: u64) -> B256 {
+    let mut buf = [0u8; 96];
+    buf[..32].copy_from_slice(PATIENT_ID_TAG.as_slice());
+    buf[44..64].copy_from_slice(wallet.as_slice());
+    buf[88..96].copy_from_slice(&stay.to_be_bytes());
+    keccak256(buf)
+}
+
 /// Batch id: `keccak256(abi.encode(hub, seq))`. The hub's own batch counter
 /// makes ids deterministic (a restarted hub recomputes the same id for a
 /// pending batch) and unique (another hub cannot take them).
@@ -87,6 +106,17 @@ mod tests {
             assert_eq!(batch_id(hub, seq), keccak256((hub, seq).abi_encode()));
         }
         assert_ne!(batch_id(hub, 1), batch_id(Address::repeat_byte(0xac), 1));
+    }
+
+    #[test]
+    fn patient_id_is_abi_encode_of_tag_wallet_and_stay() {
+        assert_eq!(PATIENT_ID_TAG, keccak256("healthsense.patient.v1"));
+        let w = Address::repeat_byte(0x42);
+        for stay in [0u64, 1, 9, u64::MAX] {
+            assert_eq!(patient_id(w, stay), keccak256((PATIENT_ID_TAG, w, stay).abi_encode()));
+        }
+        assert_ne!(patient_id(w, 1), patient_id(w, 2));
+        assert_ne!(patient_id(w, 1), patient_id(Address::repeat_byte(0x43), 1));
     }
 
     #[test]

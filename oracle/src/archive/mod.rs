@@ -62,7 +62,8 @@ pub enum State {
 }
 
 impl State {
-    fn as_str(self) -> &'static str {
+    /// The name stored in the job table and shown by the CLI and the API.
+    pub fn as_str(self) -> &'static str {
         match self {
             State::Discharging => "discharging",
             State::Discharged => "discharged",

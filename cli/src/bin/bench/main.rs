@@ -3,7 +3,17 @@
 //!
 //! ```text
 //! cargo run --release -p healthsense-cli --bin healthsense-bench -- oracle
+//! cargo run --release -p healthsense-cli --bin healthsense-bench -- alerts
+//! cargo run --release -p healthsense-cli --bin healthsense-bench -- archive
 //! ```
+//!
+//! `archive` is in `archive.rs`: a 7-day stay from discharge to CID on chain.
+//!
+//! `alerts` measures publish -> NEWS2 alert received on `hs/v1/{hub}/alerts`
+//! (target p99 <= 100 ms): devices alternate normal and septic readings, so
+//! every reading changes its device's alert level and raises an alert, at
+//! `--alert-rate` readings per second on top of the same rate of steady
+//! readings from other devices.
 //!
 //! Phases (one anvil, one deployment):
 //! 1. raw k256: verify pre-signed reading digests on the rayon pool (the
@@ -48,7 +58,7 @@ mod archive;
 #[command(about = "Benchmarks the HealthSense oracle against its targets (docs/BENCHMARKS.md)")]
 struct Args {
     /// What to measure.
-    #[arg(value_parser = ["oracle", "archive"])]
+    #[arg(value_parser = ["oracle", "archive", "alerts"])]
     what: String,
     /// Readings of the archived stay (archive: 604,800 = 7 days at 1 Hz).
     #[arg(long, default_value_t = 604_800)]
@@ -78,6 +88,12 @@ struct Args {
     /// starts (QoS 1 window 1000) instead of the embedded rumqttd.
     #[arg(long)]
     mosquitto: bool,
+    /// Alert-raising readings per second in the alerts phase.
+    #[arg(long, default_value_t = 200)]
+    alert_rate: usize,
+    /// Length of the alerts phase, seconds.
+    #[arg(long, default_value_t = 15)]
+    alert_seconds: u64,
 }
 
 struct KillOnDrop(std::process::Child);
@@ -103,6 +119,18 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
         return f64::NAN;
     }
     sorted[((sorted.len() - 1) as f64 * p).round() as usize]
+}
+
+/// Milliseconds from each `sent` time to its `arrived` time, sorted, with
+/// p50, p99 and max.
+fn latencies<K: std::hash::Hash + Eq>(sent: &HashMap<K, Instant>, arrived: &HashMap<K, Instant>) -> (Vec<f64>, f64, f64, f64) {
+    let mut lat: Vec<f64> = sent
+        .iter()
+        .filter_map(|(k, s)| arrived.get(k).map(|a| a.saturating_duration_since(*s).as_secs_f64() * 1e3))
+        .collect();
+    lat.sort_by(|a, b| a.total_cmp(b));
+    let (p50, p99, max) = (percentile(&lat, 0.50), percentile(&lat, 0.99), lat.last().copied().unwrap_or(f64::NAN));
+    (lat, p50, p99, max)
 }
 
 fn rss_kib(pid: u32, field: &str) -> Result<u64> {
@@ -148,6 +176,9 @@ async fn main() -> Result<()> {
         return archive::run(args.stay_readings, args.json).await;
     }
     let threads = rayon::current_num_threads();
+    if args.what == "alerts" {
+        return alerts(&args).await;
+    }
     let root = tools::project_root()?;
     let anvil = Anvil::new().path(tools::foundry_tool(&root, "anvil")?).try_spawn().context("starting anvil")?;
     let provider = ProviderBuilder::new().connect_http(anvil.endpoint_url());
@@ -321,12 +352,7 @@ async fn main() -> Result<()> {
     }
     wait_for(&committed, base + total, "latency phase").await?;
     let times = commit_times.lock().map_err(|_| anyhow::anyhow!("poisoned"))?.take().unwrap_or_default();
-    let mut lat: Vec<f64> = published
-        .iter()
-        .filter_map(|(k, sent)| times.get(k).map(|c| c.saturating_duration_since(*sent).as_secs_f64() * 1e3))
-        .collect();
-    lat.sort_by(|a, b| a.total_cmp(b));
-    let (p50, p99, max) = (percentile(&lat, 0.50), percentile(&lat, 0.99), lat.last().copied().unwrap_or(f64::NAN));
+    let (lat, p50, p99, max) = latencies(&published, &times);
 
     // 4. Gas: full batches against one transaction per reading.
     wait_anchored(&store, committed.load(Ordering::SeqCst)).await?;
@@ -489,4 +515,126 @@ async fn memory(
     let _ = child.kill();
     let _ = child.wait();
     Ok((idle, peak.max(hwm)))
+}
+
+/// Publish -> alert latency: see the module documentation.
+async fn alerts(args: &Args) -> Result<()> {
+    let root = tools::project_root()?;
+    let anvil = Anvil::new().path(tools::foundry_tool(&root, "anvil")?).try_spawn().context("starting anvil")?;
+    let provider = ProviderBuilder::new().connect_http(anvil.endpoint_url());
+    let (admin, hub) = (anvil.addresses()[0], anvil.addresses()[1]);
+    let d = deploy::deploy_evm(&provider, anvil.endpoint().as_str(), admin, admin, artifact::load_or_build(&root)?).await?;
+    let (contract, domain) = (d.address, eip712::domain_separator(d.chain_id, d.address));
+    let send = |from: Address, input: Vec<u8>| {
+        let tx = TransactionRequest::default().with_from(from).with_to(contract).with_input(input);
+        let p = ProviderBuilder::new().connect_http(anvil.endpoint_url());
+        async move { anyhow::Ok(p.send_transaction(tx).await?.get_receipt().await?) }
+    };
+    send(admin, H::grantRoleCall { role: ids::HUB_ROLE, account: hub }.abi_encode()).await?;
+    // Half the devices raise alerts, half send steady readings (background load).
+    let n = 100usize;
+    let ward = ids::ward_id("bench");
+    let beds: Vec<Bed> = (0..n).map(|i| Bed { serial: format!("ALERT-{i:03}"), key: PrivateKeySigner::random() }).collect();
+    for b in &beds {
+        let id = ids::device_id(&b.serial);
+        send(admin, H::provisionDeviceCall { deviceId: id, signer: b.key.address(), ward }.abi_encode()).await?;
+        send(hub, H::activateDeviceCall { deviceId: id }.abi_encode()).await?;
+    }
+    let dir = tempfile::tempdir()?;
+    let cfg = healthsense_oracle::Config::parse(&format!(
+        "hub = \"bench\"\nward = \"bench\"\nstore = \"{}\"\n[chain]\nrpc_url = \"{}\"\ncontract = \"{contract}\"\n\
+         [mqtt]\nlisten = \"127.0.0.1:0\"\n[anchor]\nbatch_size = 2000\ninterval_ms = 2000\n[metrics]\nlisten = \"127.0.0.1:0\"\n",
+        dir.path().join("hub.sqlite").display(),
+        anvil.endpoint()
+    ))?;
+    let hub_key = PrivateKeySigner::from_signing_key(anvil.keys()[1].clone().into());
+    let running = healthsense_oracle::start(cfg, hub_key, Default::default()).await?;
+    let topics = Topics::new("bench").map_err(anyhow::Error::msg)?;
+    let port = running.mqtt.1;
+    // The listener: a separate MQTT client on the alert topic, as a nurse station would be.
+    let received: Arc<Mutex<HashMap<(String, u64), Instant>>> = Arc::default();
+    {
+        let mut opts = MqttOptions::new("alert-listener", "127.0.0.1", port);
+        opts.set_keep_alive(Duration::from_secs(30)).set_max_packet_size(1 << 20, 1 << 20);
+        let (listener, mut ev) = AsyncClient::new(opts, 10_000);
+        listener.subscribe(topics.alerts(), QoS::AtLeastOnce).await?;
+        let got = received.clone();
+        tokio::spawn(async move {
+            let _keep = listener;
+            loop {
+                match ev.poll().await {
+                    Ok(rumqttc::Event::Incoming(rumqttc::Packet::Publish(p))) => {
+                        let at = Instant::now();
+                        if let Ok(v) = serde_json::from_slice::<serde_json::Value>(&p.payload) {
+                            if let (Some(s), Some(q)) = (v["serial"].as_str(), v["seq"].as_u64()) {
+                                if let Ok(mut m) = got.lock() {
+                                    m.insert((s.to_string(), q), at);
+                                }
+                            }
+                        }
+                    }
+                    Ok(_) => {}
+                    Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+                }
+            }
+        });
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let client = publisher(port, "alert-beds", 1_000_000).await;
+    let (alerting, steady) = beds.split_at(n / 2);
+    let septic = |r: &mut Reading| {
+        (r.respRate, r.spo2, r.systolic, r.diastolic, r.heartRate, r.temperature) = (26, 90, 95, 60, 125, 3_870);
+    };
+    let total = args.alert_rate * args.alert_seconds as usize;
+    let per_tick = (args.alert_rate / 100).max(1);
+    let mut published: HashMap<(String, u64), Instant> = HashMap::with_capacity(total);
+    let mut interval = tokio::time::interval(Duration::from_millis(10));
+    let mut sent = 0usize;
+    while sent < total {
+        interval.tick().await;
+        for _ in 0..per_tick.min(total - sent) {
+            let (k, seq) = (sent % alerting.len(), 1 + (sent / alerting.len()) as u64);
+            // Odd readings septic, even normal: each one changes the level.
+            let b = &alerting[k];
+            let mut r = reading(&b.serial, seq, sent as u64);
+            (r.heartRate, r.spo2, r.systolic) = (75, 97, 125);
+            if seq % 2 == 1 {
+                septic(&mut r);
+            }
+            let payload = protocol::sign_vitals(&b.key, domain, &b.serial, &r)?;
+            client.publish(topics.device(&b.serial, DeviceTopic::Vitals), QoS::AtLeastOnce, false, payload).await?;
+            published.insert((b.serial.clone(), seq), Instant::now());
+            let s = &steady[k % steady.len()];
+            let r = reading(&s.serial, seq, sent as u64);
+            let payload = protocol::sign_vitals(&s.key, domain, &s.serial, &r)?;
+            client.publish(topics.device(&s.serial, DeviceTopic::Vitals), QoS::AtLeastOnce, false, payload).await?;
+            sent += 1;
+        }
+    }
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while received.lock().map(|m| m.len()).unwrap_or(0) < total && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let got = received.lock().map_err(|_| anyhow::anyhow!("poisoned"))?.clone();
+    let (lat, p50, p99, max) = latencies(&published, &got);
+    running.shutdown().await;
+    if lat.len() < total {
+        bail!("only {} of {total} alerts arrived", lat.len());
+    }
+    let report = json!({
+        "alert_rate_per_s": args.alert_rate, "steady_rate_per_s": args.alert_rate, "alerts": lat.len(),
+        "latency_ms": { "p50": p50, "p99": p99, "max": max },
+    });
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+        return Ok(());
+    }
+    println!("HealthSense NEWS2 alert benchmark");
+    println!(
+        "  publish -> alert received  p50 {p50:.1} ms, p99 {p99:.1} ms, max {max:.1} ms; {} alerts at {}/s alerting + {}/s steady readings  (target p99 <= 100 ms)",
+        lat.len(),
+        args.alert_rate,
+        args.alert_rate
+    );
+    Ok(())
 }

@@ -1,0 +1,270 @@
+//! The API's read queries on the hub store (select only), kept here rather
+//! than in `store.rs` so the store's write path stays small.
+//!
+//! History queries use a partial index on `(device_id, ts, seq)` of batched
+//! readings. Like the store's own `(device_id, seq)` index it is filled when
+//! a batch is cut, off the ingest path; the few readings not yet batched
+//! (seconds' worth) are found through the `readings_unbatched` index.
+
+use std::collections::HashMap;
+
+use alloy::primitives::B256;
+use healthsense_abi::Reading;
+use rusqlite::{params, OptionalExtension};
+
+use crate::alerts::Latest;
+use crate::news2;
+use crate::store::{Store, StoreError};
+
+const INDEXES: &str = "
+CREATE INDEX IF NOT EXISTS api_readings_device_ts ON readings (device_id, ts, seq) WHERE batch_seq IS NOT NULL;
+";
+
+/// Creates the API's indexes (once; a large store takes a moment).
+pub(crate) fn init(store: &Store) -> Result<(), StoreError> {
+    store.conn().execute_batch(INDEXES)?;
+    Ok(())
+}
+
+const COLUMNS: &str =
+    "serial, received_ms, batch_seq, device_id, seq, ts, heart_rate, resp_rate, spo2, systolic, diastolic, temperature, consciousness";
+
+/// A reading as the history shows it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Row {
+    /// Device serial.
+    pub serial: String,
+    /// Hub receive time, ms.
+    pub received_ms: u64,
+    /// The batch it is anchored in, once cut.
+    pub batch_seq: Option<u64>,
+    /// The reading.
+    pub reading: Reading,
+}
+
+fn row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Row> {
+    let id: Vec<u8> = r.get(3)?;
+    if id.len() != 32 {
+        return Err(rusqlite::Error::InvalidColumnType(3, "device_id".into(), rusqlite::types::Type::Blob));
+    }
+    Ok(Row {
+        serial: r.get(0)?,
+        received_ms: r.get::<_, i64>(1)? as u64,
+        batch_seq: r.get::<_, Option<i64>>(2)?.map(|s| s as u64),
+        reading: Reading {
+            deviceId: B256::from_slice(&id),
+            seq: r.get::<_, i64>(4)? as u64,
+            timestamp: r.get::<_, i64>(5)? as u64,
+            heartRate: r.get(6)?,
+            respRate: r.get(7)?,
+            spo2: r.get(8)?,
+            systolic: r.get(9)?,
+            diastolic: r.get(10)?,
+            temperature: r.get(11)?,
+            consciousness: r.get(12)?,
+        },
+    })
+}
+
+/// A page of a device's readings with timestamps in `from_ms..=to_ms`,
+/// ascending by (timestamp, seq), strictly after `after` (a previous page's
+/// last (timestamp, seq)), at most `limit`.
+pub fn vitals(
+    store: &Store,
+    device: B256,
+    from_ms: u64,
+    to_ms: u64,
+    after: Option<(u64, u64)>,
+    limit: usize,
+) -> Result<Vec<Row>, StoreError> {
+    let (ats, aseq) = after.map_or((-1i64, -1i64), |(t, s)| (t as i64, s as i64));
+    let cond = "device_id = ?1 AND ts BETWEEN ?2 AND ?3 AND (ts > ?4 OR (ts = ?4 AND seq > ?5))";
+    let clamp = |v: u64| v.min(i64::MAX as u64) as i64;
+    let args = params![device.as_slice(), clamp(from_ms), clamp(to_ms), ats, aseq, limit as i64];
+    // One read transaction: a batch cut between the two selects would
+    // otherwise move a reading from one to the other.
+    let tx = store.conn().unchecked_transaction()?;
+    let mut out = Vec::new();
+    for part in ["batch_seq IS NOT NULL", "batch_seq IS NULL"] {
+        let mut stmt =
+            tx.prepare_cached(&format!("SELECT {COLUMNS} FROM readings WHERE {part} AND {cond} ORDER BY ts, seq LIMIT ?6"))?;
+        let rows = stmt.query_map(args, row)?;
+        for r in rows {
+            out.push(r?);
+        }
+    }
+    tx.finish()?;
+    out.sort_by_key(|r| (r.reading.timestamp, r.reading.seq));
+    out.truncate(limit);
+    Ok(out)
+}
+
+/// The latest reading (highest sequence number) of every device.
+pub fn latest_readings(store: &Store) -> Result<Vec<Latest>, StoreError> {
+    let mut stmt = store.conn().prepare(&format!(
+        "SELECT {COLUMNS} FROM readings WHERE id IN
+           (SELECT r.id FROM readings r JOIN (SELECT device_id, MAX(seq) AS m FROM readings GROUP BY device_id) x
+              ON r.device_id = x.device_id AND r.seq = x.m)"
+    ))?;
+    let rows = stmt.query_map([], row)?;
+    let mut out = Vec::new();
+    for r in rows {
+        let r = r?;
+        out.push(Latest { score: news2::score(&r.reading), serial: r.serial, reading: r.reading, received_ms: r.received_ms });
+    }
+    Ok(out)
+}
+
+/// Battery and sleep state of a device.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct DeviceState {
+    /// Battery, %.
+    pub battery: Option<f64>,
+    /// Asleep.
+    pub asleep: Option<bool>,
+    /// When it was reported (hub time), ms.
+    pub at_ms: u64,
+}
+
+/// Every device's last reported state, by serial.
+pub fn device_states(store: &Store) -> Result<HashMap<String, DeviceState>, StoreError> {
+    let mut stmt = store.conn().prepare_cached("SELECT serial, battery, asleep, at_ms FROM device_state")?;
+    let rows = stmt.query_map([], |r| {
+        Ok((
+            r.get::<_, String>(0)?,
+            DeviceState { battery: r.get(1)?, asleep: r.get(2)?, at_ms: r.get::<_, i64>(3)? as u64 },
+        ))
+    })?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
+/// A batch as the API shows it.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct BatchRow {
+    /// The hub's batch number.
+    pub seq: u64,
+    /// `hash` or `readings`.
+    pub mode: String,
+    /// Merkle root (zero in readings mode).
+    pub root: B256,
+    /// Readings in it.
+    pub leaf_count: u32,
+    /// `pending`, `anchored` or `failed`.
+    pub state: String,
+    /// When it was cut, ms.
+    pub created_ms: u64,
+    /// Anchor transaction.
+    pub tx: Option<B256>,
+    /// Its block.
+    pub block: Option<u64>,
+    /// Gas it used.
+    pub gas_used: Option<u64>,
+    /// When it was anchored, ms.
+    pub anchored_ms: Option<u64>,
+    /// Why it failed, if it did.
+    pub error: Option<String>,
+}
+
+fn batch_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<(BatchRow, Vec<u8>, Option<Vec<u8>>)> {
+    Ok((
+        BatchRow {
+            seq: r.get::<_, i64>(0)? as u64,
+            mode: r.get(1)?,
+            root: B256::ZERO,
+            leaf_count: r.get(3)?,
+            state: r.get(4)?,
+            created_ms: r.get::<_, i64>(5)? as u64,
+            tx: None,
+            block: r.get::<_, Option<i64>>(7)?.map(|v| v as u64),
+            gas_used: r.get::<_, Option<i64>>(8)?.map(|v| v as u64),
+            anchored_ms: r.get::<_, Option<i64>>(9)?.map(|v| v as u64),
+            error: r.get(10)?,
+        },
+        r.get(2)?,
+        r.get(6)?,
+    ))
+}
+
+fn hash(v: &[u8]) -> Result<B256, StoreError> {
+    (v.len() == 32).then(|| B256::from_slice(v)).ok_or_else(|| StoreError::Corrupt(format!("{}-byte hash", v.len())))
+}
+
+const BATCH_COLUMNS: &str = "seq, mode, root, leaf_count, state, created_ms, tx, block, gas_used, anchored_ms, error";
+
+/// Batches newest first, with `seq` below `before` when given.
+pub fn batches(store: &Store, before: Option<u64>, limit: usize) -> Result<Vec<BatchRow>, StoreError> {
+    let mut stmt = store
+        .conn()
+        .prepare_cached(&format!("SELECT {BATCH_COLUMNS} FROM batches WHERE seq < ?1 ORDER BY seq DESC LIMIT ?2"))?;
+    let before = before.map_or(i64::MAX, |b| b.min(i64::MAX as u64) as i64);
+    let rows = stmt.query_map(params![before, limit as i64], batch_row)?;
+    let mut out = Vec::new();
+    for r in rows {
+        let (mut b, root, tx) = r?;
+        b.root = hash(&root)?;
+        b.tx = tx.as_deref().map(hash).transpose()?;
+        out.push(b);
+    }
+    Ok(out)
+}
+
+/// One batch.
+pub fn batch(store: &Store, seq: u64) -> Result<Option<BatchRow>, StoreError> {
+    let found = store
+        .conn()
+        .query_row(&format!("SELECT {BATCH_COLUMNS} FROM batches WHERE seq = ?1"), [seq.min(i64::MAX as u64) as i64], batch_row)
+        .optional()?;
+    match found {
+        None => Ok(None),
+        Some((mut b, root, tx)) => {
+            b.root = hash(&root)?;
+            b.tx = tx.as_deref().map(hash).transpose()?;
+            Ok(Some(b))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::{Binding, Mode, NewReading};
+    use alloy::primitives::Address;
+    use healthsense_abi::rules::ids;
+
+    #[test]
+    fn pages_cover_batched_and_unbatched_readings_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let binding = Binding { chain_id: 1, contract: Address::repeat_byte(1), hub: Address::repeat_byte(2) };
+        let mut store = Store::open(&dir.path().join("s.sqlite"), binding).unwrap();
+        init(&store).unwrap();
+        let id = ids::device_id("HS-1");
+        let new = |seq: u64| NewReading {
+            serial: "HS-1".into(),
+            reading: Reading { deviceId: id, seq, timestamp: 1_000 * seq, heartRate: 70, ..Default::default() },
+            signature: [1; 65],
+            received_ms: 1_000 * seq,
+        };
+        store.commit(&(1..=10).map(new).collect::<Vec<_>>(), &[]).unwrap();
+        store.cut_batch(1, 6, Mode::Hash, 0).unwrap();
+        let mut seen = Vec::new();
+        let mut after = None;
+        loop {
+            let page = vitals(&store, id, 0, u64::MAX, after, 4).unwrap();
+            if page.is_empty() {
+                break;
+            }
+            after = page.last().map(|r| (r.reading.timestamp, r.reading.seq));
+            seen.extend(page.iter().map(|r| (r.reading.seq, r.batch_seq)));
+        }
+        let want: Vec<_> = (1..=10).map(|s| (s, (s <= 6).then_some(1))).collect();
+        assert_eq!(seen, want);
+        let range = vitals(&store, id, 3_000, 7_000, None, 100).unwrap();
+        assert_eq!(range.iter().map(|r| r.reading.seq).collect::<Vec<_>>(), [3, 4, 5, 6, 7]);
+        let latest = latest_readings(&store).unwrap();
+        assert_eq!((latest.len(), latest[0].reading.seq), (1, 10));
+        assert_eq!(batches(&store, None, 10).unwrap()[0].leaf_count, 6);
+        assert_eq!(batch(&store, 1).unwrap().unwrap().state, "pending");
+        assert!(batch(&store, 2).unwrap().is_none());
+    }
+}
