@@ -118,7 +118,7 @@ pub async fn publish_rules(ipfs_api: &str, file: &Path) -> Result<String> {
         bail!(KeyError(format!("{} is empty: publish the billing rules document itself", file.display())));
     }
     let ipfs = Ipfs::new(ipfs_api)?;
-    Ok(ipfs.add(bytes).await.with_context(|| format!("adding {} to IPFS at {ipfs_api}", file.display()))?)
+    ipfs.add(bytes).await.with_context(|| format!("adding {} to IPFS at {ipfs_api}", file.display()))
 }
 
 /// Writes `bytes` to a new file readable only by the owner (a key).

@@ -165,7 +165,7 @@ fn devnet_up_status_down_and_up_again_keeps_the_deployment() {
     };
     let roles = String::from_utf8(hs(&["roles", "list"]).stdout).unwrap();
     assert_eq!(roles.lines().count(), 4, "admin, hub, doctor, insurer: {roles}");
-    let out = as_role("admin", &["device", "provision", "HS-DEV1", "--signer", &s["state"]["accounts"][1][1].as_str().unwrap(), "--ward", "ward-1"]);
+    let out = as_role("admin", &["device", "provision", "HS-DEV1", "--signer", s["state"]["accounts"][1][1].as_str().unwrap(), "--ward", "ward-1"]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let out = as_role("doctor", &["device", "provision", "HS-DEV2", "--signer", &contract, "--ward", "ward-1"]);
     assert_eq!(out.status.code(), Some(4), "a doctor cannot provision");

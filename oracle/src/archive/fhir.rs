@@ -143,37 +143,6 @@ fn exact(pairs: &[(&str, String)]) -> serde_json::Value {
     serde_json::json!([{ "url": urls::EXACT, "extension": ext }])
 }
 
-#[derive(Serialize)]
-struct Coding<'a> {
-    system: &'a str,
-    code: &'a str,
-    #[serde(skip_serializing_if = "str::is_empty")]
-    display: &'a str,
-}
-
-#[derive(Serialize)]
-struct Concept<'a> {
-    coding: [Coding<'a>; 1],
-}
-
-#[derive(Serialize)]
-struct Quantity<'a> {
-    value: f64,
-    unit: &'a str,
-    system: &'a str,
-    code: &'a str,
-}
-
-#[derive(Serialize)]
-#[serde(rename_all = "camelCase")]
-struct ComponentOut<'a> {
-    code: Concept<'a>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    value_quantity: Option<Quantity<'a>>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    value_codeable_concept: Option<Concept<'a>>,
-}
-
 #[derive(Serialize, Deserialize, Clone, Debug, Default)]
 #[serde(rename_all = "camelCase")]
 struct Ext {
@@ -184,96 +153,176 @@ struct Ext {
     extension: Vec<Ext>,
 }
 
-fn ext(url: &str, value: String) -> Ext {
-    Ext { url: url.into(), value_string: Some(value), extension: Vec::new() }
-}
-
-#[derive(Serialize)]
-struct Reference<'a> {
-    reference: &'a str,
-}
-
-#[derive(Serialize)]
-#[serde(rename_all = "camelCase")]
-struct ObservationOut<'a> {
-    resource_type: &'static str,
-    id: String,
-    status: &'static str,
-    category: [Concept<'a>; 1],
-    code: Concept<'a>,
-    subject: Reference<'a>,
-    encounter: Reference<'a>,
-    device: Reference<'a>,
-    effective_date_time: String,
-    component: Vec<ComponentOut<'a>>,
-    extension: [Ext; 1],
-}
-
-#[derive(Serialize)]
-struct EntryOut<T> {
-    resource: T,
-}
-
-fn observation<'a>(a: &'a ArchivedReading, refs: &'a Refs) -> ObservationOut<'a> {
-    let mut component = Vec::with_capacity(7);
-    for (vital, value) in VITALS.iter().zip(vitals_of(&a.reading)) {
-        if value == 0 {
-            continue; // not measured
-        }
-        component.push(ComponentOut {
-            code: Concept { coding: [Coding { system: urls::LOINC, code: vital.loinc, display: vital.display }] },
-            value_quantity: Some(Quantity {
-                value: f64::from(value) / f64::from(vital.scale),
-                unit: vital.ucum,
-                system: urls::UCUM,
-                code: vital.ucum,
-            }),
-            value_codeable_concept: None,
-        });
-    }
-    if let Some(code) = ACVPU.get(usize::from(a.reading.consciousness).wrapping_sub(1)) {
-        component.push(ComponentOut {
-            code: Concept { coding: [Coding { system: urls::LOINC, code: CONSCIOUSNESS_LOINC, display: "Level of consciousness" }] },
-            value_quantity: None,
-            value_codeable_concept: Some(Concept { coding: [Coding { system: urls::ACVPU, code, display: "" }] }),
-        });
-    }
-    let proof = a.proof.iter().map(|h| h.to_string()).collect::<Vec<_>>().join(",");
-    ObservationOut {
-        resource_type: "Observation",
-        id: format!("reading-{}", a.reading.seq),
-        status: "final",
-        category: [Concept {
-            coding: [Coding {
-                system: "http://terminology.hl7.org/CodeSystem/observation-category",
-                code: "vital-signs",
-                display: "Vital Signs",
-            }],
-        }],
-        code: Concept { coding: [Coding { system: urls::LOINC, code: PANEL_LOINC, display: "Vital signs panel" }] },
-        subject: Reference { reference: &refs.patient },
-        encounter: Reference { reference: &refs.encounter },
-        device: Reference { reference: &refs.device },
-        effective_date_time: iso_ms(a.reading.timestamp),
-        component,
-        extension: [Ext {
-            url: urls::ANCHORED.into(),
-            value_string: None,
-            extension: vec![
-                ext("seq", a.reading.seq.to_string()),
-                ext("batchSeq", a.batch_seq.to_string()),
-                ext("batchId", a.batch_id.to_string()),
-                ext("proof", proof),
-                ext("signature", alloy::hex::encode_prefixed(&a.signature)),
-            ],
-        }],
-    }
-}
-
 struct Refs {
     patient: String,
     encounter: String,
     device: String,
+}
+
+/// Writes Observations from fragments rendered once per stay: a 7-day stay
+/// has 604,800 of them, all alike but for the numbers and hashes, so
+/// building serde values for each would dominate the archive's time
+/// (`docs/BENCHMARKS.md`). The tests hold it byte for byte to the serde
+/// rendering of the same resource.
+struct ObservationWriter {
+    /// `{"resource":{"resourceType":"Observation","id":"reading-`
+    head: Vec<u8>,
+    /// From after the id to the opening quote of `effectiveDateTime`.
+    refs: Vec<u8>,
+    /// Per vital: the component up to its value, and after it.
+    vitals: Vec<(Vec<u8>, Vec<u8>)>,
+    /// Per ACVPU code: the whole component.
+    acvpu: Vec<Vec<u8>>,
+    /// `"` to `proof`'s value: the extension's head.
+    anchored: Vec<u8>,
+    /// The `YYYY-MM-DDTHH:MM:` of the last minute written, and its number.
+    minute: (u64, String),
+    scratch: Vec<u8>,
+}
+
+fn json_str(s: &str) -> String {
+    serde_json::to_string(s).unwrap_or_default()
+}
+
+impl ObservationWriter {
+    fn new(refs: &Refs) -> ObservationWriter {
+        let coding = |system: &str, code: &str, display: &str| {
+            let display = if display.is_empty() { String::new() } else { format!(",\"display\":{}", json_str(display)) };
+            format!("{{\"coding\":[{{\"system\":{},\"code\":{}{display}}}]}}", json_str(system), json_str(code))
+        };
+        let reference = |r: &str| format!("{{\"reference\":{}}}", json_str(r));
+        let head = b"{\"resource\":{\"resourceType\":\"Observation\",\"id\":\"reading-".to_vec();
+        let refs_part = format!(
+            "\",\"status\":\"final\",\"category\":[{}],\"code\":{},\"subject\":{},\"encounter\":{},\"device\":{},\"effectiveDateTime\":\"",
+            coding("http://terminology.hl7.org/CodeSystem/observation-category", "vital-signs", "Vital Signs"),
+            coding(urls::LOINC, PANEL_LOINC, "Vital signs panel"),
+            reference(&refs.patient),
+            reference(&refs.encounter),
+            reference(&refs.device),
+        );
+        let vitals = VITALS
+            .iter()
+            .map(|v| {
+                let pre = format!("{{\"code\":{},\"valueQuantity\":{{\"value\":", coding(urls::LOINC, v.loinc, v.display));
+                let post = format!(",\"unit\":{},\"system\":{},\"code\":{}}}}}", json_str(v.ucum), json_str(urls::UCUM), json_str(v.ucum));
+                (pre.into_bytes(), post.into_bytes())
+            })
+            .collect();
+        let acvpu = ACVPU
+            .iter()
+            .map(|code| {
+                format!(
+                    "{{\"code\":{},\"valueCodeableConcept\":{}}}",
+                    coding(urls::LOINC, CONSCIOUSNESS_LOINC, "Level of consciousness"),
+                    coding(urls::ACVPU, code, "")
+                )
+                .into_bytes()
+            })
+            .collect();
+        let anchored = format!("],\"extension\":[{{\"url\":{},\"extension\":[{{\"url\":\"seq\",\"valueString\":\"", json_str(urls::ANCHORED));
+        ObservationWriter {
+            head,
+            refs: refs_part.into_bytes(),
+            vitals,
+            acvpu,
+            anchored: anchored.into_bytes(),
+            minute: (u64::MAX, String::new()),
+            scratch: Vec::with_capacity(4096),
+        }
+    }
+
+    /// `YYYY-MM-DDTHH:MM:SS.mmmZ`, as `iso_ms`; chrono runs once a minute.
+    fn timestamp(&mut self, ms: u64) {
+        let minute = ms / 60_000;
+        if self.minute.0 != minute {
+            let full = iso_ms(minute * 60_000);
+            // `iso_ms` is empty for times chrono cannot represent.
+            self.minute = (minute, full.get(..17).unwrap_or("").to_string());
+        }
+        if self.minute.1.is_empty() {
+            return;
+        }
+        let in_minute = ms % 60_000;
+        let b = &mut self.scratch;
+        b.extend_from_slice(self.minute.1.as_bytes());
+        let (s, m) = ((in_minute / 1000) as u8, (in_minute % 1000) as u16);
+        b.extend_from_slice(&[b'0' + s / 10, b'0' + s % 10, b'.']);
+        b.extend_from_slice(&[b'0' + (m / 100) as u8, b'0' + (m / 10 % 10) as u8, b'0' + (m % 10) as u8, b'Z']);
+    }
+
+    /// `value / scale` as serde_json prints the f64 (shortest round trip:
+    /// `72.0`, `37.05`, `37.5`).
+    fn decimal(b: &mut Vec<u8>, value: u16, scale: u32) {
+        let mut itoa = itoa::Buffer::new();
+        let v = u32::from(value);
+        b.extend_from_slice(itoa.format(v / scale).as_bytes());
+        b.push(b'.');
+        match scale {
+            1 => b.push(b'0'),
+            _ => {
+                let frac = v % scale;
+                let mut digits = itoa.format(frac + scale).as_bytes()[1..].to_vec();
+                while digits.len() > 1 && digits.last() == Some(&b'0') {
+                    digits.pop();
+                }
+                b.extend_from_slice(&digits);
+            }
+        }
+    }
+
+    fn hex(b: &mut Vec<u8>, bytes: &[u8]) {
+        b.extend_from_slice(b"0x");
+        let at = b.len();
+        b.resize(at + 2 * bytes.len(), 0);
+        // The slice is exactly twice the input's length, which is all encode_to_slice needs.
+        let _ = alloy::hex::encode_to_slice(bytes, &mut b[at..]);
+    }
+
+    fn write<W: Write>(&mut self, w: &mut W, a: &ArchivedReading) -> std::io::Result<()> {
+        let mut itoa = itoa::Buffer::new();
+        self.scratch.clear();
+        self.scratch.extend_from_slice(&self.head);
+        self.scratch.extend_from_slice(itoa.format(a.reading.seq).as_bytes());
+        self.scratch.extend_from_slice(&self.refs);
+        self.timestamp(a.reading.timestamp);
+        self.scratch.extend_from_slice(b"\",\"component\":[");
+        let mut first = true;
+        for ((vital, value), (pre, post)) in VITALS.iter().zip(vitals_of(&a.reading)).zip(&self.vitals) {
+            if value == 0 {
+                continue; // not measured
+            }
+            if !std::mem::take(&mut first) {
+                self.scratch.push(b',');
+            }
+            self.scratch.extend_from_slice(pre);
+            Self::decimal(&mut self.scratch, value, vital.scale);
+            self.scratch.extend_from_slice(post);
+        }
+        if let Some(component) = self.acvpu.get(usize::from(a.reading.consciousness).wrapping_sub(1)) {
+            if !first {
+                self.scratch.push(b',');
+            }
+            self.scratch.extend_from_slice(component);
+        }
+        let b = &mut self.scratch;
+        b.extend_from_slice(&self.anchored);
+        b.extend_from_slice(itoa.format(a.reading.seq).as_bytes());
+        b.extend_from_slice(b"\"},{\"url\":\"batchSeq\",\"valueString\":\"");
+        b.extend_from_slice(itoa.format(a.batch_seq).as_bytes());
+        b.extend_from_slice(b"\"},{\"url\":\"batchId\",\"valueString\":\"");
+        Self::hex(b, a.batch_id.as_slice());
+        b.extend_from_slice(b"\"},{\"url\":\"proof\",\"valueString\":\"");
+        for (i, h) in a.proof.iter().enumerate() {
+            if i > 0 {
+                b.push(b',');
+            }
+            Self::hex(b, h.as_slice());
+        }
+        b.extend_from_slice(b"\"},{\"url\":\"signature\",\"valueString\":\"");
+        Self::hex(b, &a.signature);
+        b.extend_from_slice(b"\"}]}]}}");
+        w.write_all(b)
+    }
 }
 
 /// Writes the bundle of `stay` with `readings` (in sequence order) to `w`.
@@ -362,9 +411,10 @@ pub fn write_bundle<W: Write>(
         }
         serde_json::to_writer(&mut w, &serde_json::json!({ "resource": r }))?;
     }
+    let mut observations = ObservationWriter::new(&refs);
     for a in readings {
         w.write_all(b",")?;
-        serde_json::to_writer(&mut w, &EntryOut { resource: observation(&a, &refs) })?;
+        observations.write(&mut w, &a)?;
     }
     w.write_all(b"]}")?;
     Ok(())
@@ -658,6 +708,129 @@ pub fn parse_bundle(json: &[u8]) -> Result<ParsedBundle, BundleError> {
 
 #[cfg(test)]
 mod tests {
+    /// The serde rendering of an Observation the fast writer must match.
+    mod reference {
+        use super::super::*;
+        use serde::Serialize;
+
+        #[derive(Serialize)]
+        struct Coding<'a> {
+            system: &'a str,
+            code: &'a str,
+            #[serde(skip_serializing_if = "str::is_empty")]
+            display: &'a str,
+        }
+
+        #[derive(Serialize)]
+        struct Concept<'a> {
+            coding: [Coding<'a>; 1],
+        }
+
+        #[derive(Serialize)]
+        struct Quantity<'a> {
+            value: f64,
+            unit: &'a str,
+            system: &'a str,
+            code: &'a str,
+        }
+
+        #[derive(Serialize)]
+        #[serde(rename_all = "camelCase")]
+        struct ComponentOut<'a> {
+            code: Concept<'a>,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            value_quantity: Option<Quantity<'a>>,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            value_codeable_concept: Option<Concept<'a>>,
+        }
+
+        #[derive(Serialize)]
+        struct Reference<'a> {
+            reference: &'a str,
+        }
+
+        #[derive(Serialize)]
+        #[serde(rename_all = "camelCase")]
+        pub(crate) struct ObservationOut<'a> {
+            resource_type: &'static str,
+            id: String,
+            status: &'static str,
+            category: [Concept<'a>; 1],
+            code: Concept<'a>,
+            subject: Reference<'a>,
+            encounter: Reference<'a>,
+            device: Reference<'a>,
+            effective_date_time: String,
+            component: Vec<ComponentOut<'a>>,
+            extension: [Ext; 1],
+        }
+
+        #[derive(Serialize)]
+        pub(crate) struct EntryOut<T> {
+            pub(crate) resource: T,
+        }
+
+        fn ext(url: &str, value: String) -> Ext {
+            Ext { url: url.into(), value_string: Some(value), extension: Vec::new() }
+        }
+
+        pub(crate) fn observation<'a>(a: &'a ArchivedReading, refs: &'a Refs) -> ObservationOut<'a> {
+            let mut component = Vec::with_capacity(7);
+            for (vital, value) in VITALS.iter().zip(vitals_of(&a.reading)) {
+                if value == 0 {
+                    continue; // not measured
+                }
+                component.push(ComponentOut {
+                    code: Concept { coding: [Coding { system: urls::LOINC, code: vital.loinc, display: vital.display }] },
+                    value_quantity: Some(Quantity {
+                        value: f64::from(value) / f64::from(vital.scale),
+                        unit: vital.ucum,
+                        system: urls::UCUM,
+                        code: vital.ucum,
+                    }),
+                    value_codeable_concept: None,
+                });
+            }
+            if let Some(code) = ACVPU.get(usize::from(a.reading.consciousness).wrapping_sub(1)) {
+                component.push(ComponentOut {
+                    code: Concept { coding: [Coding { system: urls::LOINC, code: CONSCIOUSNESS_LOINC, display: "Level of consciousness" }] },
+                    value_quantity: None,
+                    value_codeable_concept: Some(Concept { coding: [Coding { system: urls::ACVPU, code, display: "" }] }),
+                });
+            }
+            let proof = a.proof.iter().map(|h| h.to_string()).collect::<Vec<_>>().join(",");
+            ObservationOut {
+                resource_type: "Observation",
+                id: format!("reading-{}", a.reading.seq),
+                status: "final",
+                category: [Concept {
+                    coding: [Coding {
+                        system: "http://terminology.hl7.org/CodeSystem/observation-category",
+                        code: "vital-signs",
+                        display: "Vital Signs",
+                    }],
+                }],
+                code: Concept { coding: [Coding { system: urls::LOINC, code: PANEL_LOINC, display: "Vital signs panel" }] },
+                subject: Reference { reference: &refs.patient },
+                encounter: Reference { reference: &refs.encounter },
+                device: Reference { reference: &refs.device },
+                effective_date_time: iso_ms(a.reading.timestamp),
+                component,
+                extension: [Ext {
+                    url: urls::ANCHORED.into(),
+                    value_string: None,
+                    extension: vec![
+                        ext("seq", a.reading.seq.to_string()),
+                        ext("batchSeq", a.batch_seq.to_string()),
+                        ext("batchId", a.batch_id.to_string()),
+                        ext("proof", proof),
+                        ext("signature", alloy::hex::encode_prefixed(&a.signature)),
+                    ],
+                }],
+            }
+        }
+    }
+
     use super::*;
 
     pub(crate) fn sample_stay() -> Stay {
@@ -697,6 +870,45 @@ mod tests {
             rules: BillingRulesInfo { cid: "bafkreiexample".into(), version: 1 },
             currency: "EUR".into(),
             created_ms: 1_764_090_001_000,
+        }
+    }
+
+    #[test]
+    fn observations_are_written_as_serde_would_write_them() {
+        let stay = sample_stay();
+        let refs = Refs { patient: "Patient/p\"q".into(), encounter: "Encounter/e".into(), device: "Device/d".into() };
+        let mut fast = ObservationWriter::new(&refs);
+        let cases = [
+            (1, 0, 0, 0, 0, 0, 0, 0u8, 0u64, 0usize, 0usize),
+            (2, 72, 16, 97, 120, 80, 3_700, 1, 1_764_000_000_123, 11, 65),
+            (3, 65_535, 1, 100, 300, 20, 3_705, 5, 1_764_000_059_999, 1, 65),
+            (4, 40, 0, 88, 0, 0, 3_750, 6, 1_764_000_060_000, 0, 0),
+            (5, 0, 0, 0, 0, 0, 65_535, 3, 253_402_300_799_999, 2, 1),
+            (6, 0, 0, 0, 0, 0, 1, 2, 9, 3, 64),
+        ];
+        for (seq, hr, rr, spo2, sys, dia, temp, avpu, ts, proof_len, sig_len) in cases {
+            let a = ArchivedReading {
+                reading: Reading {
+                    deviceId: stay.device,
+                    seq,
+                    timestamp: ts,
+                    heartRate: hr,
+                    respRate: rr,
+                    spo2,
+                    systolic: sys,
+                    diastolic: dia,
+                    temperature: temp,
+                    consciousness: avpu,
+                },
+                signature: (0..sig_len).map(|i| (i * 7) as u8).collect(),
+                batch_seq: seq * 1_000_003,
+                batch_id: B256::repeat_byte(seq as u8 + 0xa0),
+                proof: (0..proof_len).map(|i| B256::repeat_byte((i * 13) as u8)).collect(),
+            };
+            let mut written = Vec::new();
+            fast.write(&mut written, &a).unwrap();
+            let expected = serde_json::to_vec(&reference::EntryOut { resource: reference::observation(&a, &refs) }).unwrap();
+            assert_eq!(String::from_utf8_lossy(&written), String::from_utf8_lossy(&expected), "reading {seq}");
         }
     }
 

@@ -405,10 +405,14 @@ pub fn build(
             proof: r.proof,
         })
     });
-    let mut tee = Tee { hasher: alloy::primitives::Keccak256::new(), inner: std::io::BufWriter::with_capacity(1 << 20, seal::compressor(Vec::new())?) };
-    fhir::write_bundle(&mut tee, stay, archived)?;
+    // Buffered in front of the tee: serde writes token by token, and the
+    // hasher and zstd both run faster on large chunks.
+    let tee = Tee { hasher: alloy::primitives::Keccak256::new(), inner: seal::compressor(Vec::new())? };
+    let mut out = std::io::BufWriter::with_capacity(1 << 20, tee);
+    fhir::write_bundle(&mut out, stay, archived)?;
+    let tee = out.into_inner().map_err(|e| e.into_error())?;
     let hash = tee.hasher.finalize();
-    let compressed = tee.inner.into_inner().map_err(|e| e.into_error())?.finish()?;
+    let compressed = tee.inner.finish()?;
     let sealed = seal::seal(key, scope, &compressed);
     write_durably(path, &sealed)?;
     Ok((hash, sealed.len() as u64))

@@ -97,9 +97,8 @@ pub async fn verify<P: Provider>(
     // Readings: one root lookup per batch, then proofs and signatures in parallel.
     let mut roots: HashMap<B256, B256> = HashMap::new();
     for a in &parsed.readings {
-        if !roots.contains_key(&a.batch_id) {
-            let b = h.getBatch(a.batch_id).call().await.map_err(rpc)?;
-            roots.insert(a.batch_id, b.root);
+        if let std::collections::hash_map::Entry::Vacant(slot) = roots.entry(a.batch_id) {
+            slot.insert(h.getBatch(a.batch_id).call().await.map_err(rpc)?.root);
         }
     }
     let device = h.getDevice(on_chain.deviceId).call().await.map_err(rpc)?;
