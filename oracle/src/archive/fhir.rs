@@ -260,12 +260,10 @@ impl ObservationWriter {
         match scale {
             1 => b.push(b'0'),
             _ => {
-                let frac = v % scale;
-                let mut digits = itoa.format(frac + scale).as_bytes()[1..].to_vec();
-                while digits.len() > 1 && digits.last() == Some(&b'0') {
-                    digits.pop();
-                }
-                b.extend_from_slice(&digits);
+                // Adding `scale` keeps the leading zeros: 37.05 -> 5 + 100 -> "05".
+                let digits = &itoa.format(v % scale + scale).as_bytes()[1..];
+                let end = digits.iter().rposition(|&d| d != b'0').map_or(1, |i| i + 1);
+                b.extend_from_slice(&digits[..end]);
             }
         }
     }

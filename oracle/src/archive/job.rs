@@ -405,7 +405,8 @@ pub fn build(
             proof: r.proof,
         })
     });
-    // Buffered in front of the tee: serde writes token by token, and the
+    // Buffered in front of the tee: the bundle arrives in small pieces (one
+    // Observation, or serde tokens for the few other resources), and the
     // hasher and zstd both run faster on large chunks.
     let tee = Tee { hasher: alloy::primitives::Keccak256::new(), inner: seal::compressor(Vec::new())? };
     let mut out = std::io::BufWriter::with_capacity(1 << 20, tee);
