@@ -203,7 +203,8 @@ pub struct Store {
     conn: Connection,
 }
 
-fn b256(v: Vec<u8>) -> Result<B256> {
+/// A 32-byte column as a hash; anything else means the store is corrupt.
+pub(crate) fn b256(v: Vec<u8>) -> Result<B256> {
     (v.len() == 32).then(|| B256::from_slice(&v)).ok_or_else(|| StoreError::Corrupt(format!("{}-byte hash", v.len())))
 }
 
@@ -554,10 +555,12 @@ impl Store {
     }
 }
 
-const READING_COLUMNS: &str =
+/// The columns [`reading_row`] decodes, in its order.
+pub(crate) const READING_COLUMNS: &str =
     "device_id, seq, ts, heart_rate, resp_rate, spo2, systolic, diastolic, temperature, consciousness";
 
-fn reading_row(r: &rusqlite::Row<'_>, at: usize) -> rusqlite::Result<Reading> {
+/// Decodes [`READING_COLUMNS`] starting at column `at`.
+pub(crate) fn reading_row(r: &rusqlite::Row<'_>, at: usize) -> rusqlite::Result<Reading> {
     let id: Vec<u8> = r.get(at)?;
     if id.len() != 32 {
         return Err(rusqlite::Error::InvalidColumnType(at, "device_id".into(), rusqlite::types::Type::Blob));

@@ -14,7 +14,7 @@ use rusqlite::{params, OptionalExtension};
 
 use crate::alerts::Latest;
 use crate::news2;
-use crate::store::{Store, StoreError};
+use crate::store::{b256, reading_row, Store, StoreError, READING_COLUMNS};
 
 const INDEXES: &str = "
 CREATE INDEX IF NOT EXISTS api_readings_device_ts ON readings (device_id, ts, seq) WHERE batch_seq IS NOT NULL;
@@ -26,8 +26,10 @@ pub(crate) fn init(store: &Store) -> Result<(), StoreError> {
     Ok(())
 }
 
-const COLUMNS: &str =
-    "serial, received_ms, batch_seq, device_id, seq, ts, heart_rate, resp_rate, spo2, systolic, diastolic, temperature, consciousness";
+/// The history's columns: three of its own, then the store's reading columns.
+fn columns() -> String {
+    format!("serial, received_ms, batch_seq, {READING_COLUMNS}")
+}
 
 /// A reading as the history shows it.
 #[derive(Debug, Clone, PartialEq)]
@@ -43,26 +45,11 @@ pub struct Row {
 }
 
 fn row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Row> {
-    let id: Vec<u8> = r.get(3)?;
-    if id.len() != 32 {
-        return Err(rusqlite::Error::InvalidColumnType(3, "device_id".into(), rusqlite::types::Type::Blob));
-    }
     Ok(Row {
         serial: r.get(0)?,
         received_ms: r.get::<_, i64>(1)? as u64,
         batch_seq: r.get::<_, Option<i64>>(2)?.map(|s| s as u64),
-        reading: Reading {
-            deviceId: B256::from_slice(&id),
-            seq: r.get::<_, i64>(4)? as u64,
-            timestamp: r.get::<_, i64>(5)? as u64,
-            heartRate: r.get(6)?,
-            respRate: r.get(7)?,
-            spo2: r.get(8)?,
-            systolic: r.get(9)?,
-            diastolic: r.get(10)?,
-            temperature: r.get(11)?,
-            consciousness: r.get(12)?,
-        },
+        reading: reading_row(r, 3)?,
     })
 }
 
@@ -87,7 +74,7 @@ pub fn vitals(
     let mut out = Vec::new();
     for part in ["batch_seq IS NOT NULL", "batch_seq IS NULL"] {
         let mut stmt =
-            tx.prepare_cached(&format!("SELECT {COLUMNS} FROM readings WHERE {part} AND {cond} ORDER BY ts, seq LIMIT ?6"))?;
+            tx.prepare_cached(&format!("SELECT {} FROM readings WHERE {part} AND {cond} ORDER BY ts, seq LIMIT ?6", columns()))?;
         let rows = stmt.query_map(args, row)?;
         for r in rows {
             out.push(r?);
@@ -102,9 +89,10 @@ pub fn vitals(
 /// The latest reading (highest sequence number) of every device.
 pub fn latest_readings(store: &Store) -> Result<Vec<Latest>, StoreError> {
     let mut stmt = store.conn().prepare(&format!(
-        "SELECT {COLUMNS} FROM readings WHERE id IN
+        "SELECT {} FROM readings WHERE id IN
            (SELECT r.id FROM readings r JOIN (SELECT device_id, MAX(seq) AS m FROM readings GROUP BY device_id) x
-              ON r.device_id = x.device_id AND r.seq = x.m)"
+              ON r.device_id = x.device_id AND r.seq = x.m)",
+        columns()
     ))?;
     let rows = stmt.query_map([], row)?;
     let mut out = Vec::new();
@@ -186,10 +174,6 @@ fn batch_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<(BatchRow, Vec<u8>, Opti
     ))
 }
 
-fn hash(v: &[u8]) -> Result<B256, StoreError> {
-    (v.len() == 32).then(|| B256::from_slice(v)).ok_or_else(|| StoreError::Corrupt(format!("{}-byte hash", v.len())))
-}
-
 const BATCH_COLUMNS: &str = "seq, mode, root, leaf_count, state, created_ms, tx, block, gas_used, anchored_ms, error";
 
 /// Batches newest first, with `seq` below `before` when given.
@@ -202,8 +186,8 @@ pub fn batches(store: &Store, before: Option<u64>, limit: usize) -> Result<Vec<B
     let mut out = Vec::new();
     for r in rows {
         let (mut b, root, tx) = r?;
-        b.root = hash(&root)?;
-        b.tx = tx.as_deref().map(hash).transpose()?;
+        b.root = b256(root)?;
+        b.tx = tx.map(b256).transpose()?;
         out.push(b);
     }
     Ok(out)
@@ -218,8 +202,8 @@ pub fn batch(store: &Store, seq: u64) -> Result<Option<BatchRow>, StoreError> {
     match found {
         None => Ok(None),
         Some((mut b, root, tx)) => {
-            b.root = hash(&root)?;
-            b.tx = tx.as_deref().map(hash).transpose()?;
+            b.root = b256(root)?;
+            b.tx = tx.map(b256).transpose()?;
             Ok(Some(b))
         }
     }
