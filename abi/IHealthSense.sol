@@ -55,14 +55,6 @@ interface IHealthSense {
 
     function getBill(bytes32 patientId) external view returns (BillInfo memory);
 
-    function setArchive(bytes32 patientId, string calldata cid, bytes32 recordHash) external;
-
-    function getArchive(bytes32 patientId) external view returns (ArchiveInfo memory);
-
-    function setBillingRules(string calldata cid) external;
-
-    function billingRules() external view returns (BillingRulesInfo memory);
-
     function anchorBatch(uint64 seq, bytes32 root, uint32 leafCount) external returns (bytes32);
 
     function getBatch(bytes32 batchId) external view returns (BatchInfo memory);
@@ -70,6 +62,14 @@ interface IHealthSense {
     function batchIdOf(address hub, uint64 seq) external pure returns (bytes32);
 
     function verifyReading(bytes32 batchId, bytes32 leaf, bytes32[] memory proof) external view returns (bool);
+
+    function setArchive(bytes32 patientId, string calldata cid, bytes32 recordHash) external;
+
+    function getArchive(bytes32 patientId) external view returns (ArchiveInfo memory);
+
+    function setBillingRules(string calldata cid) external;
+
+    function billingRules() external view returns (BillingRulesInfo memory);
 
     function readingLeaf(Reading calldata reading) external pure returns (bytes32);
 
@@ -89,11 +89,11 @@ interface IHealthSense {
 
     struct BillInfo {uint256 total;uint256 covered;uint256 due;uint64 bedDays;uint32 rulesVersion;}
 
+    struct BatchInfo {bytes32 root;address hub;uint64 seq;uint32 leafCount;uint64 anchoredAt;}
+
     struct ArchiveInfo {string cid;bytes32 recordHash;}
 
     struct BillingRulesInfo {string cid;uint32 version;}
-
-    struct BatchInfo {bytes32 root;address hub;uint64 seq;uint32 leafCount;uint64 anchoredAt;}
 
     error AccessControlUnauthorizedAccount(address account, bytes32 neededRole);
     error AccessControlBadConfirmation();

@@ -50,14 +50,19 @@ pub async fn deploy_evm<P: Provider>(
 }
 
 /// The steps that deploy the Stylus edition: it needs an Arbitrum node and
-/// cargo-stylus, so the CLI explains rather than pretends.
+/// cargo-stylus, so the CLI explains rather than pretends. The edition is two
+/// programs (contracts/README.md): the records program first, then the main
+/// program, whose constructor is given the records program's address.
 pub fn stylus_steps(rpc_url: &str, admin: Address) -> String {
     format!(
-        "The Stylus edition deploys with cargo-stylus to an Arbitrum chain (anvil cannot run Stylus WASM):\n\
+        "The Stylus edition deploys with cargo-stylus to an Arbitrum chain (anvil cannot run Stylus WASM).\n\
+         It is two programs behind one address; build both, deploy the records program, then the main one:\n\
          \n  cargo install --locked cargo-stylus\n\
+         \x20 scripts/build-wasm\n\
          \x20 cd contracts\n\
-         \x20 cargo stylus check --endpoint {rpc_url}\n\
-         \x20 cargo stylus deploy --endpoint {rpc_url} --private-key-path KEYFILE --constructor-args {admin}\n\
-         \nThen write the printed address into a deployment file with edition \"stylus\" (see contracts/README.md)."
+         \x20 cargo stylus deploy --endpoint {rpc_url} --private-key-path KEYFILE --wasm-file ../target/stylus/healthsense_records.wasm\n\
+         \x20 cargo stylus deploy --endpoint {rpc_url} --private-key-path KEYFILE --wasm-file ../target/stylus/healthsense_main.wasm \\\n\
+         \x20     --constructor-args {admin} RECORDS_PROGRAM_ADDRESS\n\
+         \nThen write the main program's address into a deployment file with edition \"stylus\" (see contracts/README.md)."
     )
 }

@@ -112,6 +112,10 @@ fn stylus_edition_prints_the_cargo_stylus_steps() {
     assert!(out.status.success());
     let s = String::from_utf8_lossy(&out.stdout);
     assert!(s.contains("cargo stylus deploy") && s.contains("--constructor-args"), "{s}");
+    // Two programs, the records program first: the main one's constructor needs its address.
+    let records = s.find("healthsense_records.wasm").expect("records program step");
+    let main = s.find("healthsense_main.wasm").expect("main program step");
+    assert!(records < main, "{s}");
 }
 
 fn rand_core_for_tests() -> impl alloy::signers::k256::elliptic_curve::rand_core::CryptoRngCore {

@@ -9,6 +9,14 @@
 //! Every rule shared with the oracle and CLI (role ids, batch ids, the
 //! reading leaf and EIP-712 digest, Merkle verification, the billing formula)
 //! comes from `healthsense_abi::rules`, compiled into this WASM.
+//!
+//! Stylus caps a program at 24 KiB compressed and the whole contract does not
+//! fit in one, so the Stylus edition is two programs over one storage layout:
+//! this main program (roles, devices, patients, charges, policies, billing,
+//! Merkle batches) and the records program ([`records`]: readings mode and
+//! its EIP-712 views, archive and billing-rules CIDs), which the main
+//! program's fallback reaches by a delegate call. Callers see one address and one ABI; the
+//! records program is built with the `records-program` feature.
 #![cfg_attr(not(any(test, feature = "export-abi")), no_main)]
 #![cfg_attr(not(any(test, feature = "export-abi")), no_std)]
 // Parameter names are camelCase because they are the published ABI's names.
@@ -18,33 +26,36 @@ extern crate alloc;
 mod access;
 pub mod errors;
 pub mod events;
+pub mod records;
 mod state;
 pub mod types;
 
-use alloc::string::String;
 use alloc::vec;
 use alloc::vec::Vec;
 
 use alloy_primitives::aliases::{U16, U32, U64, U8};
-use alloy_primitives::{Address, Bytes, B256, U256};
-use healthsense_abi::rules::{billing, eip712, ids, merkle, reading};
+use alloy_primitives::{Address, B256, U256};
+use healthsense_abi::rules::{billing, ids, merkle};
 use healthsense_abi::rules::status::{DeviceStatus as DS, PatientStatus as PS, CATEGORY_COUNT};
+use stylus_sdk::call::delegate_call;
+use stylus_sdk::stylus_core::calls::errors::Error as CallError;
+use stylus_sdk::ArbResult;
 use stylus_sdk::prelude::*;
-use stylus_sdk::storage::{StorageB256, StorageBool, StorageMap, StorageString, StorageU256, StorageU32, StorageU64};
+use stylus_sdk::storage::{
+    StorageAddress, StorageB256, StorageBool, StorageMap, StorageString, StorageU256, StorageU32, StorageU64,
+};
 
 use errors::*;
 use events::*;
 use state::{Batch, Device, Patient};
 use types::*;
 
-/// secp256k1n / 2: larger `s` values are rejected (EIP-2).
-const HALF_ORDER: U256 = alloy_primitives::uint!(
-    0x7fffffffffffffffffffffffffffffff5d576e7357a4501ddfe92f46681b20a0_U256
-);
+pub use records::HealthSenseRecords;
 
-/// The HealthSense contract.
+/// The HealthSense contract: the main program, and the storage layout both
+/// programs share.
 #[storage]
-#[entrypoint]
+#[cfg_attr(not(all(target_arch = "wasm32", feature = "records-program")), entrypoint)]
 pub struct HealthSense {
     roles: StorageMap<B256, StorageMap<Address, StorageBool>>,
     admin_count: StorageU256,
@@ -55,9 +66,17 @@ pub struct HealthSense {
     batches: StorageMap<B256, Batch>,
     rules_cid: StorageString,
     rules_version: StorageU32,
+    /// The records program this contract delegates to; fixed at construction.
+    records_program: StorageAddress,
     // Reserved so later fields keep their slots if an upgrade adds state.
     _reserved: StorageB256,
 }
+
+// In the records program's build the main struct is not the entrypoint but
+// still makes the (never reached) delegate call in `forward`.
+#[cfg(all(target_arch = "wasm32", feature = "records-program"))]
+// SAFETY: only ever constructed at slot 0 as the whole contract's storage.
+unsafe impl stylus_sdk::stylus_core::storage::TopLevelStorage for HealthSense {}
 
 fn u8_of(v: U8) -> u8 {
     v.to::<u8>()
@@ -65,16 +84,34 @@ fn u8_of(v: U8) -> u8 {
 
 #[public]
 impl HealthSense {
-    /// Deploys with `admin` as the first admin. On a Stylus chain the
-    /// deployment goes through the StylusDeployer, which is then the event's
-    /// `sender`.
+    /// Deploys with `admin` as the first admin, delegating the records
+    /// methods to the already deployed `recordsProgram` (the EVM edition's
+    /// constructor takes only `admin`). On a Stylus chain the deployment goes
+    /// through the StylusDeployer, which is then the event's `sender`.
     #[constructor]
-    pub fn constructor(&mut self, admin: Address) -> Result<(), Error> {
-        if admin.is_zero() {
+    pub fn constructor(&mut self, admin: Address, recordsProgram: Address) -> Result<(), Error> {
+        if admin.is_zero() || recordsProgram.is_zero() {
             return Err(Error::ZeroAddress(ZeroAddress {}));
         }
+        self.records_program.set(recordsProgram);
         self.grant(ids::ADMIN_ROLE, admin);
         Ok(())
+    }
+
+    /// Every selector this program does not route goes to the records
+    /// program, run on this contract's storage with the caller's sender; its
+    /// return or revert data is passed back unchanged (an unknown selector
+    /// reverts there with empty data, as on the EVM edition).
+    #[fallback]
+    pub fn forward(&mut self, calldata: &[u8]) -> ArbResult {
+        let program = self.records_program.get();
+        let context = Call::new_mutating(self);
+        // SAFETY: the records program is this crate's own code over the same
+        // storage layout, and its address is fixed at construction.
+        unsafe { delegate_call(self.vm(), context, program, calldata) }.map_err(|e| match e {
+            CallError::Revert(data) => data,
+            CallError::AbiDecodingFailed(_) => Vec::new(),
+        })
     }
 
     // ------------------------------------------------------------- roles
@@ -459,51 +496,7 @@ impl HealthSense {
         }
     }
 
-    // ------------------------------------------- archive, billing rules
-
-    /// The hub records the IPFS CID and hash of a discharged stay's archive.
-    pub fn set_archive(&mut self, patientId: B256, cid: String, recordHash: B256) -> Result<(), Error> {
-        self.guard(ids::HUB_ROLE)?;
-        if cid.is_empty() {
-            return Err(Error::EmptyCid(EmptyCid {}));
-        }
-        let status = self.patient_status(patientId)?;
-        if status != PS::Discharged as u8 {
-            return Err(invalid_patient(patientId, status));
-        }
-        let mut p = self.patients.setter(patientId);
-        p.cid.set_str(&cid);
-        p.record_hash.set(recordHash);
-        p.status.set(U8::from(PS::Archived as u8));
-        self.vm().log(RecordArchived { patientId, cid, recordHash });
-        Ok(())
-    }
-
-    /// A stay's archive CID and record hash; empty before archiving.
-    pub fn get_archive(&self, patientId: B256) -> ArchiveInfo {
-        let p = self.patients.getter(patientId);
-        ArchiveInfo { cid: p.cid.get_string(), recordHash: p.record_hash.get() }
-    }
-
-    /// Publishes the CID of the billing rules and software; bills record the version.
-    pub fn set_billing_rules(&mut self, cid: String) -> Result<(), Error> {
-        self.guard(ids::ADMIN_ROLE)?;
-        if cid.is_empty() {
-            return Err(Error::EmptyCid(EmptyCid {}));
-        }
-        self.rules_cid.set_str(&cid);
-        let version = self.rules_version.get() + U32::from(1);
-        self.rules_version.set(version);
-        self.vm().log(BillingRulesSet { version: version.to(), cid });
-        Ok(())
-    }
-
-    /// The current billing rules CID and version (0 before any).
-    pub fn billing_rules(&self) -> BillingRulesInfo {
-        BillingRulesInfo { cid: self.rules_cid.get_string(), version: self.rules_version.get().to() }
-    }
-
-    // --------------------------------------------- readings: hash mode
+    // --------------------------------------------- hash-mode anchoring
 
     /// Anchors a Merkle root of readings as the calling hub's batch `seq`.
     pub fn anchor_batch(&mut self, seq: u64, root: B256, leafCount: u32) -> Result<B256, Error> {
@@ -548,68 +541,6 @@ impl HealthSense {
     pub fn verify_reading(&self, batchId: B256, leaf: B256, proof: Vec<B256>) -> bool {
         let root = self.batches.getter(batchId).root.get();
         !root.is_zero() && merkle::verify(&proof, root, leaf)
-    }
-
-    /// The StandardMerkleTree leaf of a reading.
-    pub fn reading_leaf(reading: Reading) -> B256 {
-        reading::reading_leaf(&reading.to_rule())
-    }
-
-    // ----------------------------------------- readings: readings mode
-
-    /// The EIP-712 domain separator of this deployment.
-    #[selector(name = "DOMAIN_SEPARATOR")]
-    pub fn domain_separator(&self) -> B256 {
-        eip712::domain_separator(self.vm().chain_id(), self.vm().contract_address())
-    }
-
-    /// The EIP-712 digest a device signs for `reading`.
-    pub fn reading_digest(&self, reading: Reading) -> B256 {
-        eip712::reading_digest(self.domain_separator(), &reading.to_rule())
-    }
-
-    /// Posts device-signed vitals on chain, each checked against its device's signer.
-    pub fn post_readings(&mut self, readings: Vec<Reading>, signatures: Vec<Bytes>) -> Result<(), Error> {
-        self.guard(ids::HUB_ROLE)?;
-        if readings.len() != signatures.len() {
-            return Err(Error::LengthMismatch(LengthMismatch {
-                readings: U256::from(readings.len()),
-                signatures: U256::from(signatures.len()),
-            }));
-        }
-        let domain = self.domain_separator();
-        for (r, sig) in readings.iter().zip(signatures.iter()) {
-            let id = r.deviceId;
-            let status = self.device_status(id)?;
-            if status != DS::Active as u8 {
-                return Err(invalid_device(id, status));
-            }
-            let (signer, last) = {
-                let d = self.devices.getter(id);
-                (d.signer.get(), d.last_seq.get().to::<u64>())
-            };
-            if r.seq <= last {
-                return Err(Error::StaleSequence(StaleSequence { deviceId: id, seq: r.seq, lastSeq: last }));
-            }
-            let digest = eip712::reading_digest(domain, &r.to_rule());
-            if self.recover(digest, sig) != signer {
-                return Err(Error::InvalidSignature(InvalidSignature { deviceId: id, seq: r.seq }));
-            }
-            self.devices.setter(id).last_seq.set(U64::from(r.seq));
-            self.vm().log(ReadingPosted {
-                deviceId: id,
-                seq: r.seq,
-                timestamp: r.timestamp,
-                heartRate: r.heartRate,
-                respRate: r.respRate,
-                spo2: r.spo2,
-                systolic: r.systolic,
-                diastolic: r.diastolic,
-                temperature: r.temperature,
-                consciousness: r.consciousness,
-            });
-        }
-        Ok(())
     }
 }
 
@@ -659,26 +590,6 @@ impl HealthSense {
             return Err(invalid_patient(patientId, status));
         }
         Ok(())
-    }
-
-    /// `ecrecover` through the precompile, with the spec's checks; zero for
-    /// anything malformed (as Solidity's `ecrecover` gives).
-    fn recover(&self, digest: B256, sig: &[u8]) -> Address {
-        if sig.len() != 65 {
-            return Address::ZERO;
-        }
-        let v = sig[64];
-        if v != 27 && v != 28 || U256::from_be_slice(&sig[32..64]) > HALF_ORDER {
-            return Address::ZERO;
-        }
-        let mut input = [0u8; 128];
-        input[..32].copy_from_slice(digest.as_slice());
-        input[63] = v;
-        input[64..128].copy_from_slice(&sig[..64]);
-        match static_call(self.vm(), Call::new(), Address::with_last_byte(1), &input) {
-            Ok(out) if out.len() == 32 => Address::from_slice(&out[12..]),
-            _ => Address::ZERO,
-        }
     }
 }
 

@@ -4,5 +4,7 @@
 
 #[cfg(feature = "export-abi")]
 fn main() {
+    // Both programs' interfaces; scripts/export-abi merges them into one.
     healthsense_contract::print_from_args();
+    healthsense_contract::records::print_from_args();
 }

@@ -15,12 +15,13 @@ const ADMIN: Address = address!("00000000000000000000000000000000000a11ce");
 const HUB: Address = address!("000000000000000000000000000000000000004b");
 const DOCTOR: Address = address!("0000000000000000000000000000000000000d0c");
 const INSURER: Address = address!("00000000000000000000000000000000000001a5");
+const RECORDS: Address = address!("000000000000000000000000000000000000005e");
 
 fn deployed() -> (TestVM, HealthSense) {
     let vm = TestVM::default();
     vm.set_sender(ADMIN);
     let mut c = HealthSense::from(&vm);
-    c.constructor(ADMIN).must();
+    c.constructor(ADMIN, RECORDS).must();
     for (role, who) in [(ids::HUB_ROLE, HUB), (ids::DOCTOR_ROLE, DOCTOR), (ids::INSURER_ROLE, INSURER)] {
         c.grant_role(role, who).must();
     }
@@ -63,8 +64,10 @@ fn constructor_grants_admin_and_logs_it() {
     let vm = TestVM::default();
     vm.set_sender(ADMIN);
     let mut c = HealthSense::from(&vm);
-    assert!(c.constructor(Address::ZERO).is_err());
-    c.constructor(ADMIN).must();
+    let zero = revert_data(c.constructor(ADMIN, Address::ZERO).unwrap_err());
+    assert_eq!(zero, ZeroAddress {}.abi_encode());
+    assert_eq!(revert_data(c.constructor(Address::ZERO, RECORDS).unwrap_err()), zero);
+    c.constructor(ADMIN, RECORDS).must();
     assert!(c.has_role(ids::ADMIN_ROLE, ADMIN));
     let logs = vm.get_emitted_logs();
     assert_eq!(logs.len(), 1);
@@ -116,6 +119,18 @@ fn discharge_bills_with_the_shared_rule_and_frees_the_device() {
 }
 
 #[test]
+fn fallback_delegates_to_the_records_program_and_relays_its_answer() {
+    let (vm, mut c) = deployed();
+    let leaf = ids::device_id("any answer");
+    let call = [&0xfeedbeefu32.to_be_bytes()[..], leaf.as_slice()].concat();
+    vm.mock_delegate_call(RECORDS, call.clone(), Ok(leaf.to_vec()));
+    assert_eq!(c.forward(&call), Ok(leaf.to_vec()));
+    let revert = EmptyCid {}.abi_encode();
+    vm.mock_delegate_call(RECORDS, call.clone(), Err(revert.clone()));
+    assert_eq!(c.forward(&call), Err(revert));
+}
+
+#[test]
 fn anchoring_rejects_repeats_and_verifies_proofs() {
     let (vm, mut c) = deployed();
     let leaves: Vec<B256> = (0u64..9).map(|i| reading_leaf(&healthsense_abi::Reading { seq: i, ..Default::default() })).collect();
@@ -134,6 +149,7 @@ fn anchoring_rejects_repeats_and_verifies_proofs() {
 #[test]
 fn an_unanswered_ecrecover_is_an_invalid_signature() {
     let (vm, mut c) = deployed();
+    let mut records = HealthSenseRecords::from(&vm);
     let device = ids::device_id("sig");
     vm.set_sender(ADMIN);
     c.provision_device(device, address!("0000000000000000000000000000000000000007"), ids::ward_id("w")).must();
@@ -154,7 +170,7 @@ fn an_unanswered_ecrecover_is_an_invalid_signature() {
     let mut sig = vec![1u8; 65];
     sig[64] = 27;
     // No precompile answer registered: the recovery yields nothing.
-    let err = revert_data(c.post_readings(vec![r], vec![sig.into()]).unwrap_err());
+    let err = revert_data(records.post_readings(vec![r], vec![sig.into()]).unwrap_err());
     assert_eq!(err, InvalidSignature { deviceId: device, seq: 1 }.abi_encode());
     assert_eq!(c.get_device(device).lastSeq, 0);
 }

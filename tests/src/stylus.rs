@@ -1,18 +1,25 @@
-//! The Stylus edition in-process: the exact calldata through the contract's
-//! router on the SDK's `TestVM`, with EVM semantics the TestVM lacks supplied
-//! here (a revert rolls storage back; the ecrecover precompile is answered by
-//! a real native recovery, never a canned value).
+//! The Stylus edition in-process: the exact calldata through the main
+//! program's router on the SDK's `TestVM`, with EVM semantics the TestVM lacks
+//! supplied here (a revert rolls storage back; the ecrecover precompile is
+//! answered by a real native recovery, never a canned value; the main
+//! program's delegate call to the records program runs the records program's
+//! router on the same storage, as on chain).
 
 use alloy::primitives::{Address, Bytes, Signature, B256, U256};
 use alloy::sol_types::SolCall;
 use healthsense_abi::bindings::HealthSense as Abi;
 use healthsense_abi::rules::eip712;
-use healthsense_contract::HealthSense;
-use stylus_sdk::abi::{router_entrypoint, CONSTRUCTOR_SELECTOR};
+use healthsense_contract::{HealthSense, HealthSenseRecords};
+use stylus_sdk::abi::{router_entrypoint, Router, CONSTRUCTOR_SELECTOR};
+use stylus_sdk::storage::StorageType;
 use stylus_sdk::host::VM;
 use stylus_sdk::testing::TestVM;
 
 use crate::{Edition, Outcome};
+
+/// Where the records program is deployed; the main program's constructor is
+/// given this address.
+pub const RECORDS_PROGRAM: Address = Address::new([0x5e; 20]);
 
 /// The Stylus edition on a `TestVM`.
 pub struct StylusEdition {
@@ -57,9 +64,27 @@ impl StylusEdition {
         vm.set_chain_id(chain_id);
         let mut me = Self { vm, address, chain_id };
         let mut calldata = CONSTRUCTOR_SELECTOR.to_be_bytes().to_vec();
-        calldata.extend(alloy::sol_types::SolValue::abi_encode_params(&(admin,)));
+        calldata.extend(alloy::sol_types::SolValue::abi_encode_params(&(admin, RECORDS_PROGRAM)));
         let out = me.call(deployer, &calldata, false, time);
         (me, out)
+    }
+
+    /// Runs `calldata` in the records program on this contract's storage,
+    /// as the main program's fallback would by its delegate call, and
+    /// registers that outcome as the delegate call's answer. A selector the
+    /// records program does not route reverts there with empty data.
+    fn answer_delegate_call(&self, calldata: &[u8]) {
+        let host = VM { host: Box::new(self.vm.clone()) };
+        // SAFETY: slot 0 is the whole contract's storage, as on chain.
+        let mut records = unsafe { HealthSenseRecords::new(U256::ZERO, 0, host) };
+        let outcome = match calldata.get(..4) {
+            Some(head) => {
+                let selector = u32::from_be_bytes([head[0], head[1], head[2], head[3]]);
+                <HealthSenseRecords as Router<HealthSenseRecords>>::route(&mut records, selector, &calldata[4..])
+            }
+            None => None,
+        };
+        self.vm.mock_delegate_call(RECORDS_PROGRAM, calldata.to_vec(), outcome.unwrap_or(Err(Vec::new())));
     }
 
     /// Registers the precompile answers for every signature in a
@@ -94,6 +119,9 @@ impl Edition for StylusEdition {
         self.answer_ecrecover(calldata);
         self.vm.set_sender(from);
         self.vm.set_block_timestamp(time);
+        if calldata.get(..4) != Some(CONSTRUCTOR_SELECTOR.to_be_bytes().as_slice()) {
+            self.answer_delegate_call(calldata);
+        }
         let host = VM { host: Box::new(self.vm.clone()) };
         match router_entrypoint::<HealthSense, HealthSense>(calldata.to_vec(), host) {
             Ok(data) => Outcome {

@@ -69,6 +69,24 @@ pub fn covers(covered_categories: u8, category: usize) -> bool {
     category < CATEGORY_COUNT && covered_categories & (1u8 << category) != 0
 }
 
+/// `value / divisor` (rounding down) by schoolbook division over 32-bit
+/// digits: every step divides a `u64`, so the Stylus program carries no
+/// general 256-bit division (ruint's is about 8 KB of WASM).
+pub fn div_small(value: U256, divisor: u32) -> U256 {
+    let d = u64::from(divisor);
+    let mut limbs = value.into_limbs();
+    let mut rem = 0u64;
+    for limb in limbs.iter_mut().rev() {
+        let (hi, lo) = (*limb >> 32, *limb & 0xffff_ffff);
+        let cur = (rem << 32) | hi;
+        let q_hi = cur / d;
+        let cur = ((cur % d) << 32) | lo;
+        *limb = (q_hi << 32) | (cur / d);
+        rem = cur % d;
+    }
+    U256::from_limbs(limbs)
+}
+
 /// The bill at discharge, exactly as `docs/CONTRACT.md` states it.
 pub fn compute_bill(input: &BillInput) -> Bill {
     let bed_days = bed_days(input.admitted_at, input.discharged_at);
@@ -84,7 +102,7 @@ pub fn compute_bill(input: &BillInput) -> Bill {
                 .filter(|(i, _)| covers(p.covered_categories, *i))
                 .fold(U256::ZERO, |acc, (_, t)| acc + *t);
             let above = eligible.saturating_sub(U256::from(p.deductible));
-            let share = above * U256::from(p.coverage_bps) / U256::from(BPS);
+            let share = div_small(above * U256::from(p.coverage_bps), u32::from(BPS));
             share.min(U256::from(p.cap))
         }
     };
@@ -159,6 +177,12 @@ mod tests {
     }
 
     proptest! {
+        #[test]
+        fn div_small_is_division(limbs in proptest::array::uniform4(any::<u64>()), d in 1u32..) {
+            let v = U256::from_limbs(limbs);
+            prop_assert_eq!(div_small(v, d), v / U256::from(d));
+        }
+
         #[test]
         fn total_is_covered_plus_due_and_covered_is_bounded(
             totals in proptest::array::uniform8(0u64..u64::MAX),
