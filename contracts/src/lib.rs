@@ -15,8 +15,9 @@
 //! this main program (roles, devices, patients, charges, policies, billing,
 //! Merkle batches) and the records program ([`records`]: readings mode and
 //! its EIP-712 views, archive and billing-rules CIDs), which the main
-//! program's fallback reaches by a delegate call. Callers see one address and one ABI; the
-//! records program is built with the `records-program` feature.
+//! program's fallback reaches by a delegate call. Callers see one address
+//! and one ABI; the records program is built with the `records-program`
+//! feature.
 #![cfg_attr(not(any(test, feature = "export-abi")), no_main)]
 #![cfg_attr(not(any(test, feature = "export-abi")), no_std)]
 // Parameter names are camelCase because they are the published ABI's names.
