@@ -208,6 +208,18 @@ pub(crate) fn b256(v: Vec<u8>) -> Result<B256> {
     (v.len() == 32).then(|| B256::from_slice(&v)).ok_or_else(|| StoreError::Corrupt(format!("{}-byte hash", v.len())))
 }
 
+/// How long a connection waits for another's write lock before failing.
+const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Busy handler: retries every millisecond, up to [`LOCK_WAIT`]. SQLite's own
+/// (`busy_timeout`) backs off to sleeps of up to 100 ms, so a writer that met
+/// the anchorer's batch cut slept well past its end: the cut, once a second at
+/// 2,000 readings/s, set the ingest p99 (docs/BENCHMARKS.md).
+fn wait_for_lock(attempt: i32) -> bool {
+    std::thread::sleep(std::time::Duration::from_millis(1));
+    u128::try_from(attempt).unwrap_or(0) < LOCK_WAIT.as_millis()
+}
+
 impl Store {
     /// The connection, for the read queries and state tables that other
     /// modules (archive, API) keep next to their own code.
@@ -220,7 +232,7 @@ impl Store {
     /// `contract`.
     pub fn open_existing(path: &Path, chain_id: u64, contract: Address) -> Result<Self> {
         let conn = Connection::open_with_flags(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_WRITE)?;
-        conn.busy_timeout(std::time::Duration::from_secs(10))?;
+        conn.busy_handler(Some(wait_for_lock))?;
         let found: Option<String> =
             conn.query_row("SELECT value FROM meta WHERE key = 'binding'", [], |r| r.get(0)).optional()?;
         let prefix = format!("chain {chain_id} contract {contract} ");
@@ -239,7 +251,7 @@ impl Store {
         let conn = Connection::open(path)?;
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(None, "synchronous", "FULL")?;
-        conn.busy_timeout(std::time::Duration::from_secs(10))?;
+        conn.busy_handler(Some(wait_for_lock))?;
         conn.execute_batch(SCHEMA)?;
         let expected = binding.to_string();
         let found: Option<String> =
