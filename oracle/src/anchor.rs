@@ -1,10 +1,11 @@
 //! Anchoring: cut committed readings into batches and put each batch on
 //! chain exactly once.
 //!
-//! A batch is cut (tree, proofs, batch row) in one store transaction before
-//! anything is sent, so after a crash the same batch, with the same root and
-//! the same deterministic on-chain id `keccak256(abi.encode(hub, seq))`, is
-//! resumed. Before every send the anchorer asks the chain whether the batch
+//! A batch is cut (tree, proofs, batch row) into the store before anything is
+//! sent, so after a crash the same batch, with the same root and the same
+//! deterministic on-chain id `keccak256(abi.encode(hub, seq))`, is resumed; a
+//! cut the crash interrupted is finished first, with the root it was cut with
+//! (`Store::finish_cuts`). Before every send the anchorer asks the chain whether the batch
 //! is already there (a receipt lost in a crash), and the contract itself
 //! refuses a second anchor of the same id: a restart never anchors twice.
 
@@ -60,6 +61,9 @@ impl Anchorer {
     /// Runs until `shutdown` turns true: resumes pending batches, then cuts
     /// and anchors new ones.
     pub async fn run(mut self, mut shutdown: watch::Receiver<bool>) -> Result<()> {
+        for batch in block_in_place(|| self.store.finish_cuts())? {
+            tracing::info!(seq = batch.seq, leaves = batch.leaf_count, "finished a batch cut the last run left unfinished");
+        }
         for batch in block_in_place(|| self.store.pending_batches())? {
             tracing::info!(seq = batch.seq, leaves = batch.leaf_count, "resuming pending batch");
             self.settle(&batch, &mut shutdown).await;

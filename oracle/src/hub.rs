@@ -138,6 +138,8 @@ pub async fn start(cfg: Config, key: PrivateKeySigner, options: Options) -> Resu
     let binding = Binding { chain_id: chain.chain_id(), contract: chain.contract(), hub };
     let open = || Store::open(&cfg.store, binding).with_context(|| format!("opening hub store {}", cfg.store.display()));
     let (ingest_store, anchor_store, control_store, alert_store) = (open()?, open()?, open()?, open()?);
+    ingest_store.leave_checkpoints()?;
+    let checkpoint_store = open()?;
 
     let (host, port) = if cfg.mqtt.embedded {
         let addr = crate::broker::start_embedded(cfg.mqtt.listen)?;
@@ -252,6 +254,7 @@ pub async fn start(cfg: Config, key: PrivateKeySigner, options: Options) -> Resu
         }
         false => None,
     };
+    tasks.push(tokio::spawn(checkpoints(checkpoint_store, shutdown_rx.clone())));
     tasks.push(tokio::spawn(watch_devices(chain.clone(), registry.clone(), cfg.chain.poll_ms.unwrap_or(1_000), shutdown_rx.clone())));
 
     let (control_tx, control_rx) = mpsc::unbounded_channel::<(u64, Publish)>();
@@ -561,6 +564,22 @@ impl Control {
         };
         self.registry.invalidate(&id);
         reply
+    }
+}
+
+/// Checkpoints the store's write-ahead log every second, on its own
+/// connection, so the ingest writer never does (`Store::leave_checkpoints`)
+/// and the log stays bounded even while nothing else writes (chain down, no
+/// batches cut).
+async fn checkpoints(store: Store, mut shutdown: watch::Receiver<bool>) {
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+            _ = shutdown.changed() => if *shutdown.borrow() { return },
+        }
+        if let Err(e) = tokio::task::block_in_place(|| store.checkpoint()) {
+            tracing::warn!(error = %e, "store checkpoint failed; retrying in a second");
+        }
     }
 }
 

@@ -2,16 +2,18 @@
 //! `synchronous=FULL`, so a commit survives a crash and a power cut.
 //!
 //! - `readings`: every accepted reading in arrival order; `batch_seq`,
-//!   `leaf_index` and `proof` are set in the same transaction that creates its
-//!   batch, so a reading belongs to at most one batch, ever. A (device, seq)
+//!   `leaf_index` and `proof` are set when its batch is cut, only on a reading
+//!   without a batch, so a reading belongs to at most one batch, ever. A (device, seq)
 //!   is stored at most once: the hub's single writer admits only a seq above
 //!   the device's highest stored one (loaded at start). The (device, seq)
 //!   index serves lookups and is filled when a batch is cut, off the ingest
 //!   path: a random-order index written on every ingest commit costs a WAL
 //!   page per device per commit (measured: 3.2 ms instead of 0.4 ms for 100
 //!   readings from 100 devices).
-//! - `batches`: the hub's batches; `pending` until the anchor transaction is
-//!   mined (or found on chain after a crash), then `anchored`.
+//! - `batches`: the hub's batches; `cutting` while its readings are written
+//!   (in short transactions, see [`Store::cut_batch`]), `pending` until the
+//!   anchor transaction is mined (or found on chain after a crash), then
+//!   `anchored`.
 //! - `rejections`: every rejected message with its code (never its payload).
 //! - `device_state`: the latest battery and sleep state per device.
 //! - `meta`: the chain id, contract and hub this store belongs to; opening it
@@ -213,8 +215,8 @@ const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// Busy handler: retries every millisecond, up to [`LOCK_WAIT`]. SQLite's own
 /// (`busy_timeout`) backs off to sleeps of up to 100 ms, so a writer that met
-/// the anchorer's batch cut slept well past its end: the cut, once a second at
-/// 2,000 readings/s, set the ingest p99 (docs/BENCHMARKS.md).
+/// the anchorer's batch cut slept well past its end, once a second at 2,000
+/// readings/s (docs/BENCHMARKS.md).
 fn wait_for_lock(attempt: i32) -> bool {
     std::thread::sleep(std::time::Duration::from_millis(1));
     u128::try_from(attempt).unwrap_or(0) < LOCK_WAIT.as_millis()
@@ -266,6 +268,24 @@ impl Store {
             Some(_) => {}
         }
         Ok(Self { conn })
+    }
+
+    /// Leaves WAL checkpoints to other connections: this one's commits never
+    /// copy the log back into the database. For the ingest writer, whose
+    /// commit otherwise pays for a checkpoint whenever the log passes 1,000
+    /// pages (a batch cut writes about that much), while its group waits
+    /// for acknowledgement. The hub runs [`Store::checkpoint`] on a
+    /// connection of its own instead.
+    pub fn leave_checkpoints(&self) -> Result<()> {
+        self.conn.pragma_update(None, "wal_autocheckpoint", 0)?;
+        Ok(())
+    }
+
+    /// Copies what it can of the log back into the database without waiting
+    /// for readers or blocking writers (a passive checkpoint).
+    pub fn checkpoint(&self) -> Result<()> {
+        self.conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()))?;
+        Ok(())
     }
 
     /// The hub this store belongs to (from its binding).
@@ -373,56 +393,124 @@ impl Store {
     }
 
     /// Cuts the oldest `max` unbatched readings into batch `seq`: builds the
-    /// tree (hash mode) and stores the batch, each reading's place and proof
-    /// in one transaction. `None` when nothing waits.
+    /// tree (hash mode) and stores the batch, each reading's place and proof.
+    /// `None` when nothing waits.
+    ///
+    /// The rows are written [`CUT_CHUNK`] at a time, each chunk its own
+    /// transaction, so the ingest writer never waits for more than one chunk.
+    /// One transaction for a 2,000-reading batch held the write lock for
+    /// 20-40 ms (longer as the (device, seq) index grows); ingest commits at
+    /// 2,000 readings/s waited up to 25 ms behind it, 8 ms behind chunks
+    /// (docs/BENCHMARKS.md). The batch row goes
+    /// in with the first chunk as `cutting` (never anchored in that state)
+    /// and turns `pending` with the last; a cut a crash interrupted is
+    /// finished by [`Store::finish_cuts`].
     pub fn cut_batch(&mut self, seq: u64, max: usize, mode: Mode, now_ms: u64) -> Result<Option<Batch>> {
+        self.cut(seq, max, mode, now_ms, usize::MAX)
+    }
+
+    /// [`Store::cut_batch`], stopping after `chunks` transactions (tests
+    /// interrupt a cut with it).
+    fn cut(&mut self, seq: u64, max: usize, mode: Mode, now_ms: u64, chunks: usize) -> Result<Option<Batch>> {
         // Read and hash outside the write lock, so ingest commits go on while
         // the tree is built; only this connection ever batches readings, so
-        // the rows cannot change in between (checked below all the same).
-        let rows: Vec<(i64, Reading)> = {
-            let mut stmt = self.conn.prepare_cached(&format!(
-                "SELECT id, {READING_COLUMNS} FROM readings WHERE batch_seq IS NULL ORDER BY id LIMIT ?1"
-            ))?;
-            let rows = stmt.query_map([max as i64], |r| Ok((r.get(0)?, reading_row(r, 1)?)))?;
-            rows.collect::<std::result::Result<_, _>>()?
-        };
-        let (Some(first), Some(last)) = (rows.first().map(|r| r.0), rows.last().map(|r| r.0)) else {
+        // the rows cannot change in between (checked row by row all the same).
+        let rows = self.select_for_cut("batch_seq IS NULL", [max as i64])?;
+        if rows.is_empty() {
             return Ok(None);
-        };
+        }
+        let (root, proofs) = batch_tree(&rows, mode)?;
         let count = rows.len() as u32;
-        let (root, proofs): (B256, Vec<Vec<u8>>) = match mode {
-            Mode::Hash => {
-                let leaves: Vec<B256> = rows.iter().map(|(_, r)| reading_leaf(r)).collect();
-                let tree = StandardTree::new(leaves.iter().copied()).map_err(|e| StoreError::Corrupt(e.to_string()))?;
-                let mut by_leaf: HashMap<B256, Vec<B256>> = tree.proofs().collect();
-                let proofs = leaves.iter().map(|l| by_leaf.remove(l).map(|p| p.concat()).unwrap_or_default()).collect();
-                (tree.root(), proofs)
-            }
-            Mode::Readings => (B256::ZERO, vec![Vec::new(); rows.len()]),
+        let insert = |tx: &rusqlite::Transaction<'_>| {
+            tx.execute(
+                "INSERT INTO batches (seq, mode, root, leaf_count, state, created_ms)
+                 VALUES (?1, ?2, ?3, ?4, 'cutting', ?5)",
+                params![seq as i64, mode.as_str(), root.as_slice(), count, now_ms as i64],
+            )
+            .map(drop)
         };
-        let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-        let still: i64 = tx.query_row(
-            "SELECT COUNT(*) FROM readings WHERE id BETWEEN ?1 AND ?2 AND batch_seq IS NULL",
-            params![first, last],
-            |r| r.get(0),
-        )?;
-        if still != count as i64 {
-            return Err(StoreError::Corrupt(format!("readings {first}..{last} changed while batch {seq} was cut")));
+        self.stamp(seq, &rows, &proofs, insert, chunks)?;
+        Ok(Some(Batch { seq, mode, root, leaf_count: count, state: "pending".into(), tx: None }))
+    }
+
+    /// Finishes every cut a crash interrupted (batches left `cutting`), so
+    /// they can be anchored; returns them. A `cutting` batch's readings are
+    /// the ones already stamped with it followed by the oldest unbatched ones
+    /// (a cut takes the oldest, in id order, and ingest only appends), up to
+    /// its leaf count; the rebuilt tree must give the root stored at the cut.
+    pub fn finish_cuts(&mut self) -> Result<Vec<Batch>> {
+        let mut done = Vec::new();
+        for b in self.batches_where("state = 'cutting'")? {
+            let rows = self.select_for_cut(
+                "batch_seq = ?2 OR batch_seq IS NULL",
+                [i64::from(b.leaf_count), b.seq as i64],
+            )?;
+            let changed = |now: String| {
+                StoreError::Corrupt(format!("batch {} was cut from {} readings, root {}; now {now}", b.seq, b.leaf_count, b.root))
+            };
+            if rows.len() != b.leaf_count as usize {
+                return Err(changed(format!("{} readings", rows.len())));
+            }
+            let (root, proofs) = batch_tree(&rows, b.mode)?;
+            if root != b.root {
+                return Err(changed(format!("root {root}")));
+            }
+            self.stamp(b.seq, &rows, &proofs, |_| Ok(()), usize::MAX)?;
+            done.push(Batch { state: "pending".into(), ..b });
         }
-        {
-            let mut upd =
-                tx.prepare_cached("UPDATE readings SET batch_seq = ?1, leaf_index = ?2, proof = ?3 WHERE id = ?4")?;
-            for (i, ((id, _), proof)) in rows.iter().zip(&proofs).enumerate() {
-                let proof = (!proof.is_empty()).then_some(proof.as_slice());
-                upd.execute(params![seq as i64, i as i64, proof, id])?;
+        Ok(done)
+    }
+
+    /// The oldest readings matching `cond` (`?1` is the limit), in id order.
+    fn select_for_cut<P: rusqlite::Params>(&self, cond: &str, args: P) -> Result<Vec<(i64, Reading)>> {
+        let mut stmt = self
+            .conn
+            .prepare_cached(&format!("SELECT id, {READING_COLUMNS} FROM readings WHERE {cond} ORDER BY id LIMIT ?1"))?;
+        let rows = stmt.query_map(args, |r| Ok((r.get(0)?, reading_row(r, 1)?)))?;
+        Ok(rows.collect::<std::result::Result<_, _>>()?)
+    }
+
+    /// Writes batch `seq` onto `rows` [`CUT_CHUNK`] at a time: `first` runs
+    /// in the first chunk's transaction, the last one marks the batch
+    /// `pending`. Stops after `chunks` transactions.
+    fn stamp(
+        &mut self,
+        seq: u64,
+        rows: &[(i64, Reading)],
+        proofs: &[Vec<u8>],
+        first: impl FnOnce(&rusqlite::Transaction<'_>) -> rusqlite::Result<()>,
+        chunks: usize,
+    ) -> Result<()> {
+        let mut first = Some(first);
+        let total = rows.len().div_ceil(CUT_CHUNK);
+        for (k, (chunk, chunk_proofs)) in rows.chunks(CUT_CHUNK).zip(proofs.chunks(CUT_CHUNK)).enumerate().take(chunks) {
+            let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            if let Some(first) = first.take() {
+                first(&tx)?;
+            }
+            {
+                let mut upd = tx.prepare_cached(
+                    "UPDATE readings SET batch_seq = ?1, leaf_index = ?2, proof = ?3
+                     WHERE id = ?4 AND (batch_seq IS NULL OR batch_seq = ?1)",
+                )?;
+                for (i, ((id, _), proof)) in chunk.iter().zip(chunk_proofs).enumerate() {
+                    let proof = (!proof.is_empty()).then_some(proof.as_slice());
+                    if upd.execute(params![seq as i64, (k * CUT_CHUNK + i) as i64, proof, id])? != 1 {
+                        return Err(StoreError::Corrupt(format!("reading {id} changed while batch {seq} was cut")));
+                    }
+                }
+            }
+            if k + 1 == total {
+                tx.execute("UPDATE batches SET state = 'pending' WHERE seq = ?1", [seq as i64])?;
+            }
+            tx.commit()?;
+            if k + 1 < total {
+                // A writer waiting for the lock retries every millisecond
+                // (wait_for_lock); without a gap this loop takes it back first.
+                std::thread::sleep(CUT_GAP);
             }
         }
-        tx.execute(
-            "INSERT INTO batches (seq, mode, root, leaf_count, state, created_ms) VALUES (?1, ?2, ?3, ?4, 'pending', ?5)",
-            params![seq as i64, mode.as_str(), root.as_slice(), count, now_ms as i64],
-        )?;
-        tx.commit()?;
-        Ok(Some(Batch { seq, mode, root, leaf_count: count, state: "pending".into(), tx: None }))
+        Ok(())
     }
 
     /// Batches still waiting for the chain, oldest first.
@@ -567,6 +655,28 @@ impl Store {
     }
 }
 
+/// Readings per transaction when a batch is cut (see [`Store::cut_batch`]):
+/// about 2 ms of write lock here.
+const CUT_CHUNK: usize = 100;
+
+/// Pause between a cut's transactions, so waiting writers get the lock.
+const CUT_GAP: std::time::Duration = std::time::Duration::from_millis(2);
+
+/// A batch's root and each reading's proof, in `rows` order (readings mode:
+/// no tree, a zero root and no proofs).
+fn batch_tree(rows: &[(i64, Reading)], mode: Mode) -> Result<(B256, Vec<Vec<u8>>)> {
+    Ok(match mode {
+        Mode::Hash => {
+            let leaves: Vec<B256> = rows.iter().map(|(_, r)| reading_leaf(r)).collect();
+            let tree = StandardTree::new(leaves.iter().copied()).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+            let mut by_leaf: HashMap<B256, Vec<B256>> = tree.proofs().collect();
+            let proofs = leaves.iter().map(|l| by_leaf.remove(l).map(|p| p.concat()).unwrap_or_default()).collect();
+            (tree.root(), proofs)
+        }
+        Mode::Readings => (B256::ZERO, vec![Vec::new(); rows.len()]),
+    })
+}
+
 /// The columns [`reading_row`] decodes, in its order.
 pub(crate) const READING_COLUMNS: &str =
     "device_id, seq, ts, heart_rate, resp_rate, spo2, systolic, diastolic, temperature, consciousness";
@@ -648,6 +758,48 @@ mod tests {
         let store = Store::open(&path, binding()).unwrap();
         assert_eq!(store.pending_batches().unwrap(), vec![b2]);
         assert_eq!(store.next_batch_seq().unwrap(), 3);
+    }
+
+    #[test]
+    fn a_cut_interrupted_by_a_crash_is_finished_with_its_root() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("hub.sqlite");
+        let mut store = Store::open(&path, binding()).unwrap();
+        let n = 2 * CUT_CHUNK as u64 + 7;
+        let first: Vec<_> = (1..=n).map(|s| reading("HS-1", s)).collect();
+        store.commit(&first, &[]).unwrap();
+        // The crash: one chunk of three written.
+        let cut = store.cut(1, n as usize, Mode::Hash, 0, 1).unwrap().unwrap();
+        drop(store);
+        let mut store = Store::open(&path, binding()).unwrap();
+        let c = store.counts().unwrap();
+        assert_eq!((c.unbatched, c.batches_pending), (n - CUT_CHUNK as u64, 0), "half cut, not anchorable");
+        assert_eq!(store.batches().unwrap()[0].state, "cutting");
+        // Readings that arrived after the crash stay out of it.
+        store.commit(&[reading("HS-2", 1), reading("HS-2", 2)], &[]).unwrap();
+        let finished = store.finish_cuts().unwrap();
+        assert_eq!(finished, vec![Batch { state: "pending".into(), ..cut.clone() }]);
+        assert_eq!(store.pending_batches().unwrap(), finished);
+        let rows = store.batch_readings(1).unwrap();
+        assert_eq!(rows.len() as u64, n);
+        assert!(rows.iter().all(|r| r.serial == "HS-1" && merkle::verify(&r.proof, cut.root, reading_leaf(&r.reading))));
+        assert_eq!(store.counts().unwrap().unbatched, 2);
+        assert!(store.finish_cuts().unwrap().is_empty());
+        let next = store.cut_batch(2, 100, Mode::Hash, 0).unwrap().unwrap();
+        assert_eq!(next.leaf_count, 2);
+    }
+
+    #[test]
+    fn an_interrupted_cut_whose_readings_changed_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = Store::open(&dir.path().join("hub.sqlite"), binding()).unwrap();
+        let n = CUT_CHUNK as u64 + 1;
+        store.commit(&(1..=n).map(|s| reading("HS-1", s)).collect::<Vec<_>>(), &[]).unwrap();
+        store.cut(1, n as usize, Mode::Hash, 0, 1).unwrap();
+        store.conn.execute("UPDATE readings SET heart_rate = 200 WHERE seq = ?1", [n as i64]).unwrap();
+        let err = store.finish_cuts().unwrap_err().to_string();
+        assert!(err.contains("batch 1 was cut from"), "{err}");
+        assert_eq!(store.pending_batches().unwrap(), vec![], "never anchorable");
     }
 }
 

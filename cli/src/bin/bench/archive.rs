@@ -7,7 +7,6 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use alloy::node_bindings::Anvil;
 use alloy::primitives::{Bytes, B256};
 use alloy::providers::{Provider, ProviderBuilder};
 use alloy::signers::local::PrivateKeySigner;
@@ -28,7 +27,7 @@ use serde_json::json;
 pub async fn run(readings: u64, json_out: bool) -> Result<()> {
     let root = tools::project_root()?;
     let work = tempfile::tempdir()?;
-    let anvil = Anvil::new().path(tools::foundry_tool(&root, "anvil")?).try_spawn().context("starting anvil")?;
+    let anvil = crate::start_anvil(&root)?;
     let provider = ProviderBuilder::new().connect_http(anvil.endpoint_url());
     let acct = anvil.addresses().to_vec();
     let (admin, hub, doctor) = (acct[0], acct[1], acct[2]);
