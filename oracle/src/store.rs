@@ -401,10 +401,9 @@ impl Store {
     /// One transaction for a 2,000-reading batch held the write lock for
     /// 20-40 ms (longer as the (device, seq) index grows); ingest commits at
     /// 2,000 readings/s waited up to 25 ms behind it, 8 ms behind chunks
-    /// (docs/BENCHMARKS.md). The batch row goes
-    /// in with the first chunk as `cutting` (never anchored in that state)
-    /// and turns `pending` with the last; a cut a crash interrupted is
-    /// finished by [`Store::finish_cuts`].
+    /// (docs/BENCHMARKS.md). The batch row goes in with the first chunk as
+    /// `cutting` (never anchored in that state) and turns `pending` with the
+    /// last; a cut a crash interrupted is finished by [`Store::finish_cuts`].
     pub fn cut_batch(&mut self, seq: u64, max: usize, mode: Mode, now_ms: u64) -> Result<Option<Batch>> {
         self.cut(seq, max, mode, now_ms, usize::MAX)
     }
