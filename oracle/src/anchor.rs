@@ -5,9 +5,10 @@
 //! sent, so after a crash the same batch, with the same root and the same
 //! deterministic on-chain id `keccak256(abi.encode(hub, seq))`, is resumed; a
 //! cut the crash interrupted is finished first, with the root it was cut with
-//! (`Store::finish_cuts`). Before every send the anchorer asks the chain whether the batch
-//! is already there (a receipt lost in a crash), and the contract itself
-//! refuses a second anchor of the same id: a restart never anchors twice.
+//! (`Store::finish_cuts`). Before every send the anchorer asks the chain
+//! whether the batch is already there (a receipt lost in a crash), and the
+//! contract itself refuses a second anchor of the same id: a restart never
+//! anchors twice.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -58,8 +59,8 @@ enum OnChain {
 }
 
 impl Anchorer {
-    /// Runs until `shutdown` turns true: resumes pending batches, then cuts
-    /// and anchors new ones.
+    /// Runs until `shutdown` turns true: finishes interrupted cuts, resumes
+    /// pending batches, then cuts and anchors new ones.
     pub async fn run(mut self, mut shutdown: watch::Receiver<bool>) -> Result<()> {
         for batch in block_in_place(|| self.store.finish_cuts())? {
             tracing::info!(seq = batch.seq, leaves = batch.leaf_count, "finished a batch cut the last run left unfinished");

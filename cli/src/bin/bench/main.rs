@@ -121,7 +121,6 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
     sorted[((sorted.len() - 1) as f64 * p).round() as usize]
 }
 
-/// Milliseconds from each `sent` time to its `arrived` time, sorted, with
 /// The benchmarks' chain. `--prune-history` keeps anvil's past states in
 /// memory: by default it writes them to disk as new files, and the ext4
 /// journal commits that follow stalled every fsync on the machine, the hub
@@ -131,6 +130,7 @@ fn start_anvil(root: &std::path::Path) -> Result<alloy::node_bindings::AnvilInst
     Anvil::new().path(tools::foundry_tool(root, "anvil")?).arg("--prune-history").try_spawn().context("starting anvil")
 }
 
+/// Milliseconds from each `sent` time to its `arrived` time, sorted, with
 /// p50, p99 and max.
 fn latencies<K: std::hash::Hash + Eq>(sent: &HashMap<K, Instant>, arrived: &HashMap<K, Instant>) -> (Vec<f64>, f64, f64, f64) {
     let mut lat: Vec<f64> = sent
