@@ -5,9 +5,13 @@
 //! cargo run --release -p healthsense-cli --bin healthsense-bench -- oracle
 //! cargo run --release -p healthsense-cli --bin healthsense-bench -- alerts
 //! cargo run --release -p healthsense-cli --bin healthsense-bench -- archive
+//! cargo run --release -p healthsense-cli --bin healthsense-bench -- store
 //! ```
 //!
 //! `archive` is in `archive.rs`: a 7-day stay from discharge to CID on chain.
+//!
+//! `store` is in `store.rs`: ingest commit times on the hub store alone,
+//! without and with the anchorer's batch cut every second.
 //!
 //! `alerts` measures publish -> NEWS2 alert received on `hs/v1/{hub}/alerts`
 //! (target p99 <= 100 ms): devices alternate normal and septic readings, so
@@ -53,12 +57,13 @@ use rumqttc::{AsyncClient, MqttOptions, QoS};
 use serde_json::json;
 
 mod archive;
+mod store;
 
 #[derive(Parser)]
 #[command(about = "Benchmarks the HealthSense oracle against its targets (docs/BENCHMARKS.md)")]
 struct Args {
     /// What to measure.
-    #[arg(value_parser = ["oracle", "archive", "alerts"])]
+    #[arg(value_parser = ["oracle", "archive", "alerts", "store"])]
     what: String,
     /// Readings of the archived stay (archive: 604,800 = 7 days at 1 Hz).
     #[arg(long, default_value_t = 604_800)]
@@ -183,6 +188,11 @@ async fn main() -> Result<()> {
         .init();
     if args.what == "archive" {
         return archive::run(args.stay_readings, args.json).await;
+    }
+    if args.what == "store" {
+        let settings =
+            store::Settings { readings: args.readings, beds: args.beds, rate: args.rate, seconds: args.latency_seconds };
+        return tokio::task::spawn_blocking(move || store::run(&settings, args.json)).await?;
     }
     let threads = rayon::current_num_threads();
     if args.what == "alerts" {
