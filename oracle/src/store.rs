@@ -2,10 +2,11 @@
 //! `synchronous=FULL`, so a commit survives a crash and a power cut.
 //!
 //! - `readings`: every accepted reading in arrival order; `batch_seq`,
-//!   `leaf_index` and `proof` are set when its batch is cut, only on a reading
-//!   without a batch, so a reading belongs to at most one batch, ever. A (device, seq)
-//!   is stored at most once: the hub's single writer admits only a seq above
-//!   the device's highest stored one (loaded at start). The (device, seq)
+//!   `leaf_index` and `proof` are set when its batch is cut, only on a
+//!   reading without a batch, so a reading belongs to at most one batch,
+//!   ever. A (device, seq) is stored at most once: the hub's single writer
+//!   admits only a seq above the device's highest stored one (loaded at
+//!   start). The (device, seq)
 //!   index serves lookups and is filled when a batch is cut, off the ingest
 //!   path: a random-order index written on every ingest commit costs a WAL
 //!   page per device per commit (measured: 3.2 ms instead of 0.4 ms for 100
