@@ -1,18 +1,19 @@
 //! Vitals ingest: parse -> verify -> commit -> acknowledge, in groups.
 //!
-//! Two threads after the MQTT event loop: the verifier takes every message
-//! waiting (up to `ingest.max_batch`), parses and checks signatures in
-//! parallel (rayon), and hands the group to the writer, which rejects
-//! replays, commits the group in one SQLite transaction, and only then
-//! acknowledges each message to the broker, in arrival order, and answers
-//! rejections on the device's status topic. While the writer commits one
-//! group the verifier checks the next.
+//! After the MQTT event loop, the verifier thread takes every message
+//! waiting (up to `ingest.max_batch`) as a group and hands it to the rayon
+//! pool, where its messages are parsed and their signatures checked in
+//! parallel, while it takes the next group (up to [`GROUPS_IN_FLIGHT`] at
+//! once). The writer thread receives the verified groups back in arrival
+//! order, rejects replays, commits them in one SQLite transaction, and only
+//! then acknowledges each message to the broker, in arrival order, and
+//! answers rejections on the device's status topic.
 //!
 //! Nothing is acknowledged that is not committed: if the commit fails the
 //! writer retries it, and a crash before the commit leaves the messages
 //! unacknowledged in the broker's persistent session for the next start.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -109,26 +110,67 @@ pub fn start(
     rx: mpsc::UnboundedReceiver<Incoming>,
 ) -> anyhow::Result<Vec<std::thread::JoinHandle<()>>> {
     let last_seqs = store.last_seqs()?;
-    // Deep enough that the writer can merge every group verified during one
-    // commit into the next (group commit: one fsync for all of them).
-    let (group_tx, group_rx) = std::sync::mpsc::sync_channel::<Group>(256);
+    // Unbounded, as a bounded one could fill with later groups while the
+    // next one due waits to be sent. What it holds is bounded all the same:
+    // every message in it is unacknowledged, and the broker sends no more
+    // than its QoS 1 window of those.
+    let (group_tx, group_rx) = std::sync::mpsc::channel::<(u64, Group)>();
     let s = shared.clone();
     let verifier = std::thread::Builder::new()
         .name("hs-verify".into())
         .spawn(move || verifier(s, limits, rx, group_tx))?;
     let writer = std::thread::Builder::new()
         .name("hs-write".into())
-        .spawn(move || writer(shared, store, last_seqs, group_rx))?;
+        .spawn(move || writer(shared, store, last_seqs, InOrder::new(group_rx)))?;
     Ok(vec![verifier, writer])
 }
 
+/// Groups being verified at once. Each group's checks already run in
+/// parallel; overlapping groups keeps both cores busy when messages arrive
+/// in small groups (as acknowledgements free the broker's window), where
+/// verifying one group at a time left a core idle.
+const GROUPS_IN_FLIGHT: usize = 4;
+
+/// Counts groups in flight; the verifier waits while [`GROUPS_IN_FLIGHT`]
+/// are.
+#[derive(Default)]
+struct InFlight {
+    count: std::sync::Mutex<usize>,
+    freed: std::sync::Condvar,
+}
+
+impl InFlight {
+    fn acquire(&self) {
+        let Ok(mut n) = self.count.lock() else { return };
+        while *n >= GROUPS_IN_FLIGHT {
+            match self.freed.wait(n) {
+                Ok(guard) => n = guard,
+                Err(_) => return,
+            }
+        }
+        *n += 1;
+    }
+
+    fn release(&self) {
+        if let Ok(mut n) = self.count.lock() {
+            *n = n.saturating_sub(1);
+        }
+        self.freed.notify_one();
+    }
+}
+
+/// Takes every message waiting, up to `max_batch`, and verifies the group on
+/// the rayon pool while it takes the next; groups are numbered so the writer
+/// gets them back in arrival order ([`InOrder`]).
 fn verifier(
     s: Shared,
     limits: Limits,
     mut rx: mpsc::UnboundedReceiver<Incoming>,
-    out: std::sync::mpsc::SyncSender<Group>,
+    out: std::sync::mpsc::Sender<(u64, Group)>,
 ) {
     let domain = s.chain.domain_separator();
+    let in_flight = Arc::new(InFlight::default());
+    let mut number = 0u64;
     while let Some(first) = rx.blocking_recv() {
         let mut msgs = vec![first];
         while msgs.len() < limits.max_batch {
@@ -138,76 +180,152 @@ fn verifier(
             }
         }
         s.metrics.ingested.inc_by(msgs.len() as u64);
-        let started = Instant::now();
-        let clock = Clock { now_ms: now_ms(), max_future_ms: limits.max_future_ms, max_age_ms: limits.max_age_ms };
-        let parsed: Vec<_> = msgs
-            .par_iter()
-            .map(|m| protocol::parse_vitals(&m.serial, &m.publish.payload, limits.max_payload, clock))
-            .collect();
-        let devices = resolve(&s, &parsed);
-        let verdicts: Vec<Verdict> = parsed
-            .into_par_iter()
-            .zip(msgs.par_iter())
-            .map(|(p, m)| {
-                let signed = match p {
-                    Ok(signed) => signed,
-                    Err(rej) => return Verdict::Reject(rej),
-                };
-                let r = signed.reading;
-                let Some(device) = devices.get(&r.deviceId) else {
-                    return Verdict::Reject(Rejection { code: Code::Unavailable, reason: "chain unreachable".into(), seq: Some(r.seq) });
-                };
-                let digest = eip712::reading_digest(domain, &r);
-                match device.check(&digest, &signed.signature) {
-                    Ok(()) => Verdict::Accept(NewReading {
-                        serial: m.serial.clone(),
-                        signature: signed.signature.as_bytes(),
-                        received_ms: now_ms(),
-                        reading: r,
-                    }),
-                    Err((code, reason)) => Verdict::Reject(Rejection { code, reason, seq: Some(r.seq) }),
-                }
-            })
-            .collect();
-        tracing::debug!(messages = msgs.len(), us = started.elapsed().as_micros() as u64, "group verified");
-        if out.send(Group { items: msgs.into_iter().zip(verdicts).collect() }).is_err() {
-            return;
+        in_flight.acquire();
+        let (s, out, in_flight) = (s.clone(), out.clone(), in_flight.clone());
+        let n = number;
+        number += 1;
+        rayon::spawn(move || {
+            let group = check(&s, limits, domain, msgs);
+            in_flight.release();
+            let _ = out.send((n, group));
+        });
+    }
+}
+
+/// Parses and verifies one group.
+fn check(s: &Shared, limits: Limits, domain: B256, msgs: Vec<Incoming>) -> Group {
+    let started = Instant::now();
+    let clock = Clock { now_ms: now_ms(), max_future_ms: limits.max_future_ms, max_age_ms: limits.max_age_ms };
+    let parsed: Vec<_> = msgs
+        .par_iter()
+        .map(|m| protocol::parse_vitals(&m.serial, &m.publish.payload, limits.max_payload, clock))
+        .collect();
+    let devices = resolve(s, &parsed);
+    let verdicts: Vec<Verdict> = parsed
+        .into_par_iter()
+        .zip(msgs.par_iter())
+        .map(|(p, m)| {
+            let signed = match p {
+                Ok(signed) => signed,
+                Err(rej) => return Verdict::Reject(rej),
+            };
+            let r = signed.reading;
+            let Some(device) = devices.get(&r.deviceId) else {
+                return Verdict::Reject(Rejection { code: Code::Unavailable, reason: "chain unreachable".into(), seq: Some(r.seq) });
+            };
+            let digest = eip712::reading_digest(domain, &r);
+            match device.check(&digest, &signed.signature) {
+                Ok(()) => Verdict::Accept(NewReading {
+                    serial: m.serial.clone(),
+                    signature: signed.signature.as_bytes(),
+                    received_ms: now_ms(),
+                    reading: r,
+                }),
+                Err((code, reason)) => Verdict::Reject(Rejection { code, reason, seq: Some(r.seq) }),
+            }
+        })
+        .collect();
+    tracing::debug!(messages = msgs.len(), us = started.elapsed().as_micros() as u64, "group verified");
+    Group { items: msgs.into_iter().zip(verdicts).collect() }
+}
+
+/// Verified groups in the order they were taken (arrival order), whatever
+/// order their verification finished in: the writer's replay rule and the
+/// acknowledgement order depend on it.
+struct InOrder {
+    rx: std::sync::mpsc::Receiver<(u64, Group)>,
+    early: std::collections::BTreeMap<u64, Group>,
+    next: u64,
+}
+
+impl InOrder {
+    fn new(rx: std::sync::mpsc::Receiver<(u64, Group)>) -> Self {
+        Self { rx, early: Default::default(), next: 0 }
+    }
+
+    fn take(&mut self) -> Option<Group> {
+        let group = self.early.remove(&self.next)?;
+        self.next += 1;
+        Some(group)
+    }
+
+    /// The next group, waiting for it; `None` once the verifier has stopped
+    /// and every group is handed over.
+    fn recv(&mut self) -> Option<Group> {
+        loop {
+            if let Some(group) = self.take() {
+                return Some(group);
+            }
+            let (n, group) = self.rx.recv().ok()?;
+            self.early.insert(n, group);
+        }
+    }
+
+    /// The next group if it is verified already.
+    fn try_recv(&mut self) -> Option<Group> {
+        loop {
+            if let Some(group) = self.take() {
+                return Some(group);
+            }
+            let (n, group) = self.rx.try_recv().ok()?;
+            self.early.insert(n, group);
         }
     }
 }
 
-/// The device records a group needs, from the cache or the chain. An
-/// unreachable chain is retried until it answers: the messages wait,
-/// unacknowledged, rather than being rejected for the hub's own trouble.
+/// Most device lookups in flight at once. A hub that restarts with a backlog
+/// meets hundreds of devices its cache does not hold yet; one round trip
+/// after another would stall the verifier for as many round trips.
+const LOOKUPS_IN_FLIGHT: usize = 32;
+
+/// The device records a group needs, from the cache or the chain (those not
+/// cached are looked up concurrently). An unreachable chain is retried until
+/// it answers: the messages wait, unacknowledged, rather than being rejected
+/// for the hub's own trouble.
 fn resolve(s: &Shared, parsed: &[Result<protocol::SignedReading, Rejection>]) -> HashMap<B256, Arc<Device>> {
     let mut out = HashMap::new();
+    let mut missing = HashSet::new();
     for p in parsed.iter().flatten() {
         let id = p.reading.deviceId;
-        if out.contains_key(&id) {
+        if out.contains_key(&id) || missing.contains(&id) {
             continue;
         }
-        let device = match s.registry.get(&id) {
-            Some(d) => d,
-            None => {
-                let mut backoff = Duration::from_millis(200);
-                let info = loop {
-                    match s.runtime.block_on(s.chain.device(id)) {
-                        Ok(info) => break info,
-                        Err(e) => {
-                            tracing::warn!(device = %id, error = %e, "device lookup failed; retrying");
-                            std::thread::sleep(backoff);
-                            backoff = (backoff * 2).min(Duration::from_secs(10));
-                        }
-                    }
-                };
-                let d = s.registry.insert(id, Device::from_info(&info));
-                s.metrics.devices.set(s.registry.len() as i64);
-                d
+        match s.registry.get(&id) {
+            Some(d) => {
+                out.insert(id, d);
             }
-        };
-        out.insert(id, device);
+            None => {
+                missing.insert(id);
+            }
+        }
     }
+    if missing.is_empty() {
+        return out;
+    }
+    let missing: Vec<B256> = missing.into_iter().collect();
+    for chunk in missing.chunks(LOOKUPS_IN_FLIGHT) {
+        let infos = s.runtime.block_on(futures_util::future::join_all(chunk.iter().map(|&id| lookup(&s.chain, id))));
+        for (&id, info) in chunk.iter().zip(infos) {
+            out.insert(id, s.registry.insert(id, Device::from_info(&info)));
+        }
+    }
+    s.metrics.devices.set(s.registry.len() as i64);
     out
+}
+
+/// One device record from the chain, retried with backoff until it answers.
+async fn lookup(chain: &Chain, id: B256) -> healthsense_abi::bindings::IHealthSense::DeviceInfo {
+    let mut backoff = Duration::from_millis(200);
+    loop {
+        match chain.device(id).await {
+            Ok(info) => return info,
+            Err(e) => {
+                tracing::warn!(device = %id, error = %e, "device lookup failed; retrying");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(10));
+            }
+        }
+    }
 }
 
 /// Most messages committed in one transaction.
@@ -247,13 +365,13 @@ fn writer(
     s: Shared,
     mut store: Store,
     mut last_seqs: HashMap<B256, u64>,
-    rx: std::sync::mpsc::Receiver<Group>,
+    mut rx: InOrder,
 ) {
-    while let Ok(mut group) = rx.recv() {
+    while let Some(mut group) = rx.recv() {
         while group.items.len() < MAX_COMMIT {
             match rx.try_recv() {
-                Ok(more) => group.items.extend(more.items),
-                Err(_) => break,
+                Some(more) => group.items.extend(more.items),
+                None => break,
             }
         }
         let mut accepted = Vec::new();
@@ -369,5 +487,39 @@ mod tests {
         assert_eq!(sequence(&reading(3, 7), Some(9), &[], || Some(vec![7; 65])), Sequence::Redelivery);
         assert_eq!(sequence(&reading(3, 8), Some(9), &[], || Some(vec![7; 65])), Sequence::Replay(9));
         assert_eq!(sequence(&reading(3, 8), Some(9), &[], none), Sequence::Replay(9));
+    }
+
+    fn group(ticket: u64) -> Group {
+        let incoming = Incoming {
+            publish: Publish::new("t", QoS::AtLeastOnce, vec![]),
+            ticket,
+            serial: "HS-1".into(),
+            received: Instant::now(),
+        };
+        let rejection = Rejection { code: Code::Malformed, reason: String::new(), seq: None };
+        Group { items: vec![(incoming, Verdict::Reject(rejection))] }
+    }
+
+    fn tickets(g: Option<Group>) -> Option<u64> {
+        g.map(|g| g.items[0].0.ticket)
+    }
+
+    #[test]
+    fn groups_verified_out_of_order_reach_the_writer_in_arrival_order() {
+        let (tx, rx) = std::sync::mpsc::channel();
+        let mut ordered = InOrder::new(rx);
+        // Group 1 finishes first: nothing is due until group 0 arrives.
+        tx.send((1, group(11))).unwrap();
+        tx.send((2, group(12))).unwrap();
+        assert_eq!(tickets(ordered.try_recv()), None);
+        tx.send((0, group(10))).unwrap();
+        assert_eq!(tickets(ordered.try_recv()), Some(10));
+        assert_eq!(tickets(ordered.try_recv()), Some(11));
+        assert_eq!(tickets(ordered.recv()), Some(12));
+        // Closed and drained: the writer stops.
+        tx.send((3, group(13))).unwrap();
+        drop(tx);
+        assert_eq!(tickets(ordered.recv()), Some(13));
+        assert_eq!(tickets(ordered.recv()), None);
     }
 }

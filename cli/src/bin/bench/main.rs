@@ -90,9 +90,13 @@ struct Args {
     #[arg(long)]
     json: bool,
     /// Run the throughput and latency phases through a Mosquitto the bench
-    /// starts (QoS 1 window 1000) instead of the embedded rumqttd.
+    /// starts instead of the embedded rumqttd.
     #[arg(long)]
     mosquitto: bool,
+    /// Mosquitto's QoS 1 window per client (`max_inflight_messages`); 100
+    /// is rumqttd's fixed window, for comparing the brokers like for like.
+    #[arg(long, default_value_t = 1000, requires = "mosquitto")]
+    mosquitto_inflight: u32,
     /// Alert-raising readings per second in the alerts phase.
     #[arg(long, default_value_t = 200)]
     alert_rate: usize,
@@ -289,7 +293,7 @@ async fn main() -> Result<()> {
         let conf = dir.path().join("mosquitto.conf");
         std::fs::write(
             &conf,
-            format!("listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\nmax_queued_messages 0\nmax_inflight_messages 1000\n"),
+            format!("listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\nmax_queued_messages 0\nmax_inflight_messages {}\n", args.mosquitto_inflight),
         )?;
         let child = std::process::Command::new("mosquitto").arg("-c").arg(&conf).stderr(std::process::Stdio::null()).spawn()?;
         _mosquitto = Some(KillOnDrop(child));
