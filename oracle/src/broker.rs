@@ -11,6 +11,12 @@ use anyhow::{Context, Result};
 /// their `413` reply instead of vanishing in the broker.
 pub const BROKER_MAX_PAYLOAD: usize = 64 * 1024;
 
+/// Bytes of messages per memory segment of the embedded broker's log.
+pub const SEGMENT_BYTES: usize = 4 * 1024 * 1024;
+
+/// Memory segments kept besides the active one.
+pub const SEGMENTS: usize = 8;
+
 /// Starts rumqttd on `listen` (port 0 picks a free port) in background
 /// threads and returns its address. Clients connect with retries (the
 /// oracle's session reconnects on its own), so no readiness probe is made:
@@ -21,8 +27,12 @@ pub fn start_embedded(listen: SocketAddr) -> Result<SocketAddr> {
     let probe = TcpListener::bind(listen).with_context(|| format!("the embedded MQTT broker cannot listen on {listen}"))?;
     let addr = probe.local_addr()?;
     drop(probe);
-    // QoS 1 inflight window per connection: wide enough that a hub
-    // acknowledging after each group commit is never starved.
+    // rumqttd keeps each subscription filter's messages in memory segments,
+    // dropping the oldest beyond the count: a bound on the broker's memory
+    // (the hub's RSS target) and on how far a reconnecting hub session may
+    // lag. 4 MiB x (8 + the active one) holds about 50,000 vitals, 25 s at
+    // 2,000 beds. The publisher-side window (max_inflight_count) is wide
+    // enough that devices are never starved by a hub mid-commit.
     let text = format!(
         r#"
 id = 0
@@ -30,8 +40,8 @@ id = 0
 id = 0
 max_connections = 10010
 max_outgoing_packet_count = 1000
-max_segment_size = 104857600
-max_segment_count = 10
+max_segment_size = {SEGMENT_BYTES}
+max_segment_count = {SEGMENTS}
 
 [v4.1]
 name = "hs-v4"
