@@ -83,8 +83,9 @@ struct Args {
     /// Beds of the memory phase (one reading per bed per second).
     #[arg(long, default_value_t = 2_000)]
     beds: usize,
-    /// Length of the memory phase, seconds.
-    #[arg(long, default_value_t = 30)]
+    /// Length of the memory phase, seconds (long enough by default for the
+    /// embedded broker's log to reach its bound at 2,000 beds).
+    #[arg(long, default_value_t = 60)]
     memory_seconds: u64,
     /// Print one JSON object instead of the report.
     #[arg(long)]
