@@ -243,31 +243,16 @@ impl InOrder {
         Self { rx, early: Default::default(), next: 0 }
     }
 
-    fn take(&mut self) -> Option<Group> {
-        let group = self.early.remove(&self.next)?;
-        self.next += 1;
-        Some(group)
-    }
-
-    /// The next group, waiting for it; `None` once the verifier has stopped
-    /// and every group is handed over.
-    fn recv(&mut self) -> Option<Group> {
+    /// The next group, waiting for it if `wait`; `None` when it is not
+    /// verified yet (without `wait`) or once the verifier has stopped and
+    /// every group is handed over.
+    fn next(&mut self, wait: bool) -> Option<Group> {
         loop {
-            if let Some(group) = self.take() {
+            if let Some(group) = self.early.remove(&self.next) {
+                self.next += 1;
                 return Some(group);
             }
-            let (n, group) = self.rx.recv().ok()?;
-            self.early.insert(n, group);
-        }
-    }
-
-    /// The next group if it is verified already.
-    fn try_recv(&mut self) -> Option<Group> {
-        loop {
-            if let Some(group) = self.take() {
-                return Some(group);
-            }
-            let (n, group) = self.rx.try_recv().ok()?;
+            let (n, group) = if wait { self.rx.recv().ok()? } else { self.rx.try_recv().ok()? };
             self.early.insert(n, group);
         }
     }
@@ -367,9 +352,9 @@ fn writer(
     mut last_seqs: HashMap<B256, u64>,
     mut rx: InOrder,
 ) {
-    while let Some(mut group) = rx.recv() {
+    while let Some(mut group) = rx.next(true) {
         while group.items.len() < MAX_COMMIT {
-            match rx.try_recv() {
+            match rx.next(false) {
                 Some(more) => group.items.extend(more.items),
                 None => break,
             }
@@ -511,15 +496,15 @@ mod tests {
         // Group 1 finishes first: nothing is due until group 0 arrives.
         tx.send((1, group(11))).unwrap();
         tx.send((2, group(12))).unwrap();
-        assert_eq!(tickets(ordered.try_recv()), None);
+        assert_eq!(tickets(ordered.next(false)), None);
         tx.send((0, group(10))).unwrap();
-        assert_eq!(tickets(ordered.try_recv()), Some(10));
-        assert_eq!(tickets(ordered.try_recv()), Some(11));
-        assert_eq!(tickets(ordered.recv()), Some(12));
+        assert_eq!(tickets(ordered.next(false)), Some(10));
+        assert_eq!(tickets(ordered.next(false)), Some(11));
+        assert_eq!(tickets(ordered.next(true)), Some(12));
         // Closed and drained: the writer stops.
         tx.send((3, group(13))).unwrap();
         drop(tx);
-        assert_eq!(tickets(ordered.recv()), Some(13));
-        assert_eq!(tickets(ordered.recv()), None);
+        assert_eq!(tickets(ordered.next(true)), Some(13));
+        assert_eq!(tickets(ordered.next(true)), None);
     }
 }
