@@ -32,7 +32,9 @@ pub fn start_embedded(listen: SocketAddr) -> Result<SocketAddr> {
     // (the hub's RSS target) and on how far a reconnecting hub session may
     // lag. 4 MiB x (8 + the active one) holds about 50,000 vitals, 25 s at
     // 2,000 beds. The publisher-side window (max_inflight_count) is wide
-    // enough that devices are never starved by a hub mid-commit.
+    // enough that devices are never starved by a hub mid-commit; the
+    // hub-side one is a rumqttd constant, 1,000 in the copy we build
+    // (vendor/rumqttd/PATCHES.md).
     let text = format!(
         r#"
 id = 0

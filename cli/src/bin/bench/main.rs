@@ -94,8 +94,9 @@ struct Args {
     /// starts instead of the embedded rumqttd.
     #[arg(long)]
     mosquitto: bool,
-    /// Mosquitto's QoS 1 window per client (`max_inflight_messages`); 100
-    /// is rumqttd's fixed window, for comparing the brokers like for like.
+    /// Mosquitto's QoS 1 window per client (`max_inflight_messages`); 1000
+    /// is the embedded rumqttd's (fixed; 100 in the unpatched release,
+    /// vendor/rumqttd/PATCHES.md), for comparing the brokers like for like.
     #[arg(long, default_value_t = 1000, requires = "mosquitto")]
     mosquitto_inflight: u32,
     /// Alert-raising readings per second in the alerts phase.
