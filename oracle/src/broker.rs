@@ -67,3 +67,67 @@ dynamic_filters = true
     Ok(addr)
 }
 
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
+
+    use super::*;
+
+    /// Messages published while the subscriber acknowledges none: more than
+    /// the rumqttd release's window of 100, fewer than the patched 1,000.
+    const UNACKED: usize = 300;
+
+    /// The hub acknowledges only after its commit, so its ingest rate hangs
+    /// on how many unacknowledged messages the broker sends it. The release
+    /// of rumqttd stops at 100; the copy in vendor/rumqttd at 1,000.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_embedded_broker_sends_a_subscriber_more_than_100_unacknowledged_messages() -> Result<()> {
+        let addr = start_embedded("127.0.0.1:0".parse()?)?;
+        let mut opts = MqttOptions::new("window-sub", addr.ip().to_string(), addr.port());
+        opts.set_manual_acks(true);
+        let (sub, mut sub_loop) = AsyncClient::new(opts, 16);
+        sub.subscribe("window/#", QoS::AtLeastOnce).await?;
+        // The broker's thread may not be listening yet: poll through refusals.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            match tokio::time::timeout_at(deadline, sub_loop.poll()).await? {
+                Ok(Event::Incoming(Packet::SubAck(_))) => break,
+                Ok(_) => {}
+                Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+            }
+        }
+        let (publisher, mut pub_loop) = AsyncClient::new(MqttOptions::new("window-pub", addr.ip().to_string(), addr.port()), UNACKED);
+        let publishing = tokio::spawn(async move {
+            for i in 0..UNACKED {
+                publisher.publish(format!("window/{i}"), QoS::AtLeastOnce, false, vec![0u8; 64]).await?;
+            }
+            anyhow::Ok(publisher)
+        });
+        tokio::spawn(async move {
+            loop {
+                if pub_loop.poll().await.is_err() {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            }
+        });
+        let mut received = 0;
+        // Stop at all of them, or when nothing more comes for 2 s.
+        while received < UNACKED {
+            match tokio::time::timeout(Duration::from_secs(2), sub_loop.poll()).await {
+                Ok(Ok(Event::Incoming(Packet::Publish(_)))) => received += 1,
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => anyhow::bail!("subscriber lost the broker: {e}"),
+                Err(_) => break,
+            }
+        }
+        publishing.await??;
+        assert_eq!(
+            received, UNACKED,
+            "the broker stopped sending at {received} unacknowledged messages: the workspace is not \
+             building rumqttd from vendor/rumqttd (see its PATCHES.md)"
+        );
+        Ok(())
+    }
+}
