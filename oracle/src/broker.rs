@@ -113,9 +113,9 @@ mod tests {
             }
         });
         let mut received = 0;
-        // Stop at all of them, or when nothing more comes for 2 s.
+        // Stop at all of them, or when nothing more comes for 5 s.
         while received < UNACKED {
-            match tokio::time::timeout(Duration::from_secs(2), sub_loop.poll()).await {
+            match tokio::time::timeout(Duration::from_secs(5), sub_loop.poll()).await {
                 Ok(Ok(Event::Incoming(Packet::Publish(_)))) => received += 1,
                 Ok(Ok(_)) => {}
                 Ok(Err(e)) => anyhow::bail!("subscriber lost the broker: {e}"),
