@@ -10,7 +10,7 @@ use tracing_subscriber::EnvFilter;
 
 /// HealthSense's embedded IPFS node: an offline rust-ipfs node with a
 /// persistent repository, serving the Kubo RPC subset the oracle archives
-/// through (add, cat, pin/add, pin/ls, version, id) at http://LISTEN/api/v0.
+/// through (add, cat, pin/add, pin/rm, pin/ls, version, id) at http://LISTEN/api/v0.
 ///
 /// It never connects to other peers. Point the oracle at a real Kubo or an
 /// IPFS Cluster proxy instead to replicate archives; CIDs are the same.

@@ -357,3 +357,132 @@ async fn a_block_lost_mid_file_fails_the_cat_instead_of_shortening_it() -> TestR
     t.stop().await;
     Ok(())
 }
+
+/// Splits a streamed answer into its JSON lines.
+fn json_lines(body: &str) -> Result<Vec<serde_json::Value>, serde_json::Error> {
+    body.lines().map(serde_json::from_str).collect()
+}
+
+#[tokio::test]
+async fn pins_stream_and_unpin_as_kubo_answers_the_official_client() -> TestResult {
+    let t = TestNode::start().await;
+    let addr = t.node.addr();
+    let leaf = t.ipfs.add(b"one block".to_vec()).await?;
+    let file = t
+        .ipfs
+        .add(kubo_deterministic_bytes(3 * ADD_OPTIONS.chunk_size, "unpin"))
+        .await?;
+    let post = |query: String| async move { raw_http(addr, &format!("POST /api/v0/{query} HTTP/1.1")).await };
+
+    // kubo-rpc-client's pin.ls({paths}): `stream=true`, its own `paths`
+    // (Kubo ignores options it does not define) and `names=false`.
+    let (status, body) = post(format!("pin/ls?paths={leaf}&names=false&stream=true&arg={leaf}")).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        json_lines(&body)?,
+        vec![serde_json::json!({ "Cid": leaf, "Type": "recursive" })]
+    );
+    // Every pin, one per line: both roots recursive, the file's leaves indirect.
+    let (status, body) = post("pin/ls?stream=true".into()).await;
+    assert_eq!(status, 200, "{body}");
+    let listed = json_lines(&body)?;
+    let typ = |cid: &str| {
+        listed
+            .iter()
+            .find(|l| l["Cid"] == cid)
+            .and_then(|l| l["Type"].as_str())
+            .map(str::to_string)
+    };
+    assert_eq!(typ(&leaf).as_deref(), Some("recursive"));
+    assert_eq!(typ(&file).as_deref(), Some("recursive"));
+    assert_eq!(listed.iter().filter(|l| l["Type"] == "indirect").count(), 3);
+    // Without `stream`, one object, with Kubo's (empty) names.
+    let (_, body) = post(format!("pin/ls?arg={leaf}")).await;
+    let keys: serde_json::Value = serde_json::from_str(&body)?;
+    assert_eq!(keys["Keys"][&leaf], serde_json::json!({ "Type": "recursive", "Name": "" }));
+
+    // kubo-rpc-client's pin.add: `stream=true` too.
+    let (status, body) = post(format!("pin/add?arg={file}&recursive=true&stream=true")).await;
+    assert_eq!((status, serde_json::from_str::<serde_json::Value>(&body)?), (200, serde_json::json!({ "Pins": [file] })));
+
+    // pin rm: a recursive pin cannot go as a direct one; recursively it goes,
+    // with the indirect pins of its leaves; a second rm is Kubo's error.
+    let (status, body) = post(format!("pin/rm?arg={file}&recursive=false")).await;
+    assert_eq!(status, 500);
+    assert!(body.contains(&format!("{file} is pinned recursively")), "{body}");
+    let (status, body) = post(format!("pin/rm?arg={file}")).await;
+    assert_eq!((status, serde_json::from_str::<serde_json::Value>(&body)?), (200, serde_json::json!({ "Pins": [file] })));
+    assert!(!t.ipfs.is_pinned(&file).await?);
+    let (_, body) = post("pin/ls?stream=true&type=indirect".into()).await;
+    assert_eq!(json_lines(&body)?.len(), 0, "{body}");
+    let (status, body) = post(format!("pin/rm?arg={file}")).await;
+    assert_eq!(status, 500);
+    assert!(body.contains("not pinned or pinned indirectly"), "{body}");
+    // The blocks stay (nothing is garbage collected): it can be pinned again.
+    t.ipfs.pin_add(&file).await?;
+    assert!(t.ipfs.is_pinned(&file).await?);
+
+    // Output options every command shares, as Kubo treats them.
+    let (_, body) = post(format!("pin/ls?arg={leaf}&stream=true&cid-base=base36")).await;
+    let base36 = json_lines(&body)?;
+    assert!(base36[0]["Cid"].as_str().is_some_and(|c| c.starts_with('k')), "{body}");
+    let (status, body) = post("version?encoding=text".into()).await;
+    assert_eq!((status, body.contains("use json")), (500, true), "{body}");
+    t.stop().await;
+    Ok(())
+}
+
+#[tokio::test]
+async fn add_ignores_what_does_not_apply_and_refuses_what_would_change_the_cid() -> TestResult {
+    let t = TestNode::start().await;
+    let addr = t.node.addr();
+    // Options Kubo defines that do not apply to one file on an offline node,
+    // and one it does not define: the CID is the one Kubo gives.
+    let ignored = "stream-channels=true&progress=false&fast-provide-root=true&max-directory-links=8&max-file-links=174&quiet=true&recursive=false&shard-split-threshold=1000";
+    let reply = multipart_add(addr, &format!("cid-version=1&{ignored}"), b"hello world").await;
+    assert_eq!(
+        reply.map(|(status, body)| (status, body.contains("bafkreifzjut3te2nhyekklss27nh3k72ysco7y32koao5eei66wof36n5e"))),
+        Some((200, true))
+    );
+    // `progress`: a progress line, then the result, as Kubo streams them.
+    let (status, body) = multipart_add(addr, "progress=true", b"hello world").await.unwrap_or_default();
+    let lines = json_lines(&body)?;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(lines.first().map(|l| &l["Bytes"]), Some(&serde_json::json!(11)));
+    assert_eq!(lines.last().map(|l| &l["Hash"]), Some(&serde_json::json!("Qmf412jQZiuVUtdgnB36FXFX7xg5V6KEbSJ4dpQuhkLyfD")));
+    for refused in ["max-file-links=1024", "mtime=1700000000", "nocopy=true", "to-files=/archive", "pin-name=x"] {
+        let (status, body) = multipart_add(addr, refused, b"hello world").await.unwrap_or_default();
+        let error: serde_json::Value = serde_json::from_str(&body)?;
+        assert_eq!((status, &error["Type"]), (500, &"error".into()), "{refused}: {body}");
+    }
+    t.stop().await;
+    Ok(())
+}
+
+/// `POST /api/v0/add?QUERY` with one multipart file, over raw HTTP.
+async fn multipart_add(addr: std::net::SocketAddr, query: &str, data: &[u8]) -> Option<(u16, String)> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let boundary = "healthsense-test-boundary";
+    let mut body = format!(
+        "--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"\"\r\nContent-Type: application/octet-stream\r\n\r\n"
+    )
+    .into_bytes();
+    body.extend_from_slice(data);
+    body.extend_from_slice(format!("\r\n--{boundary}--\r\n").as_bytes());
+    let head = format!(
+        "POST /api/v0/add?{query} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: multipart/form-data; boundary={boundary}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
+    let mut stream = tokio::net::TcpStream::connect(addr).await.ok()?;
+    stream.write_all(head.as_bytes()).await.ok()?;
+    stream.write_all(&body).await.ok()?;
+    let mut response = Vec::new();
+    tokio::time::timeout(support::CALL_TIMEOUT, stream.read_to_end(&mut response))
+        .await
+        .ok()?
+        .ok()?;
+    let text = String::from_utf8_lossy(&response).to_string();
+    let status = text.split(' ').nth(1)?.parse().ok()?;
+    let (_, body) = text.split_once("\r\n\r\n")?;
+    Some((status, body.to_string()))
+}

@@ -10,13 +10,16 @@ use cid::{Cid, Version};
 use rust_ipfs::unixfs::ll::file::adder::{Chunker, FileAdder, FileAdderBuilder};
 use rust_ipfs::Block;
 
-use super::kubo::{json_ok, KuboError, KuboResult, Params};
+use super::kubo::{json_ok, ndjson_ok, KuboError, KuboResult, Params};
 use super::{pin, NodeState};
 
 /// Kubo's largest accepted chunk (boxo's `ChunkSizeLimit`, 2 MiB).
 const MAX_CHUNK_SIZE: usize = 2 << 20;
 /// Kubo's default chunker, `size-262144`.
 const DEFAULT_CHUNK_SIZE: usize = 256 << 10;
+/// Links per file node of rust-unixfs's balanced layout: Kubo's default
+/// `Import.UnixFSFileMaxLinks`.
+const MAX_FILE_LINKS: u64 = 174;
 
 /// How one add imports its file, from Kubo's query options.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -29,34 +32,34 @@ pub(crate) struct ImportSettings {
 
 impl ImportSettings {
     /// Kubo semantics: CIDv0 unless asked, raw leaves by default only for
-    /// CIDv1, `size-262144`, pinned. Anything that would change the CID and is
-    /// not implemented here is refused rather than ignored.
+    /// CIDv1, `size-262144`, pinned. Options that would change the CID or
+    /// what is stored, and are not implemented here, are refused; Kubo's
+    /// options that do not apply to one bare file on an offline node
+    /// (directory walking, `max-directory-links`, `max-hamt-fanout`,
+    /// `fast-provide-*`, `quiet`, `inline-limit` without `inline`, ...) are
+    /// ignored, as Kubo ignores options it does not know.
     pub(crate) fn from_params(params: &Params) -> KuboResult<ImportSettings> {
-        params.only(
-            "add",
-            &[
-                "cid-version",
-                "raw-leaves",
-                "hash",
-                "chunker",
-                "pin",
-                "quiet",
-                "quieter",
-                "silent",
-                "progress",
-                "trickle",
-                "only-hash",
-                "wrap-with-directory",
-                "inline",
-                "inline-limit",
-                "cid-base",
-            ],
-        )?;
         params.must_be_off("trickle", "only the balanced layout is implemented")?;
         params.must_be_off("only-hash", "every add is stored")?;
         params.must_be_off("wrap-with-directory", "files are added bare")?;
         params.must_be_off("inline", "identity-hashed CIDs are not produced")?;
-        params.must_be_off("progress", "the answer is one line per file")?;
+        params.must_be_off("nocopy", "there is no filestore")?;
+        let no_metadata = "UnixFS mode and mtime are not stored";
+        params.must_be_off("preserve-mode", no_metadata)?;
+        params.must_be_off("preserve-mtime", no_metadata)?;
+        params.must_be_unset("mode", no_metadata)?;
+        params.must_be_unset("mtime", no_metadata)?;
+        params.must_be_unset("to-files", "there is no MFS")?;
+        params.must_be_unset("pin-name", "pins are unnamed")?;
+        match params.u64("max-file-links")? {
+            None => {}
+            Some(n) if n == MAX_FILE_LINKS => {}
+            Some(n) => {
+                return Err(KuboError::new(format!(
+                    "max-file-links {n} is not supported by this node: its files have at most {MAX_FILE_LINKS} links per node"
+                )))
+            }
+        }
         let cid_version = match params.one("cid-version") {
             None | Some("0") => Version::V0,
             Some("1") => Version::V1,
@@ -72,16 +75,6 @@ impl ImportSettings {
                 return Err(KuboError::new(format!(
                     "hash function {other:?} is not supported by this node; use sha2-256"
                 )))
-            }
-        }
-        if let Some(base) = params.one("cid-base") {
-            let native = if cid_version == Version::V1 {
-                "base32"
-            } else {
-                "base58btc"
-            };
-            if base != native {
-                return Err(KuboError::new(format!("cid-base {base:?} is not supported by this node; CIDv{} is printed in {native}", cid_version as u64)));
             }
         }
         Ok(ImportSettings {
@@ -131,17 +124,22 @@ pub(crate) async fn add(
     multipart: Result<Multipart, MultipartRejection>,
 ) -> Response {
     match add_file(&node, &Params(params), multipart).await {
-        Ok(reply) => json_ok(reply),
+        Ok(mut lines) if lines.len() == 1 => json_ok(lines.remove(0)),
+        Ok(lines) => ndjson_ok(lines),
         Err(e) => e.into_response(),
     }
 }
 
+/// The answer's lines: the result `{"Name","Hash","Size"}`, after one
+/// progress line `{"Name","Bytes"}` with `progress`; none with `silent`.
 async fn add_file(
     node: &NodeState,
     params: &Params,
     multipart: Result<Multipart, MultipartRejection>,
-) -> KuboResult<serde_json::Value> {
+) -> KuboResult<Vec<serde_json::Value>> {
+    let encoder = params.output()?;
     let settings = ImportSettings::from_params(params)?;
+    let (progress, silent) = (params.bool("progress", false)?, params.bool("silent", false)?);
     let mut multipart = multipart
         .map_err(|e| KuboError::new(format!("add expects a multipart/form-data file: {e}")))?;
     let field = multipart
@@ -166,16 +164,27 @@ async fn add_file(
     if settings.pin {
         pin::pin(node, &imported.root, true).await?;
     }
-    let root = imported.root.to_string();
-    Ok(serde_json::json!({
-        "Name": name.filter(|n| !n.is_empty()).unwrap_or_else(|| root.clone()),
+    let root = encoder.encode(&imported.root);
+    let name = name.filter(|n| !n.is_empty()).unwrap_or_else(|| root.clone());
+    let mut lines = Vec::new();
+    if silent {
+        return Ok(lines);
+    }
+    if progress {
+        lines.push(serde_json::json!({ "Name": name, "Bytes": imported.file_size }));
+    }
+    lines.push(serde_json::json!({
+        "Name": name,
         "Hash": root,
         "Size": imported.dag_size.to_string(),
-    }))
+    }));
+    Ok(lines)
 }
 
 struct Imported {
     root: Cid,
+    /// The file's own bytes.
+    file_size: u64,
     /// Kubo's `Size`: every block's bytes, counted once per link (cumulative DAG size).
     dag_size: u64,
 }
@@ -219,6 +228,7 @@ async fn import(
         .ok_or_else(|| KuboError::new("the importer produced no root block"))?;
     Ok(Imported {
         root,
+        file_size: received as u64,
         dag_size: dag_size + size,
     })
 }
@@ -301,10 +311,24 @@ mod tests {
             ("trickle", "true"),
             ("inline", "true"),
             ("wrap-with-directory", "true"),
-            ("no-such-option", "1"),
+            ("nocopy", "true"),
+            ("mtime", "1700000000"),
+            ("preserve-mode", "true"),
+            ("max-file-links", "1024"),
+            ("pin-name", "archive"),
         ] {
             assert!(settings(&[bad]).is_err(), "{bad:?}");
         }
-        assert!(settings(&[("trickle", "false"), ("only-hash", "false")]).is_ok());
+        // Off, at this node's value, or not applicable to one file: accepted.
+        assert!(settings(&[
+            ("trickle", "false"),
+            ("only-hash", "false"),
+            ("max-file-links", "174"),
+            ("max-directory-links", "5"),
+            ("fast-provide-root", "true"),
+            ("stream-channels", "true"),
+            ("no-such-option", "1"),
+        ])
+        .is_ok());
     }
 }

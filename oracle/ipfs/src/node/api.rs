@@ -24,6 +24,7 @@ pub(crate) fn router(state: NodeState) -> Router {
         )
         .route("/api/v0/cat", post(cat::cat))
         .route("/api/v0/pin/add", post(pin::add))
+        .route("/api/v0/pin/rm", post(pin::rm))
         .route("/api/v0/pin/ls", post(pin::ls))
         .route("/api/v0/version", post(info::version))
         .route("/api/v0/id", post(info::id))
@@ -33,7 +34,7 @@ pub(crate) fn router(state: NodeState) -> Router {
 }
 
 async fn unknown_command() -> Response {
-    KuboError::new("command not found: this node serves add, cat, pin/add, pin/ls, version and id")
+    KuboError::new("command not found: this node serves add, cat, pin/add, pin/rm, pin/ls, version and id")
         .with_status(StatusCode::NOT_FOUND)
 }
 

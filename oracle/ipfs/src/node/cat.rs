@@ -36,7 +36,8 @@ pub(crate) async fn cat(
 /// Resolves the file and reads its first piece before answering, so a
 /// missing root or a non-file CID is a proper error rather than a broken stream.
 async fn open(node: &NodeState, params: &Params) -> KuboResult<Body> {
-    params.only("cat", &["arg", "offset", "length", "progress"])?;
+    // Kubo's `progress` only adds headers for its CLI's progress bar.
+    params.output()?;
     let cid = parse_ipfs_path(params.single_arg("ipfs-path")?)?;
     let offset = params.u64("offset")?.unwrap_or(0);
     let length = params.u64("length")?;

@@ -18,7 +18,8 @@ pub(crate) const AGENT_VERSION: &str = concat!(
 
 /// POST /api/v0/version
 pub(crate) async fn version(Query(params): Query<Vec<(String, String)>>) -> Response {
-    if let Err(e) = Params(params).only("version", &["number", "commit", "repo", "all"]) {
+    // Kubo's `number`, `commit`, `repo` and `all` shape only its CLI text.
+    if let Err(e) = Params(params).output() {
         return e.into_response();
     }
     json_ok(json!({
@@ -36,8 +37,16 @@ pub(crate) async fn id(
     Query(params): Query<Vec<(String, String)>>,
 ) -> Response {
     let params = Params(params);
-    if let Err(e) = params.only("id", &["arg"]) {
+    // `format` shapes only Kubo's CLI text; `peerid-base` other than the
+    // default would print the ID differently.
+    if let Err(e) = params.output() {
         return e.into_response();
+    }
+    if let Some(base) = params.one("peerid-base").filter(|b| !b.is_empty() && *b != "b58mh") {
+        return KuboError::new(format!(
+            "peerid-base {base:?} is not supported by this node; use b58mh"
+        ))
+        .into_response();
     }
     if let Some(peer) = params.one("arg").filter(|p| *p != node.peer_id) {
         return KuboError::new(format!(

@@ -3,7 +3,8 @@
 
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
-use cid::Cid;
+use cid::multibase::Base;
+use cid::{Cid, Version};
 
 /// An RPC failure, answered the way Kubo does:
 /// `{"Message":..,"Code":0,"Type":"error"}` with status 500.
@@ -56,31 +57,39 @@ pub(crate) fn json_ok(value: serde_json::Value) -> Response {
         .into_response()
 }
 
-/// Options every Kubo command accepts and this node ignores.
-const GLOBAL_OPTIONS: &[&str] = &["encoding", "stream-channels"];
-
 /// Query parameters in request order (Kubo repeats `arg` for several arguments).
+///
+/// Like Kubo, a command ignores options it does not define (the official
+/// JavaScript client sends some of its own, e.g. `stream` on `pin/add` and
+/// `paths` on `pin/ls`). Each command checks the options it defines, and
+/// refuses only those whose value would change an answer this node cannot
+/// produce; [`Params::output`] checks the options every command shares.
 #[derive(Debug)]
 pub(crate) struct Params(pub(crate) Vec<(String, String)>);
 
 impl Params {
-    /// Refuses any option `command` does not know, so a request the node
-    /// would silently misread fails instead.
-    pub(crate) fn only(&self, command: &str, known: &[&str]) -> KuboResult<()> {
-        for (key, value) in &self.0 {
-            if key == "encoding" && value != "json" {
-                return Err(KuboError::new(format!(
-                    "encoding {value:?} is not supported by this node; use json"
-                )));
-            }
-            if !known.contains(&key.as_str()) && !GLOBAL_OPTIONS.contains(&key.as_str()) {
-                return Err(KuboError::new(format!(
-                    "option {key:?} is not supported by this node's {command}; supported: {}",
-                    known.join(", ")
-                )));
-            }
+    /// Checks Kubo's global output options and returns how CIDs are printed:
+    /// `encoding` must be `json` (the default; Kubo's `text` is for its
+    /// CLI), `cid-base` and `upgrade-cidv0-in-output` as in Kubo.
+    pub(crate) fn output(&self) -> KuboResult<CidEncoder> {
+        if let Some(enc) = self.one("encoding").filter(|e| !e.is_empty() && *e != "json") {
+            return Err(KuboError::new(format!(
+                "encoding {enc:?} is not supported by this node; use json"
+            )));
         }
-        Ok(())
+        let mut encoder = CidEncoder {
+            base: Base::Base32Lower,
+            upgrade: false,
+        };
+        if let Some(name) = self.one("cid-base").filter(|b| !b.is_empty()) {
+            encoder.base = base_by_name(name)?;
+            // CIDv0 exists only in base58btc: another base upgrades it, as Kubo does.
+            encoder.upgrade = encoder.base != Base::Base58Btc;
+        }
+        if self.one("upgrade-cidv0-in-output").is_some() {
+            encoder.upgrade = self.bool("upgrade-cidv0-in-output", false)?;
+        }
+        Ok(encoder)
     }
 
     /// Every value of `key`, in order.
@@ -131,6 +140,17 @@ impl Params {
         Ok(())
     }
 
+    /// Refuses a string option this node does not implement unless it is
+    /// absent or empty.
+    pub(crate) fn must_be_unset(&self, key: &str, why: &str) -> KuboResult<()> {
+        if self.one(key).is_some_and(|v| !v.is_empty()) {
+            return Err(KuboError::new(format!(
+                "option {key:?} is not supported by this node: {why}"
+            )));
+        }
+        Ok(())
+    }
+
     /// The single required `arg` of a command, e.g. `ipfs-path` of cat.
     pub(crate) fn single_arg(&self, name: &str) -> KuboResult<&str> {
         let mut args = self.all("arg");
@@ -142,6 +162,75 @@ impl Params {
             ))),
         }
     }
+}
+
+/// How CIDs are printed in answers (Kubo's `cidenc.Encoder`): CIDv0 as is
+/// unless upgraded, CIDv1 in `base` (base32 by default).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct CidEncoder {
+    base: Base,
+    upgrade: bool,
+}
+
+impl CidEncoder {
+    /// The CID's text as Kubo would print it under the same options.
+    pub(crate) fn encode(&self, cid: &Cid) -> String {
+        let cid = match cid.version() {
+            Version::V0 if self.upgrade => Cid::new_v1(cid.codec(), *cid.hash()),
+            _ => *cid,
+        };
+        match cid.version() {
+            Version::V0 => cid.to_string(),
+            Version::V1 => cid
+                .to_string_of_base(self.base)
+                .unwrap_or_else(|_| cid.to_string()),
+        }
+    }
+}
+
+/// A multibase by its name or prefix character, as Kubo's `--cid-base` takes it.
+fn base_by_name(name: &str) -> KuboResult<Base> {
+    let base = match name {
+        "base32" => Some(Base::Base32Lower),
+        "base32upper" => Some(Base::Base32Upper),
+        "base36" => Some(Base::Base36Lower),
+        "base36upper" => Some(Base::Base36Upper),
+        "base58btc" => Some(Base::Base58Btc),
+        "base16" => Some(Base::Base16Lower),
+        "base16upper" => Some(Base::Base16Upper),
+        "base64" => Some(Base::Base64),
+        "base64url" => Some(Base::Base64Url),
+        _ => {
+            let mut chars = name.chars();
+            match (chars.next(), chars.next()) {
+                (Some(code), None) => Base::from_code(code).ok(),
+                _ => None,
+            }
+        }
+    };
+    base.ok_or_else(|| {
+        KuboError::new(format!(
+            "invalid cid-base {name:?}: use a multibase name such as base32, base36 or base58btc"
+        ))
+    })
+}
+
+/// A streamed answer: one JSON value per line, as Kubo's streaming commands
+/// (`pin ls --stream`) send them.
+pub(crate) fn ndjson_ok(values: impl IntoIterator<Item = serde_json::Value>) -> Response {
+    let mut body = String::new();
+    for value in values {
+        body.push_str(&value.to_string());
+        body.push('\n');
+    }
+    (
+        [
+            (header::CONTENT_TYPE, "application/json"),
+            (header::HeaderName::from_static("x-chunked-output"), "1"),
+        ],
+        body,
+    )
+        .into_response()
 }
 
 /// Parses `CID` or `/ipfs/CID`. Paths inside a DAG are not served: the
@@ -195,17 +284,28 @@ mod tests {
     }
 
     #[test]
-    fn unknown_options_are_refused_by_name() {
-        let p = params(&[
-            ("arg", "x"),
-            ("stream-channels", "true"),
-            ("recursive", "true"),
-        ]);
-        assert!(p
-            .only("cat", &["arg"])
-            .is_err_and(|e| e.0.contains("\"recursive\"")));
-        assert!(p.only("pin/add", &["arg", "recursive"]).is_ok());
-        assert!(params(&[("encoding", "xml")]).only("id", &[]).is_err());
+    fn output_options_follow_kubo() {
+        let v0 = parse_ipfs_path("Qmf412jQZiuVUtdgnB36FXFX7xg5V6KEbSJ4dpQuhkLyfD").ok();
+        let v1 = "bafkreihdwdcefgh4dqkjv67uzcmw7ojee6xedzdetojuzjevtenxquvyku";
+        let v1 = parse_ipfs_path(v1).ok();
+        let (Some(v0), Some(v1)) = (v0, v1) else {
+            panic!("test CIDs do not parse")
+        };
+        let print = |pairs: &[(&str, &str)], cid: &Cid| params(pairs).output().map(|e| e.encode(cid)).ok();
+        // Unknown options are ignored; the defaults print each CID natively.
+        assert_eq!(print(&[("paths", "x"), ("stream", "true")], &v0), Some(v0.to_string()));
+        assert_eq!(print(&[], &v1), Some(v1.to_string()));
+        // Another base upgrades CIDv0 (Kubo's cidenc), unless told not to.
+        let upgraded = Cid::new_v1(v0.codec(), *v0.hash()).to_string();
+        assert_eq!(print(&[("cid-base", "base32")], &v0), Some(upgraded));
+        assert_eq!(
+            print(&[("cid-base", "base32"), ("upgrade-cidv0-in-output", "false")], &v0),
+            Some(v0.to_string())
+        );
+        assert!(print(&[("cid-base", "base36")], &v1).is_some_and(|t| t.starts_with('k')));
+        assert!(print(&[("cid-base", "z")], &v1).is_some_and(|t| t.starts_with('z')));
+        assert!(params(&[("cid-base", "nonsense")]).output().is_err());
+        assert!(params(&[("encoding", "text")]).output().is_err());
     }
 
     #[test]

@@ -1,4 +1,5 @@
-//! `/api/v0/pin/add` and `/api/v0/pin/ls` over rust-ipfs's persistent pin store.
+//! `/api/v0/pin/add`, `/api/v0/pin/rm` and `/api/v0/pin/ls` over rust-ipfs's
+//! persistent pin store, answered as Kubo answers them.
 
 use std::sync::Arc;
 
@@ -9,7 +10,9 @@ use futures::TryStreamExt;
 use rust_ipfs::{PinKind, PinMode};
 use serde_json::{json, Map, Value};
 
-use super::kubo::{json_ok, parse_ipfs_path, KuboError, KuboResult, Params};
+use super::kubo::{
+    json_ok, ndjson_ok, parse_ipfs_path, CidEncoder, KuboError, KuboResult, Params,
+};
 use super::NodeState;
 
 /// POST /api/v0/pin/add?arg=CID[&recursive=true]
@@ -20,12 +23,40 @@ pub(crate) async fn add(
     reply(pin_add(&node, &Params(params)).await)
 }
 
-/// POST /api/v0/pin/ls[?arg=CID][&type=all|direct|indirect|recursive]
+/// POST /api/v0/pin/rm?arg=CID[&recursive=true]
+pub(crate) async fn rm(
+    State(node): State<Arc<NodeState>>,
+    Query(params): Query<Vec<(String, String)>>,
+) -> Response {
+    reply(pin_rm(&node, &Params(params)).await)
+}
+
+/// POST /api/v0/pin/ls[?arg=CID][&type=all|direct|indirect|recursive][&stream=true]
 pub(crate) async fn ls(
     State(node): State<Arc<NodeState>>,
     Query(params): Query<Vec<(String, String)>>,
 ) -> Response {
-    reply(pin_ls(&node, &Params(params)).await)
+    let params = Params(params);
+    let stream = match params.bool("stream", false) {
+        Ok(stream) => stream,
+        Err(e) => return e.into_response(),
+    };
+    match pin_ls(&node, &params).await {
+        // Kubo's `--stream`: one `{"Cid","Type"}` per line (`Name` is
+        // omitted when empty, and pins here are unnamed).
+        Ok(pins) if stream => ndjson_ok(
+            pins.into_iter()
+                .map(|(cid, typ)| json!({ "Cid": cid, "Type": typ })),
+        ),
+        Ok(pins) => {
+            let keys: Map<String, Value> = pins
+                .into_iter()
+                .map(|(cid, typ)| (cid, json!({ "Type": typ, "Name": "" })))
+                .collect();
+            json_ok(json!({ "Keys": keys }))
+        }
+        Err(e) => e.into_response(),
+    }
 }
 
 fn reply(result: KuboResult<Value>) -> Response {
@@ -35,25 +66,54 @@ fn reply(result: KuboResult<Value>) -> Response {
     }
 }
 
+/// Kubo's options: `recursive` (default true); `name` only empty (pins are
+/// unnamed here, so `pin ls --names` could not give it back); `progress`
+/// and the `fast-provide-*` flags change nothing on an offline node that
+/// has every block at hand.
 async fn pin_add(node: &NodeState, params: &Params) -> KuboResult<Value> {
-    params.only("pin/add", &["arg", "recursive", "progress", "name"])?;
-    if params.one("name").is_some_and(|n| !n.is_empty()) {
-        return Err(KuboError::new(
-            "option \"name\" is not supported by this node: pins are unnamed",
-        ));
-    }
+    let encoder = params.output()?;
+    params.must_be_unset("name", "pins are unnamed")?;
     let recursive = params.bool("recursive", true)?;
     let cids = path_args(params, "ipfs-path")?;
     for cid in &cids {
         pin(node, cid, recursive).await?;
     }
-    Ok(json!({ "Pins": cids.iter().map(Cid::to_string).collect::<Vec<_>>() }))
+    Ok(json!({ "Pins": encoded(&encoder, &cids) }))
 }
 
-async fn pin_ls(node: &NodeState, params: &Params) -> KuboResult<Value> {
-    params.only("pin/ls", &["arg", "type", "quiet", "stream", "names"])?;
-    params.must_be_off("stream", "the listing is one JSON object")?;
-    params.must_be_off("names", "pins are unnamed")?;
+/// Kubo's `pin rm`: `recursive` (default true) removes a recursive pin (and
+/// a direct one); `recursive=false` only a direct pin. Indirect pins go with
+/// their root.
+async fn pin_rm(node: &NodeState, params: &Params) -> KuboResult<Value> {
+    let encoder = params.output()?;
+    let recursive = params.bool("recursive", true)?;
+    let cids = path_args(params, "ipfs-path")?;
+    for cid in &cids {
+        let request = node.ipfs.remove_pin(cid);
+        let request = if recursive {
+            request.recursive()
+        } else {
+            request
+        };
+        request.await.map_err(|e| {
+            let text = format!("{e:#}");
+            if text.contains("is pinned recursively") {
+                KuboError::new(format!("{} is pinned recursively", encoder.encode(cid)))
+            } else if text.contains("not pinned") || text.contains("pinned root not found") {
+                KuboError::new("not pinned or pinned indirectly")
+            } else {
+                KuboError::new(format!("unpinning {cid} failed: {text}"))
+            }
+        })?;
+    }
+    Ok(json!({ "Pins": encoded(&encoder, &cids) }))
+}
+
+/// The pins as (CID, Kubo's type text), in the store's order. Kubo's `quiet`
+/// and `names` only shape its CLI text or add the (always empty) names; a
+/// `name` filter matches no unnamed pin.
+async fn pin_ls(node: &NodeState, params: &Params) -> KuboResult<Vec<(String, String)>> {
+    let encoder = params.output()?;
     let mode = match params.one("type").unwrap_or("all") {
         "all" => None,
         "direct" => Some(PinMode::Direct),
@@ -65,16 +125,17 @@ async fn pin_ls(node: &NodeState, params: &Params) -> KuboResult<Value> {
             )))
         }
     };
+    let name_filter = params.one("name").is_some_and(|n| !n.is_empty());
     let args: Vec<&str> = params.all("arg").collect();
-    let mut keys = Map::new();
-    if args.is_empty() {
-        let mut pins = node.ipfs.list_pins(mode).await;
-        while let Some((cid, pin_mode)) = pins
+    let mut pins = Vec::new();
+    if args.is_empty() && !name_filter {
+        let mut listing = node.ipfs.list_pins(mode).await;
+        while let Some((cid, pin_mode)) = listing
             .try_next()
             .await
             .map_err(|e| KuboError::new(format!("listing pins failed: {e:#}")))?
         {
-            keys.insert(cid.to_string(), json!({ "Type": mode_name(pin_mode) }));
+            pins.push((encoder.encode(&cid), mode_name(pin_mode).to_string()));
         }
     }
     for arg in args {
@@ -88,10 +149,14 @@ async fn pin_ls(node: &NodeState, params: &Params) -> KuboResult<Value> {
             }
         })?;
         for (cid, kind) in found {
-            keys.insert(cid.to_string(), json!({ "Type": kind_name(&kind) }));
+            pins.push((encoder.encode(&cid), kind_name(&encoder, &kind)));
         }
     }
-    Ok(json!({ "Keys": keys }))
+    Ok(pins)
+}
+
+fn encoded(encoder: &CidEncoder, cids: &[Cid]) -> Vec<String> {
+    cids.iter().map(|cid| encoder.encode(cid)).collect()
 }
 
 /// Pins `cid`, with its whole DAG when `recursive`, from local blocks only:
@@ -140,10 +205,10 @@ fn mode_name(mode: PinMode) -> &'static str {
 }
 
 /// Kubo's wording, including which root keeps an indirect pin alive.
-fn kind_name(kind: &PinKind<Cid>) -> String {
+fn kind_name(encoder: &CidEncoder, kind: &PinKind<Cid>) -> String {
     match kind {
         PinKind::Direct => "direct".into(),
         PinKind::Recursive(_) | PinKind::RecursiveIntention => "recursive".into(),
-        PinKind::IndirectFrom(root) => format!("indirect through {root}"),
+        PinKind::IndirectFrom(root) => format!("indirect through {}", encoder.encode(root)),
     }
 }
