@@ -11,6 +11,10 @@ alloy::sol!(
 
 pub use IHealthSense::Reading as AbiReading;
 
+/// The JSON ABI itself (`abi/HealthSense.json`), the bytes a hub pins to IPFS
+/// and serves, so devices fetch exactly what the bindings were made from.
+pub const ABI_JSON: &str = include_str!("../HealthSense.json");
+
 /// The bindings' `Reading` and the rules' `Reading` are the same struct
 /// generated twice (from the JSON ABI and from `sol!`); convert field by field.
 macro_rules! same_fields {

@@ -31,6 +31,7 @@ use crate::{archive, artifact, deploy, tools};
 #[serde(rename_all = "camelCase")]
 pub struct Summary {
     /// Contract address on the local chain.
+    #[serde(serialize_with = "healthsense_oracle::protocol::eip55::serialize")]
     pub contract: Address,
     /// Signed readings the hub stored and anchored.
     pub readings_anchored: u64,

@@ -29,12 +29,14 @@ pub struct Deployment {
     /// EIP-155 chain id.
     pub chain_id: u64,
     /// Contract address.
+    #[serde(with = "healthsense_oracle::protocol::eip55")]
     pub address: Address,
     /// Block of the deployment transaction: log scans start here.
     pub deploy_block: u64,
     /// Deployment transaction hash.
     pub deploy_tx: B256,
     /// Initial admin.
+    #[serde(with = "healthsense_oracle::protocol::eip55")]
     pub admin: Address,
     /// JSON-RPC endpoint used to deploy.
     pub rpc_url: String,

@@ -54,10 +54,12 @@ pub struct State {
     /// Kubo RPC URL of the IPFS node.
     pub ipfs_api: String,
     /// The contract.
+    #[serde(with = "healthsense_oracle::protocol::eip55")]
     pub contract: Address,
     /// Chain id.
     pub chain_id: u64,
     /// Role -> dev account.
+    #[serde(serialize_with = "checksummed_accounts")]
     pub accounts: Vec<(String, Address)>,
     /// The deployment file.
     pub deployment: PathBuf,
@@ -65,6 +67,11 @@ pub struct State {
     pub oracle_config: PathBuf,
     /// Keystores (password in `password`).
     pub keystores: PathBuf,
+}
+
+/// Writes the accounts with EIP-55 checksummed addresses.
+fn checksummed_accounts<S: serde::Serializer>(accounts: &[(String, Address)], s: S) -> Result<S::Ok, S::Error> {
+    s.collect_seq(accounts.iter().map(|(role, address)| (role, address.to_string())))
 }
 
 fn state_path(dir: &Path) -> PathBuf {

@@ -615,7 +615,7 @@ async fn contract_command(cli: Cli) -> Result<()> {
                 }
             }
             let text = if held.is_empty() { format!("{address}: no roles") } else { format!("{address}: {}", held.join(", ")) };
-            show(j, json!({ "address": address, "roles": held }), text);
+            show(j, json!({ "address": address.to_string(), "roles": held }), text);
         }
         Command::Roles(RolesCmd::List) => {
             let holders = c.role_holders().await?;
@@ -624,7 +624,7 @@ async fn contract_command(cli: Cli) -> Result<()> {
                 .map(|(r, a)| format!("{:<8} {a}", admin::role_name(*r)))
                 .collect::<Vec<_>>()
                 .join("\n");
-            let rows: Vec<_> = holders.iter().map(|(r, a)| json!({ "role": admin::role_name(*r), "account": a })).collect();
+            let rows: Vec<_> = holders.iter().map(|(r, a)| json!({ "role": admin::role_name(*r), "account": a.to_string() })).collect();
             show(j, json!(rows), text);
         }
         Command::Device(DeviceCmd::Provision { serial, signer, ward }) => {
@@ -646,7 +646,7 @@ async fn contract_command(cli: Cli) -> Result<()> {
             }
             show(
                 j,
-                json!({ "serial": serial, "id": id, "signer": dv.signer, "ward": dv.ward, "status": device_status(dv.status),
+                json!({ "serial": serial, "id": id, "signer": dv.signer.to_string(), "ward": dv.ward, "status": device_status(dv.status),
                         "patient": dv.patientId, "lastSeq": dv.lastSeq }),
                 format!("device {serial}\n  id       {id}\n  signer   {}\n  ward     {}\n  status   {}\n  patient  {}",
                     dv.signer, dv.ward, device_status(dv.status), dv.patientId),
@@ -709,7 +709,7 @@ async fn contract_command(cli: Cli) -> Result<()> {
                 let cat = status::Category::from_code(ch.category).map_or("?", |x| x.name());
                 text += &format!("\n{:<4} {:<12} {:<13} {:>8} {:>12}  {}", i, code, cat, ch.quantity,
                     demo::money(alloy::primitives::U256::from(ch.unitPrice)), ch.doctor);
-                rows.push(json!({ "index": i, "code": code, "category": cat, "quantity": ch.quantity, "unitPrice": ch.unitPrice, "doctor": ch.doctor }));
+                rows.push(json!({ "index": i, "code": code, "category": cat, "quantity": ch.quantity, "unitPrice": ch.unitPrice, "doctor": ch.doctor.to_string() }));
             }
             show(j, json!(rows), text);
         }
@@ -734,7 +734,7 @@ async fn contract_command(cli: Cli) -> Result<()> {
             let q = c.view(H::getPolicyCall { patientId: p }).await?;
             show(
                 j,
-                json!({ "insurer": q.insurer, "coverageBps": q.coverageBps, "deductible": q.deductible, "cap": q.cap, "coveredCategories": q.coveredCategories }),
+                json!({ "insurer": q.insurer.to_string(), "coverageBps": q.coverageBps, "deductible": q.deductible, "cap": q.cap, "coveredCategories": q.coveredCategories }),
                 format!("policy of {p}\n  insurer     {}\n  coverage    {} bps\n  deductible  {}\n  cap         {}\n  categories  {:#010b}",
                     q.insurer, q.coverageBps, q.deductible, q.cap, q.coveredCategories),
             );

@@ -361,6 +361,10 @@ fn rest_api_serves_each_role_its_records_and_nothing_else() {
         // --- me
         let me = api.get("/api/v1/me", Some(&doctor), 200).await;
         assert_eq!((me["role"].as_str(), me["ward"].as_str()), (Some("doctor"), Some("ward-3")));
+        // Addresses are EIP-55 checksummed.
+        let eip55 = |a: Address| Some(a.to_checksum(None));
+        assert_eq!(me["who"]["address"].as_str().map(str::to_string), eip55(net.addr(DOCTOR)), "{me}");
+        assert_eq!(me["contract"].as_str().map(str::to_string), eip55(net.d.address), "{me}");
         assert_eq!(api.get("/api/v1/me", Some(&alice_t), 200).await["who"]["patient"], json!(pa));
         api.get("/api/v1/me", None, 401).await;
         api.get("/api/v1/me", Some("not-a-token"), 401).await;
@@ -456,9 +460,11 @@ fn rest_api_serves_each_role_its_records_and_nothing_else() {
         for tok in [&doctor, &alice_t, &insurer] {
             let c = api.get(&format!("{ua}/charges"), Some(tok), 200).await;
             assert_eq!((c["items"][0]["code"].as_str(), c["items"][0]["amount"].as_str()), (Some("99213"), Some("25000")));
+            assert_eq!(c["items"][0]["doctor"].as_str().map(str::to_string), eip55(net.addr(DOCTOR)), "{c}");
             let b = api.get(&format!("{ua}/bill"), Some(tok), 200).await;
             // One bed day (50,000) + 25,000 = 75,000; 80 % covered.
             assert_eq!((b["final"].as_bool(), b["total"].as_str(), b["covered"].as_str(), b["due"].as_str()), (Some(false), Some("75000"), Some("60000"), Some("15000")), "{b}");
+            assert_eq!(b["policy"]["insurer"].as_str().map(str::to_string), eip55(net.addr(INSURER)), "{b}");
         }
         api.get(&format!("{ub}/charges"), Some(&insurer), 403).await;
         api.get(&format!("{ub}/bill"), Some(&insurer), 403).await;
@@ -506,6 +512,7 @@ fn rest_api_serves_each_role_its_records_and_nothing_else() {
         for tok in [&doctor, &admin, &insurer, &alice_t] {
             let b = api.get("/api/v1/batches?limit=2", Some(tok), 200).await;
             assert!(!b["items"].as_array().unwrap().is_empty());
+            assert_eq!(b["hub"].as_str().map(str::to_string), eip55(net.addr(HUB)), "{b}");
         }
         let first = api.get("/api/v1/batches/1", Some(&alice_t), 200).await;
         assert_eq!(first["seq"], 1);

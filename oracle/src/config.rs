@@ -79,8 +79,8 @@ pub struct ChainConfig {
     pub keystore: Option<PathBuf>,
     /// File whose first line is the keystore password.
     pub password_file: Option<PathBuf>,
-    /// Where the ABI is published, for the retained announcement
-    /// (default `abi/HealthSense.json`).
+    /// A further URL the operator publishes the ABI at, announced as `abi`
+    /// on `hs/v1/contract` beside the hub's own `abiCid` and `abiUrl`.
     pub abi: Option<String>,
     /// How often device events are polled, ms (default 1000).
     pub poll_ms: Option<u64>,

@@ -167,14 +167,15 @@ pub async fn start(cfg: Config, key: PrivateKeySigner, options: Options) -> Resu
         runtime: tokio::runtime::Handle::current(),
     }
     .start(alerts_rx)?;
-    let api_addr = match cfg.api.enabled {
+    let (api_addr, api_uri) = match cfg.api.enabled {
         true => {
             let store = open()?;
             store.init_archive()?; // the API reads the job table even when archiving is off
             let serving = crate::api::serve(&cfg.api, &cfg.hub, &cfg.ward, chain.clone(), store, live.clone(), shutdown_rx.clone());
-            Some(serving.await?.addr)
+            let serving = serving.await?;
+            (Some(serving.addr), Some(serving.uri))
         }
-        false => None,
+        false => (None, None),
     };
     let unbatched = Arc::new(AtomicU64::new(0));
     let wake = Arc::new(Notify::new());
@@ -276,9 +277,25 @@ pub async fn start(cfg: Config, key: PrivateKeySigner, options: Options) -> Resu
     let announcement = Announcement {
         chain_id: chain.chain_id(),
         address: chain.contract(),
-        abi: cfg.chain.abi.clone().unwrap_or_else(|| "abi/HealthSense.json".into()),
+        abi_cid: None,
+        abi_url: api_uri.map(|uri| format!("{}/api/v1/abi", uri.trim_end_matches('/'))),
+        abi: cfg.chain.abi.clone(),
         domain_separator: chain.domain_separator(),
     };
+    let (announced, latest_announcement) = crate::announce::channel(&announcement)?;
+    // The archive's IPFS node keeps the ABI too; without archiving there is none to ask.
+    if cfg.archive.enabled {
+        match healthsense_ipfs::Ipfs::new(&cfg.archive.ipfs_api) {
+            Ok(ipfs) => tasks.push(tokio::spawn(crate::announce::pin_abi(
+                ipfs,
+                announcement,
+                announced,
+                client.clone(),
+                shutdown_rx.clone(),
+            ))),
+            Err(e) => tracing::warn!(error = %e, "archive.ipfs_api: the ABI is not pinned"),
+        }
+    }
     let presence = Presence { online: true, hub: Some(hub), ward: Some(cfg.ward.clone()) };
     let drained = Arc::new(Notify::new());
     let (subscribed, mut is_subscribed) = watch::channel(false);
@@ -287,7 +304,7 @@ pub async fn start(cfg: Config, key: PrivateKeySigner, options: Options) -> Resu
         failures: 0,
         client,
         topics,
-        announcement: serde_json::to_vec(&announcement)?,
+        announcement: latest_announcement,
         presence: serde_json::to_vec(&presence)?,
         vitals: Some(vitals_tx),
         control: control_tx,
@@ -356,7 +373,8 @@ pub async fn run(cfg: Config) -> Result<()> {
 struct Session {
     client: AsyncClient,
     topics: Topics,
-    announcement: Vec<u8>,
+    /// The latest contract announcement (it gains `abiCid` once the ABI is pinned).
+    announcement: watch::Receiver<Vec<u8>>,
     presence: Vec<u8>,
     vitals: Option<mpsc::UnboundedSender<Incoming>>,
     control: mpsc::UnboundedSender<(u64, Publish)>,
@@ -375,10 +393,8 @@ impl Session {
                     .map(|k| rumqttc::SubscribeFilter::new(self.topics.device_filter(k), QoS::AtLeastOnce));
                 let _ = self.client.subscribe_many(filters).await;
                 let _ = self.client.publish(self.topics.online(), QoS::AtLeastOnce, true, self.presence.clone()).await;
-                let _ = self
-                    .client
-                    .publish(protocol::CONTRACT_TOPIC, QoS::AtLeastOnce, true, self.announcement.clone())
-                    .await;
+                let announcement = self.announcement.borrow().clone();
+                let _ = self.client.publish(protocol::CONTRACT_TOPIC, QoS::AtLeastOnce, true, announcement).await;
             }
             Ok(Event::Incoming(Packet::Publish(p))) => self.route(p).await,
             Ok(Event::Incoming(Packet::SubAck(_))) => {

@@ -14,6 +14,7 @@
 pub mod acks;
 pub mod alerts;
 pub mod anchor;
+mod announce;
 pub mod api;
 pub mod archive;
 pub mod broker;

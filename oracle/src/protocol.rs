@@ -466,10 +466,47 @@ pub fn sign_vitals(
     Ok(serde_json::to_vec(&env).unwrap_or_default())
 }
 
+/// Serde for the addresses the hub and the CLI write: EIP-55 checksummed
+/// text (alloy's own serde writes lowercase), read in any case.
+pub mod eip55 {
+    use alloy::primitives::Address;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    /// Writes `address` EIP-55 checksummed.
+    pub fn serialize<S: Serializer>(address: &Address, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(address)
+    }
+
+    /// Reads an address in any case.
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Address, D::Error> {
+        Address::deserialize(d)
+    }
+
+    /// The same for an optional address.
+    pub mod option {
+        use alloy::primitives::Address;
+        use serde::{Deserialize, Deserializer, Serializer};
+
+        /// Writes `Some(address)` EIP-55 checksummed, `None` as null.
+        pub fn serialize<S: Serializer>(address: &Option<Address>, s: S) -> Result<S::Ok, S::Error> {
+            match address {
+                Some(a) => s.collect_str(a),
+                None => s.serialize_none(),
+            }
+        }
+
+        /// Reads an optional address in any case.
+        pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Address>, D::Error> {
+            Option::<Address>::deserialize(d)
+        }
+    }
+}
+
 /// The hello payload on `.../hello`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Hello {
     /// The device's signing address (what the admin provisioned).
+    #[serde(with = "eip55")]
     pub signer: Address,
     /// Firmware version, for the log.
     #[serde(default)]
@@ -482,23 +519,33 @@ pub struct Presence {
     /// Whether the hub is up.
     pub online: bool,
     /// The hub's chain address, when online.
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none", with = "eip55::option")]
     pub hub: Option<Address>,
     /// The ward name, when online.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub ward: Option<String>,
 }
 
-/// The retained announcement on [`CONTRACT_TOPIC`].
-#[derive(Debug, Clone, Serialize, Deserialize)]
+/// The retained announcement on [`CONTRACT_TOPIC`]: where the contract is,
+/// where its ABI can be fetched, and what devices sign under.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Announcement {
     /// Chain id.
     pub chain_id: u64,
-    /// Contract address.
+    /// Contract address, EIP-55 checksummed.
+    #[serde(with = "eip55")]
     pub address: Address,
-    /// Where the ABI is published.
-    pub abi: String,
+    /// The IPFS CID of the JSON ABI (`abi/HealthSense.json`, added with the
+    /// archive's CID options), once the hub has pinned it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub abi_cid: Option<String>,
+    /// The REST API's URL of the same JSON (`GET /api/v1/abi`), when the API is on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub abi_url: Option<String>,
+    /// A further location the operator publishes the ABI at (`chain.abi`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub abi: Option<String>,
     /// The EIP-712 domain separator devices sign under.
     pub domain_separator: B256,
 }

@@ -38,7 +38,8 @@ pub const PATIENT_RESOURCE: &str = "urn:healthsense:patient:";
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Identity {
-    /// The signer.
+    /// The signer (EIP-55 checksummed in JSON).
+    #[serde(serialize_with = "crate::protocol::eip55::serialize")]
     pub address: Address,
     /// Holds DOCTOR_ROLE: sees this hub's ward.
     pub doctor: bool,

@@ -235,7 +235,7 @@ async fn sign_out(State(ctx): Ax, headers: HeaderMap, _caller: Caller) -> ApiRes
 async fn me(State(ctx): Ax, caller: Caller) -> ApiResult {
     ok(json!({
         "who": caller.who(), "role": caller.role(), "expiresAt": caller.0.expires_ms,
-        "hub": ctx.hub, "ward": ctx.ward, "chainId": ctx.chain.chain_id(), "contract": ctx.chain.contract(),
+        "hub": ctx.hub, "ward": ctx.ward, "chainId": ctx.chain.chain_id(), "contract": ctx.chain.contract().to_string(),
     }))
 }
 
@@ -493,7 +493,7 @@ async fn charge_rows(ctx: &Ctx, id: B256, n: u32) -> Result<(Vec<Value>, [U256; 
         }
         rows.push(json!({
             "index": i, "code": ids::charge_code_text(&c.code), "category": Category::from_code(c.category).map(|c| c.name()),
-            "quantity": c.quantity, "unitPrice": c.unitPrice.to_string(), "amount": money(amount), "doctor": c.doctor,
+            "quantity": c.quantity, "unitPrice": c.unitPrice.to_string(), "amount": money(amount), "doctor": c.doctor.to_string(),
         }));
     }
     Ok((rows, totals))
@@ -515,7 +515,7 @@ async fn bill(State(ctx): Ax, caller: Caller, Path(id): Path<String>) -> ApiResu
         covered_categories: pol.coveredCategories,
     });
     let policy_json = policy.map(|_| {
-        json!({ "insurer": pol.insurer, "coverageBps": pol.coverageBps, "deductible": pol.deductible.to_string(),
+        json!({ "insurer": pol.insurer.to_string(), "coverageBps": pol.coverageBps, "deductible": pol.deductible.to_string(),
                 "cap": pol.cap.to_string(), "coveredCategories": pol.coveredCategories })
     });
     if p.status >= PatientStatus::Discharged as u8 {
@@ -632,7 +632,7 @@ async fn batches(State(ctx): Ax, _caller: Caller, RawQuery(q): RawQuery) -> ApiR
             v
         })
         .collect();
-    ok(json!({ "hub": hub, "items": items, "next": next }))
+    ok(json!({ "hub": hub.to_string(), "items": items, "next": next }))
 }
 
 async fn batch(State(ctx): Ax, _caller: Caller, Path(seq): Path<String>) -> ApiResult {

@@ -34,6 +34,7 @@ use crate::store::{Store, StoreError};
 /// Every route the API serves (method, path), as the OpenAPI document lists them.
 pub const ROUTES: &[(&str, &str)] = &[
     ("get", "/api/v1/openapi.json"),
+    ("get", "/api/v1/abi"),
     ("post", "/api/v1/auth/challenge"),
     ("post", "/api/v1/auth/session"),
     ("delete", "/api/v1/auth/session"),
@@ -147,6 +148,9 @@ pub struct Serving {
     pub addr: SocketAddr,
     /// The SIWE domain sign-in messages must name.
     pub domain: String,
+    /// The base URL users and devices reach the API at (`api.uri`, or
+    /// `http://{domain}`), e.g. for the ABI's URL in the contract announcement.
+    pub uri: String,
 }
 
 /// Starts the API and dashboard on `cfg.listen`; stops when `shutdown` turns true.
@@ -169,7 +173,7 @@ pub(crate) async fn serve(
     let uri = cfg.uri.clone().unwrap_or_else(|| format!("http://{domain}"));
     let settings = auth::Settings {
         domain: domain.clone(),
-        uri,
+        uri: uri.clone(),
         chain_id: chain.chain_id(),
         session_ttl_ms: cfg.session_ttl_s.max(1) * 1_000,
         nonce_ttl_ms: cfg.nonce_ttl_s.max(1) * 1_000,
@@ -186,14 +190,21 @@ pub(crate) async fn serve(
         index: tokio::sync::Mutex::new(handlers::WardIndex::new(cfg.from_block)),
         secure_cookie: cfg.secure_cookie,
     });
-    let app = handlers::router(ctx).merge(dashboard::router());
+    let app = handlers::router(ctx).merge(dashboard::router()).merge(abi_router());
     tokio::spawn(async move {
         if let Err(e) = axum::serve(listener, app).with_graceful_shutdown(crate::metrics::until_true(shutdown)).await {
             tracing::error!(error = %e, "API stopped");
         }
     });
     tracing::info!(%addr, %domain, "API and dashboard serving");
-    Ok(Serving { addr, domain })
+    Ok(Serving { addr, domain, uri })
+}
+
+/// `GET /api/v1/abi`, public: the contract's JSON ABI, the same bytes the
+/// hub pins to IPFS and announces on `hs/v1/contract`.
+fn abi_router() -> axum::Router {
+    let abi = || async { ([(header::CONTENT_TYPE, "application/json")], healthsense_abi::bindings::ABI_JSON) };
+    axum::Router::new().route("/api/v1/abi", axum::routing::get(abi))
 }
 
 #[cfg(test)]
