@@ -370,13 +370,21 @@ async fn pins_stream_and_unpin_as_kubo_answers_the_official_client() -> TestResu
     let leaf = t.ipfs.add(b"one block".to_vec()).await?;
     let file = t
         .ipfs
-        .add(kubo_deterministic_bytes(3 * ADD_OPTIONS.chunk_size, "unpin"))
+        .add(kubo_deterministic_bytes(
+            3 * ADD_OPTIONS.chunk_size,
+            "unpin",
+        ))
         .await?;
-    let post = |query: String| async move { raw_http(addr, &format!("POST /api/v0/{query} HTTP/1.1")).await };
+    let post = |query: String| async move {
+        raw_http(addr, &format!("POST /api/v0/{query} HTTP/1.1")).await
+    };
 
     // kubo-rpc-client's pin.ls({paths}): `stream=true`, its own `paths`
     // (Kubo ignores options it does not define) and `names=false`.
-    let (status, body) = post(format!("pin/ls?paths={leaf}&names=false&stream=true&arg={leaf}")).await;
+    let (status, body) = post(format!(
+        "pin/ls?paths={leaf}&names=false&stream=true&arg={leaf}"
+    ))
+    .await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(
         json_lines(&body)?,
@@ -399,19 +407,31 @@ async fn pins_stream_and_unpin_as_kubo_answers_the_official_client() -> TestResu
     // Without `stream`, one object, with Kubo's (empty) names.
     let (_, body) = post(format!("pin/ls?arg={leaf}")).await;
     let keys: serde_json::Value = serde_json::from_str(&body)?;
-    assert_eq!(keys["Keys"][&leaf], serde_json::json!({ "Type": "recursive", "Name": "" }));
+    assert_eq!(
+        keys["Keys"][&leaf],
+        serde_json::json!({ "Type": "recursive", "Name": "" })
+    );
 
     // kubo-rpc-client's pin.add: `stream=true` too.
     let (status, body) = post(format!("pin/add?arg={file}&recursive=true&stream=true")).await;
-    assert_eq!((status, serde_json::from_str::<serde_json::Value>(&body)?), (200, serde_json::json!({ "Pins": [file] })));
+    assert_eq!(
+        (status, serde_json::from_str::<serde_json::Value>(&body)?),
+        (200, serde_json::json!({ "Pins": [file] }))
+    );
 
     // pin rm: a recursive pin cannot go as a direct one; recursively it goes,
     // with the indirect pins of its leaves; a second rm is Kubo's error.
     let (status, body) = post(format!("pin/rm?arg={file}&recursive=false")).await;
     assert_eq!(status, 500);
-    assert!(body.contains(&format!("{file} is pinned recursively")), "{body}");
+    assert!(
+        body.contains(&format!("{file} is pinned recursively")),
+        "{body}"
+    );
     let (status, body) = post(format!("pin/rm?arg={file}")).await;
-    assert_eq!((status, serde_json::from_str::<serde_json::Value>(&body)?), (200, serde_json::json!({ "Pins": [file] })));
+    assert_eq!(
+        (status, serde_json::from_str::<serde_json::Value>(&body)?),
+        (200, serde_json::json!({ "Pins": [file] }))
+    );
     assert!(!t.ipfs.is_pinned(&file).await?);
     let (_, body) = post("pin/ls?stream=true&type=indirect".into()).await;
     assert_eq!(json_lines(&body)?.len(), 0, "{body}");
@@ -425,7 +445,12 @@ async fn pins_stream_and_unpin_as_kubo_answers_the_official_client() -> TestResu
     // Output options every command shares, as Kubo treats them.
     let (_, body) = post(format!("pin/ls?arg={leaf}&stream=true&cid-base=base36")).await;
     let base36 = json_lines(&body)?;
-    assert!(base36[0]["Cid"].as_str().is_some_and(|c| c.starts_with('k')), "{body}");
+    assert!(
+        base36[0]["Cid"]
+            .as_str()
+            .is_some_and(|c| c.starts_with('k')),
+        "{body}"
+    );
     let (status, body) = post("version?encoding=text".into()).await;
     assert_eq!((status, body.contains("use json")), (500, true), "{body}");
     t.stop().await;
@@ -441,26 +466,55 @@ async fn add_ignores_what_does_not_apply_and_refuses_what_would_change_the_cid()
     let ignored = "stream-channels=true&progress=false&fast-provide-root=true&max-directory-links=8&max-file-links=174&quiet=true&recursive=false&shard-split-threshold=1000";
     let reply = multipart_add(addr, &format!("cid-version=1&{ignored}"), b"hello world").await;
     assert_eq!(
-        reply.map(|(status, body)| (status, body.contains("bafkreifzjut3te2nhyekklss27nh3k72ysco7y32koao5eei66wof36n5e"))),
+        reply.map(|(status, body)| (
+            status,
+            body.contains("bafkreifzjut3te2nhyekklss27nh3k72ysco7y32koao5eei66wof36n5e")
+        )),
         Some((200, true))
     );
     // `progress`: a progress line, then the result, as Kubo streams them.
-    let (status, body) = multipart_add(addr, "progress=true", b"hello world").await.unwrap_or_default();
+    let (status, body) = multipart_add(addr, "progress=true", b"hello world")
+        .await
+        .unwrap_or_default();
     let lines = json_lines(&body)?;
     assert_eq!(status, 200, "{body}");
-    assert_eq!(lines.first().map(|l| &l["Bytes"]), Some(&serde_json::json!(11)));
-    assert_eq!(lines.last().map(|l| &l["Hash"]), Some(&serde_json::json!("Qmf412jQZiuVUtdgnB36FXFX7xg5V6KEbSJ4dpQuhkLyfD")));
-    for refused in ["max-file-links=1024", "mtime=1700000000", "nocopy=true", "to-files=/archive", "pin-name=x"] {
-        let (status, body) = multipart_add(addr, refused, b"hello world").await.unwrap_or_default();
+    assert_eq!(
+        lines.first().map(|l| &l["Bytes"]),
+        Some(&serde_json::json!(11))
+    );
+    assert_eq!(
+        lines.last().map(|l| &l["Hash"]),
+        Some(&serde_json::json!(
+            "Qmf412jQZiuVUtdgnB36FXFX7xg5V6KEbSJ4dpQuhkLyfD"
+        ))
+    );
+    for refused in [
+        "max-file-links=1024",
+        "mtime=1700000000",
+        "nocopy=true",
+        "to-files=/archive",
+        "pin-name=x",
+    ] {
+        let (status, body) = multipart_add(addr, refused, b"hello world")
+            .await
+            .unwrap_or_default();
         let error: serde_json::Value = serde_json::from_str(&body)?;
-        assert_eq!((status, &error["Type"]), (500, &"error".into()), "{refused}: {body}");
+        assert_eq!(
+            (status, &error["Type"]),
+            (500, &"error".into()),
+            "{refused}: {body}"
+        );
     }
     t.stop().await;
     Ok(())
 }
 
 /// `POST /api/v0/add?QUERY` with one multipart file, over raw HTTP.
-async fn multipart_add(addr: std::net::SocketAddr, query: &str, data: &[u8]) -> Option<(u16, String)> {
+async fn multipart_add(
+    addr: std::net::SocketAddr,
+    query: &str,
+    data: &[u8],
+) -> Option<(u16, String)> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let boundary = "healthsense-test-boundary";
     let mut body = format!(

@@ -139,7 +139,10 @@ async fn add_file(
 ) -> KuboResult<Vec<serde_json::Value>> {
     let encoder = params.output()?;
     let settings = ImportSettings::from_params(params)?;
-    let (progress, silent) = (params.bool("progress", false)?, params.bool("silent", false)?);
+    let (progress, silent) = (
+        params.bool("progress", false)?,
+        params.bool("silent", false)?,
+    );
     let mut multipart = multipart
         .map_err(|e| KuboError::new(format!("add expects a multipart/form-data file: {e}")))?;
     let field = multipart
@@ -165,7 +168,9 @@ async fn add_file(
         pin::pin(node, &imported.root, true).await?;
     }
     let root = encoder.encode(&imported.root);
-    let name = name.filter(|n| !n.is_empty()).unwrap_or_else(|| root.clone());
+    let name = name
+        .filter(|n| !n.is_empty())
+        .unwrap_or_else(|| root.clone());
     let mut lines = Vec::new();
     if silent {
         return Ok(lines);

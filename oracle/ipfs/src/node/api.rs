@@ -34,8 +34,10 @@ pub(crate) fn router(state: NodeState) -> Router {
 }
 
 async fn unknown_command() -> Response {
-    KuboError::new("command not found: this node serves add, cat, pin/add, pin/rm, pin/ls, version and id")
-        .with_status(StatusCode::NOT_FOUND)
+    KuboError::new(
+        "command not found: this node serves add, cat, pin/add, pin/rm, pin/ls, version and id",
+    )
+    .with_status(StatusCode::NOT_FOUND)
 }
 
 /// The API has no authentication; like Kubo, refuse requests a web page sends

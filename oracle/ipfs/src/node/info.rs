@@ -42,7 +42,10 @@ pub(crate) async fn id(
     if let Err(e) = params.output() {
         return e.into_response();
     }
-    if let Some(base) = params.one("peerid-base").filter(|b| !b.is_empty() && *b != "b58mh") {
+    if let Some(base) = params
+        .one("peerid-base")
+        .filter(|b| !b.is_empty() && *b != "b58mh")
+    {
         return KuboError::new(format!(
             "peerid-base {base:?} is not supported by this node; use b58mh"
         ))

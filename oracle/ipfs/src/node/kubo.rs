@@ -72,7 +72,10 @@ impl Params {
     /// `encoding` must be `json` (the default; Kubo's `text` is for its
     /// CLI), `cid-base` and `upgrade-cidv0-in-output` as in Kubo.
     pub(crate) fn output(&self) -> KuboResult<CidEncoder> {
-        if let Some(enc) = self.one("encoding").filter(|e| !e.is_empty() && *e != "json") {
+        if let Some(enc) = self
+            .one("encoding")
+            .filter(|e| !e.is_empty() && *e != "json")
+        {
             return Err(KuboError::new(format!(
                 "encoding {enc:?} is not supported by this node; use json"
             )));
@@ -291,15 +294,22 @@ mod tests {
         let (Some(v0), Some(v1)) = (v0, v1) else {
             panic!("test CIDs do not parse")
         };
-        let print = |pairs: &[(&str, &str)], cid: &Cid| params(pairs).output().map(|e| e.encode(cid)).ok();
+        let print =
+            |pairs: &[(&str, &str)], cid: &Cid| params(pairs).output().map(|e| e.encode(cid)).ok();
         // Unknown options are ignored; the defaults print each CID natively.
-        assert_eq!(print(&[("paths", "x"), ("stream", "true")], &v0), Some(v0.to_string()));
+        assert_eq!(
+            print(&[("paths", "x"), ("stream", "true")], &v0),
+            Some(v0.to_string())
+        );
         assert_eq!(print(&[], &v1), Some(v1.to_string()));
         // Another base upgrades CIDv0 (Kubo's cidenc), unless told not to.
         let upgraded = Cid::new_v1(v0.codec(), *v0.hash()).to_string();
         assert_eq!(print(&[("cid-base", "base32")], &v0), Some(upgraded));
         assert_eq!(
-            print(&[("cid-base", "base32"), ("upgrade-cidv0-in-output", "false")], &v0),
+            print(
+                &[("cid-base", "base32"), ("upgrade-cidv0-in-output", "false")],
+                &v0
+            ),
             Some(v0.to_string())
         );
         assert!(print(&[("cid-base", "base36")], &v1).is_some_and(|t| t.starts_with('k')));

@@ -10,9 +10,7 @@ use futures::TryStreamExt;
 use rust_ipfs::{PinKind, PinMode};
 use serde_json::{json, Map, Value};
 
-use super::kubo::{
-    json_ok, ndjson_ok, parse_ipfs_path, CidEncoder, KuboError, KuboResult, Params,
-};
+use super::kubo::{json_ok, ndjson_ok, parse_ipfs_path, CidEncoder, KuboError, KuboResult, Params};
 use super::NodeState;
 
 /// POST /api/v0/pin/add?arg=CID[&recursive=true]
