@@ -267,7 +267,7 @@ pub async fn serve(dir: &Path, deployment_path: &Path, ports: Ports, options: &O
         pid: std::process::id(),
         anvil_pid: anvil.child().id(),
         rpc_url: rpc_url.clone(),
-        mqtt,
+        mqtt: mqtt.clone(),
         ipfs_api: ipfs.api_url(),
         contract: d.address,
         chain_id,

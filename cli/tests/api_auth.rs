@@ -104,7 +104,7 @@ fn a_doctor_signs_in_during_and_after_a_flood_of_anonymous_challenges() {
         let greedy = client_from("127.0.0.250");
         let mut limited = None;
         for _ in 0..(FLOOD / FLOODERS + 40) {
-            let (s, body, retry) = post(&greedy, &format!("{base}/api/v1/auth/challenge"), json!({ "address": Address::random() })).await;
+            let (s, body, retry) = post(&greedy, &format!("{base}/api/v1/auth/challenge"), json!({ "address": Address::new(rand::random()) })).await;
             if s == 429 {
                 limited = Some((body, retry));
                 break;
@@ -125,7 +125,7 @@ fn a_doctor_signs_in_during_and_after_a_flood_of_anonymous_challenges() {
                 let http = client_from(&format!("127.0.{}.{}", 1 + i / 200, 1 + i % 200));
                 let mut refused = Vec::new();
                 for _ in 0..FLOOD / FLOODERS {
-                    let (s, body, _) = post(&http, &format!("{base}/api/v1/auth/challenge"), json!({ "address": Address::random() })).await;
+                    let (s, body, _) = post(&http, &format!("{base}/api/v1/auth/challenge"), json!({ "address": Address::new(rand::random()) })).await;
                     match s {
                         200 => {
                             issued.fetch_add(1, Ordering::Relaxed);
