@@ -181,7 +181,9 @@ enum DevnetCmd {
     /// Start the devnet in the background (deploys and grants roles on first start).
     ///
     /// Writes the deployment file, keystores of the four role accounts (password in
-    /// <dir>/password) and <dir>/oracle.toml for `healthsense oracle --config`.
+    /// <dir>/password), <dir>/oracle.generated.toml and, when absent, <dir>/oracle.toml for
+    /// `healthsense oracle --config` (an edited one is kept). anvil's state is saved every
+    /// --state-interval seconds and on exit.
     Up {
         /// Folder for the devnet's state, keys and logs.
         #[arg(long, default_value = healthsense_cli::devnet::DEFAULT_DIR)]
