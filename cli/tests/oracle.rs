@@ -1231,10 +1231,16 @@ fn readiness_names_what_is_wrong_and_counts_session_drops() {
             mqtt.vitals(&net, &dev, &r).await;
         }
         hub.wait("5 readings anchored", |c| c.anchored_readings == 5);
+        // The hub forgets a device's record when it sees the device's events
+        // (the activation) on chain: past that, one more reading caches it again.
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let r = dev.next(5);
+        mqtt.vitals(&net, &dev, &r).await;
+        hub.wait("6 readings stored", |c| c.readings == 6);
         // The chain goes away: readings of a known device are still stored,
         // but not anchored; a device the hub has not looked up yet waits.
         proxy.down().await;
-        for i in 5..10 {
+        for i in 6..10 {
             let r = dev.next(i);
             mqtt.vitals(&net, &dev, &r).await;
         }
