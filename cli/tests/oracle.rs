@@ -227,9 +227,14 @@ impl Hub {
 
     /// Waits until `done(counts)` holds.
     fn wait(&self, what: &str, done: impl Fn(&Counts) -> bool) -> Counts {
+        self.poll(what, || self.counts(), done)
+    }
+
+    /// Reads `read()` until `done` holds of it (90 s at most).
+    fn poll<T: std::fmt::Debug>(&self, what: &str, read: impl Fn() -> T, done: impl Fn(&T) -> bool) -> T {
         let deadline = Instant::now() + Duration::from_secs(90);
         loop {
-            let c = self.counts();
+            let c = read();
             if done(&c) {
                 return c;
             }
@@ -1165,15 +1170,7 @@ impl Hub {
 
     /// Waits until the failing conditions satisfy `done`.
     fn wait_readiness(&self, what: &str, done: impl Fn(&[String]) -> bool) -> Vec<String> {
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            let failing = self.failing();
-            if done(&failing) {
-                return failing;
-            }
-            assert!(Instant::now() < deadline, "hub {}: timed out waiting for {what}: {failing:?}\n{}", self.name, self.logs());
-            std::thread::sleep(Duration::from_millis(100));
-        }
+        self.poll(what, || self.failing(), |f| done(f))
     }
 }
 
