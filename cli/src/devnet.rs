@@ -1,13 +1,15 @@
 //! `healthsense devnet up|down|status`: a local network on this machine.
 //!
 //! `up` starts a background `healthsense devnet serve` that runs anvil (from
-//! the project-local install, its state kept across restarts), the embedded
-//! MQTT broker and the embedded IPFS node; on first start it deploys the EVM
-//! edition, gives four dev accounts the four roles, writes their encrypted
-//! keystores, the deployment file and a ready-to-run oracle config. `down`
-//! stops it (anvil dumps its state); `status` says what runs where.
+//! the project-local install, its state saved every `--state-interval`
+//! seconds and on exit, so it survives a hard kill), the embedded MQTT
+//! broker (or uses the operator's, `--broker`) and the embedded IPFS node;
+//! on first start it deploys the EVM edition, gives four dev accounts the
+//! four roles, writes their encrypted keystores, the deployment file and a
+//! ready-to-run oracle config (`oracle.toml` only when absent: an edited one
+//! is kept; the current values are always in `oracle.generated.toml`).
+//! `down` stops it (anvil dumps its state); `status` says what runs where.
 
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -41,16 +43,30 @@ pub struct Ports {
     pub ipfs_port: u16,
 }
 
+/// How the devnet runs, beyond its ports.
+#[derive(Debug, Clone, clap::Args)]
+pub struct Options {
+    /// Seconds between snapshots of anvil's state (what a hard kill can lose).
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..))]
+    pub state_interval: u64,
+    /// Use this MQTT broker (HOST:PORT) instead of starting one.
+    #[arg(long, value_name = "HOST:PORT")]
+    pub broker: Option<String>,
+}
+
 /// What a running devnet publishes in `state.json`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct State {
     /// The `devnet serve` process.
     pub pid: u32,
+    /// anvil's process.
+    #[serde(default)]
+    pub anvil_pid: u32,
     /// anvil's JSON-RPC URL.
     pub rpc_url: String,
-    /// MQTT broker address.
-    pub mqtt: SocketAddr,
+    /// MQTT broker address (`host:port`).
+    pub mqtt: String,
     /// Kubo RPC URL of the IPFS node.
     pub ipfs_api: String,
     /// The contract.
@@ -90,7 +106,7 @@ pub fn running(dir: &Path) -> Option<State> {
 }
 
 /// Starts the devnet in the background (nothing if it already runs).
-pub fn up(dir: &Path, deployment: &Path, ports: Ports) -> Result<State> {
+pub fn up(dir: &Path, deployment: &Path, ports: Ports, options: &Options) -> Result<State> {
     if let Some(s) = running(dir) {
         return Ok(s);
     }
@@ -105,6 +121,8 @@ pub fn up(dir: &Path, deployment: &Path, ports: Ports) -> Result<State> {
         .arg(deployment)
         .args(["--rpc-port", &ports.rpc_port.to_string(), "--mqtt-port", &ports.mqtt_port.to_string()])
         .args(["--ipfs-port", &ports.ipfs_port.to_string()])
+        .args(["--state-interval", &options.state_interval.to_string()])
+        .args(options.broker.iter().flat_map(|b| ["--broker", b.as_str()]))
         .stdin(Stdio::null())
         .stdout(log.try_clone()?)
         .stderr(log);
@@ -150,8 +168,10 @@ pub fn down(dir: &Path) -> Result<bool> {
 }
 
 fn listening(addr: &str) -> bool {
-    addr.parse::<SocketAddr>()
+    use std::net::ToSocketAddrs;
+    addr.to_socket_addrs()
         .ok()
+        .and_then(|mut a| a.next())
         .is_some_and(|a| std::net::TcpStream::connect_timeout(&a, Duration::from_millis(300)).is_ok())
 }
 
@@ -160,7 +180,7 @@ pub fn services(s: &State) -> Vec<(&'static str, String, bool)> {
     let host_port = |url: &str| url.trim_start_matches("http://").trim_end_matches('/').to_string();
     vec![
         ("anvil", s.rpc_url.clone(), listening(&host_port(&s.rpc_url))),
-        ("mqtt", s.mqtt.to_string(), listening(&s.mqtt.to_string())),
+        ("mqtt", s.mqtt.clone(), listening(&s.mqtt)),
         ("ipfs", s.ipfs_api.clone(), listening(&host_port(&s.ipfs_api))),
     ]
 }
@@ -168,7 +188,7 @@ pub fn services(s: &State) -> Vec<(&'static str, String, bool)> {
 const ROLES: [(&str, usize); 4] = [("admin", 0), ("hub", 1), ("doctor", 2), ("insurer", 3)];
 
 /// The background process: runs everything until SIGTERM or Ctrl-C.
-pub async fn serve(dir: &Path, deployment_path: &Path, ports: Ports) -> Result<()> {
+pub async fn serve(dir: &Path, deployment_path: &Path, ports: Ports, options: &Options) -> Result<()> {
     let dir = std::path::absolute(dir)?;
     let deployment_path = std::path::absolute(deployment_path)?;
     let root = tools::project_root()?;
@@ -178,13 +198,27 @@ pub async fn serve(dir: &Path, deployment_path: &Path, ports: Ports) -> Result<(
         .port(ports.rpc_port)
         .arg("--state")
         .arg(anvil_state.display().to_string())
+        // anvil writes --state only on a clean exit; the snapshots keep the
+        // chain through a kill -9 or a power cut (less the last interval).
+        .arg("--state-interval")
+        .arg(options.state_interval.to_string())
         .try_spawn()
         .with_context(|| format!("starting anvil on port {} (--rpc-port; is it taken?)", ports.rpc_port))?;
     let rpc_url = format!("http://127.0.0.1:{}", ports.rpc_port);
     let provider = ProviderBuilder::new().connect_http(rpc_url.parse()?);
     let chain_id = provider.get_chain_id().await.context("asking anvil for its chain id")?;
-    let mqtt = healthsense_oracle::broker::start_embedded(([127, 0, 0, 1], ports.mqtt_port).into())
-        .with_context(|| format!("starting the MQTT broker on port {} (--mqtt-port)", ports.mqtt_port))?;
+    let mqtt = match &options.broker {
+        Some(external) => {
+            if !listening(external) {
+                tracing::warn!(broker = %external, "nothing answers at --broker yet; hubs will retry");
+            }
+            external.clone()
+        }
+        None => healthsense_oracle::broker::start_embedded(([127, 0, 0, 1], ports.mqtt_port).into())
+            .with_context(|| format!("starting the MQTT broker on port {} (--mqtt-port)", ports.mqtt_port))?
+            .to_string(),
+    };
+    let (mqtt_host, mqtt_port) = mqtt.rsplit_once(':').context("--broker must be HOST:PORT")?;
     let ipfs = healthsense_ipfs::node::start(healthsense_ipfs::node::NodeConfig::new(dir.join("ipfs"), ([127, 0, 0, 1], ports.ipfs_port).into()))
     .await
     .with_context(|| format!("starting the IPFS node on port {} (--ipfs-port)", ports.ipfs_port))?;
@@ -227,23 +261,20 @@ pub async fn serve(dir: &Path, deployment_path: &Path, ports: Ports) -> Result<(
     if !archive_key.exists() {
         crate::archive::write_private(&archive_key, healthsense_oracle::archive::seal::Secret::random().to_hex().as_bytes())?;
     }
-    let oracle_config = dir.join("oracle.toml");
-    std::fs::write(
-        &oracle_config,
-        format!(
-            "# Written by `healthsense devnet up`: the hub of ward-1 on this devnet.\n\
-             hub = \"ward-1\"\nward = \"ward-1\"\nstore = \"hub.sqlite\"\n\n[chain]\nrpc_url = \"{rpc_url}\"\ncontract = \"{}\"\n\
-             keystore = \"keys/hub.json\"\npassword_file = \"password\"\n\n[mqtt]\nembedded = false\nhost = \"127.0.0.1\"\nport = {}\n\n\
-             [archive]\nipfs_api = \"{}\"\nkey_file = \"archive.key\"\n",
-            d.address,
-            mqtt.port(),
-            ipfs.api_url()
-        ),
-    )?;
+    let generated = format!(
+        "# Written by `healthsense devnet up`: the hub of ward-1 on this devnet.\n\
+         hub = \"ward-1\"\nward = \"ward-1\"\nstore = \"hub.sqlite\"\n\n[chain]\nrpc_url = \"{rpc_url}\"\ncontract = \"{}\"\n\
+         keystore = \"keys/hub.json\"\npassword_file = \"password\"\n\n[mqtt]\nembedded = false\nhost = \"{mqtt_host}\"\nport = {mqtt_port}\n\n\
+         [archive]\nipfs_api = \"{}\"\nkey_file = \"archive.key\"\n",
+        d.address,
+        ipfs.api_url()
+    );
+    let oracle_config = write_config(&dir, &generated)?;
     let state = State {
         pid: std::process::id(),
+        anvil_pid: anvil.child().id(),
         rpc_url: rpc_url.clone(),
-        mqtt,
+        mqtt: mqtt.clone(),
         ipfs_api: ipfs.api_url(),
         contract: d.address,
         chain_id,
@@ -255,7 +286,7 @@ pub async fn serve(dir: &Path, deployment_path: &Path, ports: Ports) -> Result<(
     let tmp = dir.join("state.json.tmp");
     std::fs::write(&tmp, serde_json::to_vec_pretty(&state)?)?;
     std::fs::rename(&tmp, state_path(&dir))?;
-    tracing::info!(rpc = %rpc_url, mqtt = %mqtt, ipfs = %ipfs.api_url(), contract = %d.address, "devnet up");
+    tracing::info!(rpc = %rpc_url, %mqtt, ipfs = %ipfs.api_url(), contract = %d.address, "devnet up");
 
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     tokio::select! {
@@ -275,6 +306,24 @@ pub async fn serve(dir: &Path, deployment_path: &Path, ports: Ports) -> Result<(
     drop(anvil);
     tracing::info!("devnet down");
     Ok(())
+}
+
+/// Writes `generated` to `oracle.generated.toml`, and to `oracle.toml` only
+/// when there is none: an operator's edits are never overwritten. Returns
+/// the config to run.
+fn write_config(dir: &Path, generated: &str) -> Result<PathBuf> {
+    std::fs::write(dir.join("oracle.generated.toml"), generated)?;
+    let config = dir.join("oracle.toml");
+    match std::fs::OpenOptions::new().write(true).create_new(true).open(&config) {
+        Ok(mut f) => std::io::Write::write_all(&mut f, generated.as_bytes())?,
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+            if std::fs::read_to_string(&config).is_ok_and(|c| c != generated) {
+                tracing::info!(config = %config.display(), "keeping the existing oracle.toml; this devnet's values are in oracle.generated.toml");
+            }
+        }
+        Err(e) => return Err(e).with_context(|| format!("writing {}", config.display())),
+    }
+    Ok(config)
 }
 
 /// alloy's keystore encryption takes a rand 0.8 RNG.

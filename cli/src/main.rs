@@ -24,6 +24,8 @@ mod exit {
     pub const REFUSED: u8 = 4;
     /// An archive does not match the chain (tampered).
     pub const TAMPERED: u8 = 5;
+    /// `simulate`: a published reading was not confirmed stored by the hub.
+    pub const NOT_STORED: u8 = 6;
 }
 
 #[derive(Parser)]
@@ -128,6 +130,9 @@ enum Command {
         /// At the end, each device sends a signed discharge signal (the hub bills and archives).
         #[arg(long)]
         discharge: bool,
+        /// After the run, how long to wait for the hub to confirm every reading stored (seconds).
+        #[arg(long, default_value_t = 30.0)]
+        wait: f64,
     },
     /// Grant, revoke or check roles (admin, hub, doctor, insurer).
     #[command(subcommand)]
@@ -176,13 +181,17 @@ enum DevnetCmd {
     /// Start the devnet in the background (deploys and grants roles on first start).
     ///
     /// Writes the deployment file, keystores of the four role accounts (password in
-    /// <dir>/password) and <dir>/oracle.toml for `healthsense oracle --config`.
+    /// <dir>/password), <dir>/oracle.generated.toml and, when absent, <dir>/oracle.toml for
+    /// `healthsense oracle --config` (an edited one is kept). anvil's state is saved every
+    /// --state-interval seconds and on exit.
     Up {
         /// Folder for the devnet's state, keys and logs.
         #[arg(long, default_value = healthsense_cli::devnet::DEFAULT_DIR)]
         dir: PathBuf,
         #[command(flatten)]
         ports: healthsense_cli::devnet::Ports,
+        #[command(flatten)]
+        options: healthsense_cli::devnet::Options,
     },
     /// Stop the devnet (anvil keeps its state for the next `up`).
     Down {
@@ -201,6 +210,8 @@ enum DevnetCmd {
         dir: PathBuf,
         #[command(flatten)]
         ports: healthsense_cli::devnet::Ports,
+        #[command(flatten)]
+        options: healthsense_cli::devnet::Options,
     },
 }
 
@@ -401,6 +412,8 @@ async fn main() -> ExitCode {
             eprintln!("error: {err:#}");
             let code = if err.downcast_ref::<healthsense_cli::archive::Tampered>().is_some() {
                 exit::TAMPERED
+            } else if err.downcast_ref::<healthsense_cli::simulate::NotStored>().is_some() {
+                exit::NOT_STORED
             } else if err.downcast_ref::<ConfigError>().is_some() || err.downcast_ref::<healthsense_cli::archive::KeyError>().is_some() {
                 exit::CONFIG
             } else if err.downcast_ref::<admin::Refused>().is_some() {
@@ -537,7 +550,7 @@ async fn contract_command(cli: Cli) -> Result<()> {
     let c = admin::connect(d, signer).map_err(ConfigError)?;
     let j = cli.json;
     match cli.command {
-        Command::Simulate { hub, ward, broker, beds, rate, seconds, speed, seed, admit, discharge } => {
+        Command::Simulate { hub, ward, broker, beds, rate, seconds, speed, seed, admit, discharge, wait } => {
             use healthsense_cli::simulate::{self, Bed, Patient, Settings};
             use rand::{Rng, SeedableRng};
             let (host, port) = broker
@@ -545,8 +558,8 @@ async fn contract_command(cli: Cli) -> Result<()> {
                 .and_then(|(h, p)| Some((h.to_string(), p.parse::<u16>().ok()?)))
                 .with_context(|| format!("--broker {broker:?} is not HOST:PORT"))
                 .map_err(ConfigError)?;
-            if !(rate > 0.0 && seconds > 0.0 && speed > 0.0) {
-                return Err(ConfigError(anyhow::anyhow!("--rate, --seconds and --speed must be positive")).into());
+            if !(rate > 0.0 && seconds > 0.0 && speed > 0.0 && wait >= 0.0) {
+                return Err(ConfigError(anyhow::anyhow!("--rate, --seconds and --speed must be positive, --wait not negative")).into());
             }
             let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
             let tag = format!("{:06x}", rand::rng().random::<u32>() & 0xff_ffff);
@@ -562,14 +575,14 @@ async fn contract_command(cli: Cli) -> Result<()> {
             }
             let domain = healthsense_abi::rules::eip712::domain_separator(c.deployment.chain_id, c.deployment.address);
             let settings = Settings { hub, broker: (host, port), rate, speed, seconds, seed, domain };
-            let conn = simulate::connect(&settings, &ward_beds, &format!("sim-{tag}")).await?;
+            let mut conn = simulate::connect(&settings, &ward_beds, &format!("sim-{tag}")).await?;
             if admit {
                 for b in &ward_beds {
                     let p = admin::patient_id(&format!("sim-{}", b.serial)).map_err(ConfigError)?;
                     c.send(H::admitPatientCall { patientId: p, deviceId: b.device_id() }).await?;
                 }
             }
-            let report = simulate::run(&settings, &mut ward_beds, &conn.client, |r| {
+            let mut report = simulate::run(&settings, &mut ward_beds, &conn.client, |r| {
                 if !j {
                     eprint!("\r{} readings sent", r.readings);
                 }
@@ -588,16 +601,20 @@ async fn contract_command(cli: Cli) -> Result<()> {
             if !conn.flushed(published).await {
                 anyhow::bail!("the broker did not acknowledge every reading within 30 s");
             }
+            let wait = std::time::Duration::from_secs_f64(wait.min(3_600.0));
+            simulate::confirm(&settings, &mut conn, &ward_beds, &mut report, wait).await?;
             if j {
                 println!("{}", serde_json::to_string_pretty(&report)?);
             } else {
                 eprintln!();
-                println!("{} readings and {} state reports from {} beds", report.readings, report.states, beds);
+                println!("{} readings published, {} stored by the hub, {} rejected; {} state reports from {} beds",
+                    report.readings, report.stored, report.rejected, report.states, beds);
                 for (serial, score) in &report.max_news2 {
                     let flag = if *score >= 7 { "emergency" } else if *score >= 5 { "urgent" } else { "" };
                     println!("  {serial}  highest NEWS2 {score:>2}  {flag}");
                 }
             }
+            report.all_stored()?;
         }
         Command::Roles(RolesCmd::Grant { role, address }) => {
             let r = admin::role(&role).map_err(ConfigError)?;
@@ -891,8 +908,8 @@ async fn devnet_command(cmd: DevnetCmd, deployment: PathBuf, j: bool) -> Result<
         show(j, json!({ "running": true, "state": s, "services": rows }), text);
     };
     match cmd {
-        DevnetCmd::Up { dir, ports } => {
-            let s = devnet::up(&dir, &deployment, ports)?;
+        DevnetCmd::Up { dir, ports, options } => {
+            let s = devnet::up(&dir, &deployment, ports, &options)?;
             print(&s);
         }
         DevnetCmd::Down { dir } => {
@@ -906,7 +923,7 @@ async fn devnet_command(cmd: DevnetCmd, deployment: PathBuf, j: bool) -> Result<
                 return Err(NotRunning.into());
             }
         },
-        DevnetCmd::Serve { dir, ports } => devnet::serve(&dir, &deployment, ports).await?,
+        DevnetCmd::Serve { dir, ports, options } => devnet::serve(&dir, &deployment, ports, &options).await?,
     }
     Ok(())
 }

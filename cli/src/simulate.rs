@@ -234,8 +234,13 @@ pub struct Settings {
 /// Totals of a run.
 #[derive(Debug, Clone, Default, serde::Serialize)]
 pub struct Report {
-    /// Readings published.
+    /// Readings published (acknowledged by the broker, which says nothing
+    /// about the hub).
     pub readings: u64,
+    /// Readings the hub confirmed stored ([`confirm`]).
+    pub stored: u64,
+    /// Readings the hub rejected (status replies with a 4xx/5xx code).
+    pub rejected: u64,
     /// State messages published.
     pub states: u64,
     /// Beds whose NEWS2 reached 5 or more (urgent response).
@@ -244,13 +249,82 @@ pub struct Report {
     pub max_news2: Vec<(String, u8)>,
 }
 
-/// A connected device-side client and the number of publishes the broker
-/// has acknowledged so far.
+/// A connected device-side client, the number of publishes the broker
+/// has acknowledged so far, and the hub's status replies.
 pub struct Connected {
     /// The client.
     pub client: AsyncClient,
     /// Broker acknowledgements (PUBACK) received.
     pub acks: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    replies: tokio::sync::mpsc::UnboundedReceiver<(String, StatusReply)>,
+}
+
+/// Some readings were published but not confirmed stored by the hub.
+#[derive(Debug, thiserror::Error)]
+#[error("{missing} of {published} published reading(s) were not confirmed stored by the hub ({rejected} rejected); see its log and /readyz")]
+pub struct NotStored {
+    /// Published readings not confirmed stored.
+    pub missing: u64,
+    /// Readings published.
+    pub published: u64,
+    /// Of the missing, rejected by the hub.
+    pub rejected: u64,
+}
+
+impl Report {
+    /// `Err` when any published reading was not confirmed stored.
+    pub fn all_stored(&self) -> Result<(), NotStored> {
+        match self.readings.saturating_sub(self.stored) {
+            0 => Ok(()),
+            missing => Err(NotStored { missing, published: self.readings, rejected: self.rejected }),
+        }
+    }
+}
+
+/// Asks the hub what it stored: says hello again for each bed and reads the
+/// highest stored sequence number from its `200 registered` reply (the hub
+/// answers a hello from the store, docs/PROTOCOL.md), for up to `wait`,
+/// while late readings are still being committed. Fills `report.stored` and
+/// `report.rejected`; a reading counts as stored when its sequence number is
+/// at most the bed's confirmed one and the hub did not reject it.
+pub async fn confirm(settings: &Settings, conn: &mut Connected, beds: &[Bed], report: &mut Report, wait: Duration) -> Result<()> {
+    use std::collections::{HashMap, HashSet};
+    let topics = Topics::new(&settings.hub).map_err(anyhow::Error::msg)?;
+    let mut stored: HashMap<&str, u64> = HashMap::new();
+    let mut rejected: HashSet<(String, u64)> = HashSet::new();
+    let deadline = tokio::time::Instant::now() + wait;
+    loop {
+        let open: Vec<&Bed> = beds.iter().filter(|b| stored.get(b.serial.as_str()).is_none_or(|s| *s < b.seq)).collect();
+        if open.is_empty() || tokio::time::Instant::now() >= deadline {
+            break;
+        }
+        for bed in &open {
+            let hello = serde_json::to_vec(&protocol::Hello { signer: bed.key.address(), firmware: Some("sim-1.0".into()) })?;
+            conn.client.publish(topics.device(&bed.serial, DeviceTopic::Hello), QoS::AtLeastOnce, false, hello).await?;
+        }
+        let round = (tokio::time::Instant::now() + Duration::from_secs(1)).min(deadline);
+        while let Ok(Some((serial, reply))) = tokio::time::timeout_at(round, conn.replies.recv()).await {
+            let Some(bed) = beds.iter().find(|b| b.serial == serial) else { continue };
+            match (reply.code, reply.reason.starts_with("hello"), reply.seq) {
+                (Code::Registered, true, seq) => {
+                    stored.insert(bed.serial.as_str(), seq.unwrap_or(0));
+                }
+                (code, false, Some(seq)) if code as u16 >= 400 => {
+                    rejected.insert((serial, seq));
+                }
+                _ => {}
+            }
+        }
+    }
+    report.rejected = rejected.len() as u64;
+    report.stored = beds
+        .iter()
+        .map(|b| {
+            let upto = stored.get(b.serial.as_str()).copied().unwrap_or(0).min(b.seq);
+            (1..=upto).filter(|seq| !rejected.contains(&(b.serial.clone(), *seq))).count() as u64
+        })
+        .sum();
+    Ok(())
 }
 
 impl Connected {
@@ -317,7 +391,7 @@ pub async fn connect(settings: &Settings, beds: &[Bed], client_id: &str) -> Resu
             }
             if waiting.is_empty() {
                 // Count the hellos as acknowledged from here on.
-                let c = Connected { client, acks };
+                let c = Connected { client, acks, replies: rx };
                 c.flushed(hellos).await;
                 c.acks.fetch_sub(hellos.min(c.acks.load(std::sync::atomic::Ordering::SeqCst)), std::sync::atomic::Ordering::SeqCst);
                 return Ok(c);

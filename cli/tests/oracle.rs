@@ -222,19 +222,19 @@ impl Hub {
     }
 
     fn metrics(&self) -> String {
-        use std::io::{Read, Write};
-        let mut s = std::net::TcpStream::connect(("127.0.0.1", self.metrics_port)).unwrap();
-        write!(s, "GET /metrics HTTP/1.0\r\nHost: x\r\n\r\n").unwrap();
-        let mut out = String::new();
-        s.read_to_string(&mut out).unwrap();
-        out
+        self.get("/metrics").1
     }
 
     /// Waits until `done(counts)` holds.
     fn wait(&self, what: &str, done: impl Fn(&Counts) -> bool) -> Counts {
+        self.poll(what, || self.counts(), done)
+    }
+
+    /// Reads `read()` until `done` holds of it (90 s at most).
+    fn poll<T: std::fmt::Debug>(&self, what: &str, read: impl Fn() -> T, done: impl Fn(&T) -> bool) -> T {
         let deadline = Instant::now() + Duration::from_secs(90);
         loop {
-            let c = self.counts();
+            let c = read();
             if done(&c) {
                 return c;
             }
@@ -1114,4 +1114,237 @@ fn outages_of_ipfs_and_the_chain_delay_the_archive_and_lose_nothing() {
     let metrics = hub.metrics();
     assert!(metrics.contains("healthsense_oracle_archives_total 1"), "{metrics}");
     rt.block_on(async { ipfs.down().await });
+}
+
+// ---- Issue 17: readiness, session drops, strict parsing, honest simulator --
+
+fn mosquitto_bin() -> &'static str {
+    ["/usr/sbin/mosquitto", "/usr/bin/mosquitto"]
+        .into_iter()
+        .find(|p| Path::new(p).exists())
+        .expect("mosquitto is not installed: run scripts/setup (apt-get install mosquitto)")
+}
+
+impl Mosquitto {
+    /// Stops the broker (its port and configuration are kept for [`Mosquitto::restart`]).
+    fn stop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Starts the broker again on its port.
+    fn restart(&mut self) {
+        self.stop();
+        let conf = self._dir.path().join("mosquitto.conf");
+        self.child = Command::new(mosquitto_bin()).arg("-c").arg(&conf).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            assert!(Instant::now() < deadline, "mosquitto did not restart on {}", self.port);
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Hub {
+    /// `GET path` on the metrics listener: status and body.
+    fn get(&self, path: &str) -> (u16, String) {
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", self.metrics_port)).unwrap();
+        write!(s, "GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").unwrap();
+        let mut out = String::new();
+        s.read_to_string(&mut out).unwrap();
+        let status = out.split(' ').nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+        (status, out.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default())
+    }
+
+    /// The readiness conditions that hold (`/readyz`), checked against its status code.
+    fn failing(&self) -> Vec<String> {
+        let (status, body) = self.get("/readyz");
+        let v: serde_json::Value = serde_json::from_str(&body).unwrap_or_else(|e| panic!("/readyz {status}: {e}: {body}"));
+        let failing: Vec<String> =
+            v["failing"].as_array().unwrap().iter().map(|f| f["condition"].as_str().unwrap().to_string()).collect();
+        assert_eq!(status, if failing.is_empty() { 200 } else { 503 }, "{body}");
+        assert_eq!(v["ready"], failing.is_empty());
+        failing
+    }
+
+    /// Waits until the failing conditions satisfy `done`.
+    fn wait_readiness(&self, what: &str, done: impl Fn(&[String]) -> bool) -> Vec<String> {
+        self.poll(what, || self.failing(), |f| done(f))
+    }
+}
+
+fn has(failing: &[String], condition: &str) -> bool {
+    failing.iter().any(|f| f == condition)
+}
+
+#[test]
+fn readiness_names_what_is_wrong_and_counts_session_drops() {
+    let rt = rt();
+    let mut broker = Mosquitto::start();
+    let mut net = Net::new(&[1]);
+    let mut proxy = Proxy::new(net.anvil.port());
+    rt.block_on(proxy.up());
+    net.rpc_override = Some(proxy.url());
+    net.hub_extra =
+        "[health]\nflap_window_s = 300\nflap_drops = 3\ningest_stall_s = 2\nchain_grace_s = 1\nanchor_margin_ms = 1000\n".into();
+    let mut dev = Device::new("HS-H1", net.provision("HS-H1", "ward-8"));
+    let hub = Hub::start(&net, "ward-8", "ward-8", 1, Broker::External(broker.port), 5);
+    hub.wait_readiness("ready", |f| f.is_empty());
+
+    // The broker goes away: not ready, and /readyz says why; alive all the same.
+    broker.stop();
+    hub.wait_readiness("mqtt_down", |f| has(f, "mqtt_down"));
+    assert_eq!(hub.get("/healthz"), (200, "ok\n".to_string()));
+    broker.restart();
+    hub.wait_readiness("ready again", |f| f.is_empty());
+    // Two more drops: three in the window is a flapping session, though
+    // each reconnect succeeds. Logged at error level and counted.
+    for _ in 0..2 {
+        broker.stop();
+        hub.wait_readiness("mqtt_down", |f| has(f, "mqtt_down"));
+        broker.restart();
+        hub.wait_readiness("reconnected", |f| !has(f, "mqtt_down"));
+    }
+    let failing = hub.wait_readiness("mqtt_flapping", |f| has(f, "mqtt_flapping"));
+    assert_eq!(failing, ["mqtt_flapping"]);
+    let logs = hub.logs();
+    assert!(logs.lines().any(|l| l.contains("ERROR") && l.contains("the MQTT session keeps dropping")), "{logs}");
+    let metrics = hub.metrics();
+    for line in [
+        "healthsense_oracle_mqtt_session_drops_total 3",
+        "healthsense_oracle_mqtt_connected 1",
+        "healthsense_oracle_not_ready{condition=\"mqtt_flapping\"} 1",
+        "healthsense_oracle_not_ready{condition=\"mqtt_down\"} 0",
+    ] {
+        assert!(metrics.contains(line), "{line} missing:\n{metrics}");
+    }
+
+    rt.block_on(async {
+        let mut mqtt = Mqtt::connect(broker.port, "beds-h", "ward-8").await;
+        assert_eq!(mqtt.hello(&dev).await, Code::Registered);
+        for i in 0..5 {
+            let r = dev.next(i);
+            mqtt.vitals(&net, &dev, &r).await;
+        }
+        hub.wait("5 readings anchored", |c| c.anchored_readings == 5);
+        // The hub forgets a device's record when it sees the device's events
+        // (the activation) on chain: past that, one more reading caches it again.
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let r = dev.next(5);
+        mqtt.vitals(&net, &dev, &r).await;
+        hub.wait("6 readings stored", |c| c.readings == 6);
+        // The chain goes away: readings of a known device are still stored,
+        // but not anchored; a device the hub has not looked up yet waits.
+        proxy.down().await;
+        for i in 6..10 {
+            let r = dev.next(i);
+            mqtt.vitals(&net, &dev, &r).await;
+        }
+        hub.wait("10 readings stored", |c| c.readings == 10);
+        let stranger = Device::new("HS-H-NOBODY", PrivateKeySigner::random());
+        let r = Reading { deviceId: ids::device_id(&stranger.serial), ..dev.next(10) };
+        mqtt.vitals(&net, &stranger, &r).await;
+        let failing = hub.wait_readiness("chain, anchoring and ingest conditions", |f| {
+            ["chain_unreachable", "anchor_late", "ingest_stuck"].iter().all(|c| has(f, c))
+        });
+        assert!(!has(&failing, "mqtt_down"), "{failing:?}");
+        // Back: every condition but the flapping window clears.
+        proxy.up().await;
+        hub.wait_readiness("the chain conditions clear", |f| f == ["mqtt_flapping"]);
+        assert_eq!(mqtt.rejection("HS-H-NOBODY", &hub).await.code, Code::UnknownDevice);
+        hub.wait("10 readings anchored", |c| c.anchored_readings == 10);
+    });
+    let metrics = hub.metrics();
+    assert!(metrics.contains("healthsense_oracle_not_ready{condition=\"chain_unreachable\"} 0"), "{metrics}");
+}
+
+#[test]
+fn signed_payloads_are_parsed_strictly_and_path_like_serials_get_no_answer() {
+    let net = Net::new(&[1]);
+    let mut dev = Device::new("HS-S1", net.provision("HS-S1", "ward-2"));
+    let hub = Hub::start(&net, "ward-2", "ward-2", 1, Broker::Embedded, 5);
+    rt().block_on(async {
+        let mut mqtt = Mqtt::connect(hub.mqtt_port, "beds-s", "ward-2").await;
+        assert_eq!(mqtt.hello(&dev).await, Code::Registered);
+        let r = dev.next(1);
+        let signed = String::from_utf8(protocol::sign_vitals(&dev.key, net.domain, "HS-S1", &r).unwrap()).unwrap();
+        let cases = [
+            ("a key twice, same value", signed.replacen("{\"seq\":1,", "{\"seq\":1,\"seq\":1,", 1)),
+            ("a key twice, another value", signed.replacen("{\"seq\":1,", "{\"seq\":2,\"seq\":1,", 1)),
+            ("a record key twice", signed.replacen("\"n\":\"heartRate\"", "\"n\":\"heartRate\",\"n\":\"heartRate\"", 1)),
+            ("an unknown top-level field", signed.replacen("{\"seq\":1,", "{\"seq\":1,\"note\":\"x\",", 1)),
+        ];
+        for (what, payload) in &cases {
+            assert_ne!(payload, &signed, "{what}: the edit applies");
+            mqtt.publish("HS-S1", DeviceTopic::Vitals, payload.clone().into_bytes()).await;
+            let reply = mqtt.rejection("HS-S1", &hub).await;
+            assert_eq!(reply.code, Code::Malformed, "{what}: {}", reply.reason);
+        }
+        mqtt.publish("HS-S1", DeviceTopic::Vitals, signed.into_bytes()).await;
+        let c = hub.wait("the well-formed reading stored", |c| c.readings == 1);
+        assert_eq!(c.rejections, cases.len() as u64);
+
+        // Hellos on path-like serials get no answer; the marker hello after
+        // them does (the hub answers hellos in order).
+        let (raw, mut ev) = AsyncClient::new(MqttOptions::new("raw-s", "127.0.0.1", hub.mqtt_port), 100);
+        raw.subscribe("hs/v1/ward-2/dev/+/status", QoS::AtLeastOnce).await.unwrap();
+        let (tx, mut topics) = mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            while let Ok(e) = ev.poll().await {
+                if let Event::Incoming(Packet::Publish(p)) = e {
+                    let _ = tx.send(p.topic);
+                }
+            }
+        });
+        let hello = serde_json::json!({ "signer": dev.key.address() }).to_string();
+        for serial in ["..", ".", "-", "HS-S-MARK"] {
+            raw.publish(format!("hs/v1/ward-2/dev/{serial}/hello"), QoS::AtLeastOnce, false, hello.clone()).await.unwrap();
+        }
+        loop {
+            let topic = tokio::time::timeout(Duration::from_secs(20), topics.recv()).await.expect("the marker is answered").unwrap();
+            assert!(!["..", ".", "-"].iter().any(|s| topic == format!("hs/v1/ward-2/dev/{s}/status")), "answered on {topic}");
+            if topic == "hs/v1/ward-2/dev/HS-S-MARK/status" {
+                break;
+            }
+        }
+    });
+}
+
+#[test]
+fn simulate_reports_what_the_hub_stored_and_fails_when_it_did_not() {
+    let broker = Mosquitto::start();
+    let net = Net::new(&[1]);
+    let mut hub = Hub::start(&net, "ward-9", "ward-9", 1, Broker::External(broker.port), 50);
+    let address = format!("127.0.0.1:{}", broker.port);
+    let simulate = |seconds: &str| {
+        Command::new(env!("CARGO_BIN_EXE_healthsense"))
+            .args(["--json", "simulate", "--hub", "ward-9", "--ward", "ward-9", "--broker", &address, "--beds", "2", "--rate", "5"])
+            .args(["--speed", "100", "--wait", "3", "--seconds", seconds, "--deployment"])
+            .arg(&net.deployment)
+            .env("HEALTHSENSE_PRIVATE_KEY", alloy::hex::encode(net.anvil.keys()[ADMIN].to_bytes()))
+            .env("HEALTHSENSE_HOME", &net.root)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    // The hub stops mid-run: the broker still acknowledges every reading.
+    let run = simulate("8");
+    hub.wait("readings flowing", |c| c.readings >= 5);
+    hub.kill();
+    let out = run.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(6), "readings the hub did not store fail the run: {stderr}");
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["readings"], 80, "2 beds x 5/s x 8 s published: {report}");
+    assert!(report["stored"].as_u64().unwrap() < 80, "{report}");
+    assert!(stderr.contains("not confirmed stored"), "{stderr}");
+
+    // With the hub running to the end, every reading is confirmed stored.
+    hub.spawn(&net);
+    let out = simulate("2").wait_with_output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!((report["readings"].as_u64(), report["stored"].as_u64(), report["rejected"].as_u64()), (Some(20), Some(20), Some(0)), "{report}");
 }

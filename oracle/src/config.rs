@@ -56,6 +56,9 @@ pub struct Config {
     /// REST API and dashboard.
     #[serde(default)]
     pub api: ApiConfig,
+    /// Readiness thresholds (`/readyz`).
+    #[serde(default)]
+    pub health: HealthConfig,
 }
 
 fn default_store() -> PathBuf {
@@ -282,6 +285,10 @@ pub struct ApiConfig {
     pub from_block: u64,
     /// Mark the session cookie `Secure` (set when served over HTTPS).
     pub secure_cookie: bool,
+    /// Sign-in requests (`/auth/*`) a second one client address may make, sustained.
+    pub auth_rate_per_s: f64,
+    /// Sign-in requests one client address may make at once.
+    pub auth_burst: u32,
 }
 
 impl Default for ApiConfig {
@@ -295,6 +302,39 @@ impl Default for ApiConfig {
             uri: None,
             from_block: 0,
             secure_cookie: false,
+            auth_rate_per_s: 10.0,
+            auth_burst: 60,
+        }
+    }
+}
+
+/// When the hub stops being ready (`GET /readyz`, docs/ORACLE.md).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HealthConfig {
+    /// The sliding window in which MQTT session drops are counted, seconds.
+    pub flap_window_s: u64,
+    /// Session drops within the window that make the session "flapping".
+    pub flap_drops: u32,
+    /// Longest a received vitals message may wait without any commit, seconds.
+    pub ingest_stall_s: u64,
+    /// Longest the chain may stay unreachable, seconds.
+    pub chain_grace_s: u64,
+    /// How much older than `anchor.interval_ms` the oldest unanchored reading may be, ms.
+    pub anchor_margin_ms: u64,
+    /// Longest an archive job may wait to reach the chain, seconds.
+    pub archive_max_wait_s: u64,
+}
+
+impl Default for HealthConfig {
+    fn default() -> Self {
+        Self {
+            flap_window_s: 60,
+            flap_drops: 5,
+            ingest_stall_s: 30,
+            chain_grace_s: 60,
+            anchor_margin_ms: 60_000,
+            archive_max_wait_s: 900,
         }
     }
 }

@@ -21,6 +21,7 @@ use crate::anchor::Anchorer;
 use crate::chain::{Chain, ChainError};
 use crate::config::{Config, MQTT_PASSWORD_VAR};
 use crate::devices::Registry;
+use crate::health::Health;
 use crate::ingest::{self, CommitHook, Incoming, Limits, Shared};
 use crate::metrics::Metrics;
 use crate::protocol::{self, Announcement, Code, DeviceTopic, Hello, Presence, StatusReply, Topics};
@@ -150,10 +151,11 @@ pub async fn start(cfg: Config, key: PrivateKeySigner, options: Options) -> Resu
     let (client, mut eventloop) = AsyncClient::new(mqtt_options(&cfg, &host, port, &topics)?, 100_000);
 
     let metrics = Arc::new(Metrics::default());
+    let health = Arc::new(Health::new(cfg.health.clone(), cfg.anchor.interval().as_millis() as u64, metrics.clone(), open()?, ingest::now_ms())?);
     let registry = Arc::new(Registry::default());
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let metrics_addr = match cfg.metrics.enabled {
-        true => Some(crate::metrics::serve(cfg.metrics.listen, metrics.clone(), shutdown_rx.clone()).await?),
+        true => Some(crate::metrics::serve(cfg.metrics.listen, metrics.clone(), health.clone(), shutdown_rx.clone()).await?),
         false => None,
     };
     let live = Live::default();
@@ -192,6 +194,7 @@ pub async fn start(cfg: Config, key: PrivateKeySigner, options: Options) -> Resu
         wake_anchor: wake.clone(),
         on_commit: options.on_commit,
         alerts: Some(alerts_tx),
+        health: health.clone(),
     };
     let limits = Limits {
         max_payload: cfg.ingest.max_payload,
@@ -256,7 +259,8 @@ pub async fn start(cfg: Config, key: PrivateKeySigner, options: Options) -> Resu
         false => None,
     };
     tasks.push(tokio::spawn(checkpoints(checkpoint_store, shutdown_rx.clone())));
-    tasks.push(tokio::spawn(watch_devices(chain.clone(), registry.clone(), cfg.chain.poll_ms.unwrap_or(1_000), shutdown_rx.clone())));
+    let poll_ms = cfg.chain.poll_ms.unwrap_or(1_000);
+    tasks.push(tokio::spawn(watch_devices(chain.clone(), registry.clone(), poll_ms, health.clone(), shutdown_rx.clone())));
 
     let (control_tx, control_rx) = mpsc::unbounded_channel::<(u64, Publish)>();
     let control = Control {
@@ -309,6 +313,7 @@ pub async fn start(cfg: Config, key: PrivateKeySigner, options: Options) -> Resu
         vitals: Some(vitals_tx),
         control: control_tx,
         acks,
+        health,
     };
     let (mut shutdown, done) = (shutdown_rx, drained.clone());
     tasks.push(tokio::spawn(async move {
@@ -381,6 +386,7 @@ struct Session {
     acks: Arc<crate::acks::AckGate>,
     subscribed: watch::Sender<bool>,
     failures: u32,
+    health: Arc<Health>,
 }
 
 impl Session {
@@ -388,6 +394,7 @@ impl Session {
         match ev {
             Ok(Event::Incoming(Packet::ConnAck(ack))) => {
                 self.failures = 0;
+                self.health.mqtt_connected(ingest::now_ms());
                 tracing::info!(session_present = ack.session_present, "connected to the broker");
                 let filters = [DeviceTopic::Vitals, DeviceTopic::Hello, DeviceTopic::State, DeviceTopic::Discharge]
                     .map(|k| rumqttc::SubscribeFilter::new(self.topics.device_filter(k), QoS::AtLeastOnce));
@@ -402,6 +409,8 @@ impl Session {
             }
             Ok(_) => {}
             Err(e) => {
+                // Drops are counted over a window there, not reset by a reconnect.
+                self.health.mqtt_error(ingest::now_ms(), &e.to_string());
                 // An embedded broker may still be binding at the first try.
                 self.failures += 1;
                 if self.failures > 2 {
@@ -419,6 +428,7 @@ impl Session {
                 // While draining the message is left unacknowledged: the
                 // broker keeps it for the next session.
                 if let Some(tx) = &self.vitals {
+                    self.health.received(1, ingest::now_ms());
                     let ticket = self.acks.ticket();
                     let _ = tx.send(Incoming { publish: p, ticket, serial, received: std::time::Instant::now() });
                 }
@@ -560,7 +570,7 @@ impl Control {
             Err(e) => return StatusReply::new(Code::Unavailable, None, format!("try again later: {e}")),
         };
         let status = DeviceStatus::from_code(info.status).unwrap_or(DeviceStatus::None);
-        let reply = match status {
+        let mut reply = match status {
             DeviceStatus::None => StatusReply::new(Code::UnknownDevice, None, "not provisioned: ask an admin to run `healthsense device provision`"),
             DeviceStatus::Revoked => StatusReply::new(Code::Revoked, None, "this device is revoked"),
             _ if info.ward != self.ward => StatusReply::new(Code::WrongWard, None, "provisioned for another ward's hub"),
@@ -579,6 +589,10 @@ impl Control {
             DeviceStatus::Active => StatusReply::new(Code::Registered, None, "active"),
         };
         self.registry.invalidate(&id);
+        if reply.code == Code::Registered {
+            // Where the device stands: the highest sequence number stored.
+            reply.seq = self.store.lock().ok().and_then(|s| s.last_seq(id).ok().flatten());
+        }
         reply
     }
 }
@@ -599,10 +613,19 @@ async fn checkpoints(store: Store, mut shutdown: watch::Receiver<bool>) {
     }
 }
 
-/// Forgets cached device records when their on-chain state changes.
-async fn watch_devices(chain: Chain, registry: Arc<Registry>, poll_ms: u64, mut shutdown: watch::Receiver<bool>) {
+/// Forgets cached device records when their on-chain state changes; its
+/// block-number polls also tell [`Health`] whether the chain answers.
+async fn watch_devices(chain: Chain, registry: Arc<Registry>, poll_ms: u64, health: Arc<Health>, mut shutdown: watch::Receiver<bool>) {
+    let block_number = || async {
+        let answer = chain.block_number().await;
+        match &answer {
+            Ok(_) => health.chain_answered(),
+            Err(e) => health.chain_failed(ingest::now_ms(), &e.to_string()),
+        }
+        answer
+    };
     let mut from = loop {
-        match chain.block_number().await {
+        match block_number().await {
             Ok(b) => break b + 1,
             Err(_) => tokio::time::sleep(Duration::from_secs(1)).await,
         }
@@ -613,7 +636,7 @@ async fn watch_devices(chain: Chain, registry: Arc<Registry>, poll_ms: u64, mut 
             _ = tokio::time::sleep(every) => {}
             _ = shutdown.changed() => if *shutdown.borrow() { return },
         }
-        let Ok(to) = chain.block_number().await else { continue };
+        let Ok(to) = block_number().await else { continue };
         if to < from {
             continue;
         }

@@ -77,6 +77,8 @@ pub struct Shared {
     pub on_commit: Option<CommitHook>,
     /// Where committed readings go for NEWS2 alerts ([`crate::alerts`]).
     pub alerts: Option<std::sync::mpsc::Sender<Vec<NewReading>>>,
+    /// Readiness: told of each commit ([`crate::health`]).
+    pub health: Arc<crate::health::Health>,
 }
 
 /// Limits of the ingest path.
@@ -432,6 +434,7 @@ fn writer(
                 }
             }
         });
+        s.health.committed(group.items.len() as u64, now_ms());
         tracing::debug!(
             readings = accepted.len(),
             commit_us,

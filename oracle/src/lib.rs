@@ -6,7 +6,7 @@
 //! [`alerts`] scores each stored reading with [`news2`] and raises alerts;
 //! [`archive`] seals a discharged stay, pins it to IPFS and puts its CID on chain;
 //! [`api`] serves the read-only REST API and the dashboard;
-//! with [`broker`] (embedded rumqttd), [`metrics`] and [`hub`] (start/stop)
+//! with [`broker`] (embedded rumqttd), [`metrics`], [`health`] (readiness) and [`hub`] (start/stop)
 //! around them. Configuration: [`config`]; operations guide:
 //! `docs/ORACLE.md`; wire protocol: `docs/PROTOCOL.md`.
 #![warn(missing_docs)]
@@ -21,6 +21,7 @@ pub mod broker;
 pub mod chain;
 pub mod config;
 pub mod devices;
+pub mod health;
 pub mod hub;
 pub mod ingest;
 pub mod metrics;

@@ -1,4 +1,5 @@
-//! Prometheus metrics and the `/metrics` + `/healthz` endpoint.
+//! Prometheus metrics and the `/metrics`, `/healthz` (liveness) and `/readyz`
+//! (readiness, [`crate::health`]) endpoint.
 
 use std::net::SocketAddr;
 use std::sync::atomic::AtomicU64;
@@ -32,6 +33,13 @@ pub struct Level {
     pub level: String,
 }
 
+/// Label of a readiness gauge.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct Condition {
+    /// One of [`crate::health::CONDITIONS`].
+    pub condition: String,
+}
+
 /// The oracle's metrics.
 #[derive(Clone, Default)]
 pub struct Metrics {
@@ -61,6 +69,12 @@ pub struct Metrics {
     pub discharge_signals: Counter,
     /// NEWS2 alert level changes, by new level.
     pub alerts: Family<Level, Counter>,
+    /// Drops of the hub's MQTT session.
+    pub mqtt_drops: Counter,
+    /// 1 while the hub has an MQTT session.
+    pub mqtt_connected: Gauge,
+    /// 1 while a readiness condition holds, by condition.
+    pub not_ready: Family<Condition, Gauge>,
 }
 
 impl Metrics {
@@ -98,6 +112,9 @@ impl Metrics {
         r.register("archive_retries", "Archive steps retried after a transient failure", self.archive_retries.clone());
         r.register("discharge_signals", "Discharge signals accepted from devices", self.discharge_signals.clone());
         r.register("alerts", "NEWS2 alert level changes, by new level", self.alerts.clone());
+        r.register("mqtt_session_drops", "Drops of the hub's MQTT session", self.mqtt_drops.clone());
+        r.register("mqtt_connected", "1 while the hub has an MQTT session", self.mqtt_connected.clone());
+        r.register("not_ready", "1 while a readiness condition holds (see /readyz)", self.not_ready.clone());
         r
     }
 
@@ -119,26 +136,42 @@ pub(crate) async fn until_true(mut flag: tokio::sync::watch::Receiver<bool>) {
     }
 }
 
-/// Serves `/metrics` and `/healthz` on `addr`; returns the bound address.
+/// Serves `/metrics`, `/healthz` and `/readyz` on `addr`; returns the bound address.
 pub async fn serve(
     addr: SocketAddr,
     metrics: Arc<Metrics>,
+    health: Arc<crate::health::Health>,
     shutdown: tokio::sync::watch::Receiver<bool>,
 ) -> Result<SocketAddr> {
+    use axum::http::StatusCode;
     use axum::routing::get;
     let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("binding metrics on {addr}"))?;
     let bound = listener.local_addr()?;
+    let h = health.clone();
     let app = axum::Router::new()
         .route(
             "/metrics",
             get(move || {
-                let m = metrics.clone();
+                let (m, h) = (metrics.clone(), h.clone());
                 async move {
+                    // Refreshes the readiness gauges (a few store queries).
+                    tokio::task::block_in_place(|| h.check(crate::ingest::now_ms()));
                     ([(axum::http::header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], m.encode())
                 }
             }),
         )
-        .route("/healthz", get(|| async { "ok\n" }));
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route(
+            "/readyz",
+            get(move || {
+                let h = health.clone();
+                async move {
+                    let failing = tokio::task::block_in_place(|| h.check(crate::ingest::now_ms()));
+                    let status = if failing.is_empty() { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+                    (status, axum::Json(serde_json::json!({ "ready": failing.is_empty(), "failing": failing })))
+                }
+            }),
+        );
     tokio::spawn(async move {
         if let Err(e) = axum::serve(listener, app).with_graceful_shutdown(until_true(shutdown)).await {
             tracing::error!(error = %e, "metrics endpoint stopped");

@@ -99,10 +99,108 @@ impl Topics {
     }
 }
 
+/// A hub name or device serial: 1-64 of `[A-Za-z0-9._-]` with at least one
+/// letter or digit, so `.`, `..` and other path-like names never make a topic.
 fn valid_segment(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= MAX_SERIAL_LEN
         && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')
+        && s.bytes().any(|b| b.is_ascii_alphanumeric())
+}
+
+/// Parses a signed payload strictly: it must be a JSON object; an object
+/// that names a key twice, at any depth, is refused (serde_json would keep
+/// the last value, so `{"seq":1,"seq":2}` would read as 2 where another
+/// parser reads 1); an array that is a top-level field holds only objects
+/// (so neither the envelope nor a SenML record can come in serde's array
+/// form; extension fields inside a record are not looked into); and, through
+/// `deny_unknown_fields` on `T`, a top-level field the protocol does not
+/// define is refused.
+fn strict_json<'a, T: Deserialize<'a>>(payload: &'a [u8]) -> Result<T, String> {
+    use serde::de::DeserializeSeed;
+    let mut de = serde_json::Deserializer::from_slice(payload);
+    Strict(Shape::Top).deserialize(&mut de).and_then(|()| de.end()).map_err(|e| e.to_string())?;
+    serde_json::from_slice(payload).map_err(|e| e.to_string())
+}
+
+/// What [`Strict`] accepts at one place of the document.
+#[derive(Clone, Copy)]
+enum Shape {
+    /// The payload: an object whose values are [`Shape::Field`]s.
+    Top,
+    /// A top-level field: anything; an array of [`Shape::Record`]s.
+    Field,
+    /// An object (a SenML record) whose values are anything.
+    Record,
+    /// Anything.
+    Any,
+}
+
+/// Walks a JSON document, checking the shape rules of [`strict_json`].
+#[derive(Clone, Copy)]
+struct Strict(Shape);
+
+impl Strict {
+    fn leaf<E: serde::de::Error>(self, what: serde::de::Unexpected) -> Result<(), E> {
+        match self.0 {
+            Shape::Field | Shape::Any => Ok(()),
+            Shape::Top | Shape::Record => Err(E::invalid_type(what, &self)),
+        }
+    }
+}
+
+impl<'de> serde::de::DeserializeSeed<'de> for Strict {
+    type Value = ();
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for Strict {
+    type Value = ();
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str(match self.0 {
+            Shape::Top | Shape::Record => "a JSON object",
+            Shape::Field | Shape::Any => "a JSON value",
+        })
+    }
+    fn visit_bool<E: serde::de::Error>(self, v: bool) -> Result<(), E> {
+        self.leaf(serde::de::Unexpected::Bool(v))
+    }
+    fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<(), E> {
+        self.leaf(serde::de::Unexpected::Signed(v))
+    }
+    fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<(), E> {
+        self.leaf(serde::de::Unexpected::Unsigned(v))
+    }
+    fn visit_f64<E: serde::de::Error>(self, v: f64) -> Result<(), E> {
+        self.leaf(serde::de::Unexpected::Float(v))
+    }
+    fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<(), E> {
+        self.leaf(serde::de::Unexpected::Str(v))
+    }
+    fn visit_unit<E: serde::de::Error>(self) -> Result<(), E> {
+        self.leaf(serde::de::Unexpected::Unit)
+    }
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+        self.leaf::<A::Error>(serde::de::Unexpected::Seq)?;
+        let element = Strict(if matches!(self.0, Shape::Field) { Shape::Record } else { Shape::Any });
+        while seq.next_element_seed(element)?.is_some() {}
+        Ok(())
+    }
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+        let value = Strict(if matches!(self.0, Shape::Top) { Shape::Field } else { Shape::Any });
+        let mut keys: Vec<String> = Vec::new();
+        while let Some(key) = map.next_key::<String>()? {
+            if keys.contains(&key) {
+                return Err(serde::de::Error::custom(format!("duplicate key {key:?}")));
+            }
+            map.next_value_seed(value)?;
+            keys.push(key);
+        }
+        Ok(())
+    }
 }
 
 macro_rules! status_codes {
@@ -213,6 +311,7 @@ impl Rejection {
 /// The vitals envelope: a SenML pack plus the sequence number and the
 /// device's EIP-712 signature of the [`Reading`] those values make.
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct VitalsEnvelope {
     /// Per-device sequence number, strictly increasing.
     pub seq: u64,
@@ -311,16 +410,21 @@ pub fn parse_vitals(serial: &str, payload: &[u8], max_payload: usize, clock: Clo
     if payload.len() > max_payload {
         return Err(Rejection::new(Code::Oversized, format!("{} bytes, limit {max_payload}", payload.len())));
     }
-    let value: serde_json::Value = serde_json::from_slice(payload)
-        .map_err(|e| Rejection::new(Code::Malformed, format!("not JSON: {e}")))?;
-    let obj = value.as_object().ok_or_else(|| Rejection::new(Code::Malformed, "not a JSON object"))?;
-    for key in ["seq", "sig", "senml"] {
-        if !obj.contains_key(key) {
-            return Err(Rejection::new(Code::MissingField, format!("missing {key:?}")));
-        }
+    // Every field optional here so that a missing one answers 420, not 400.
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Wire {
+        seq: Option<u64>,
+        sig: Option<String>,
+        senml: Option<Vec<SenmlRecord>>,
     }
-    let env: VitalsEnvelope =
-        serde_json::from_value(value).map_err(|e| Rejection::new(Code::Malformed, format!("bad envelope: {e}")))?;
+    let wire: Wire = strict_json(payload).map_err(|e| Rejection::new(Code::Malformed, format!("bad envelope: {e}")))?;
+    let missing = |key: &str| Rejection::new(Code::MissingField, format!("missing {key:?}"));
+    let env = VitalsEnvelope {
+        seq: wire.seq.ok_or_else(|| missing("seq"))?,
+        sig: wire.sig.ok_or_else(|| missing("sig"))?,
+        senml: wire.senml.ok_or_else(|| missing("senml"))?,
+    };
     let seq = env.seq;
     let with_seq = |mut r: Rejection| {
         r.seq = Some(seq);
@@ -661,7 +765,7 @@ pub fn parse_discharge(serial: &str, payload: &[u8], max_payload: usize, domain:
     if payload.len() > max_payload {
         return Err(Rejection::new(Code::Oversized, format!("{} bytes, limit {max_payload}", payload.len())));
     }
-    let env: DischargeEnvelope = serde_json::from_slice(payload)
+    let env: DischargeEnvelope = strict_json(payload)
         .map_err(|e| Rejection::new(Code::Malformed, format!("not a discharge envelope {{code, timestamp, sig}}: {e}")))?;
     if !DISCHARGE_CODES.iter().any(|(c, _)| *c == env.code) {
         return Err(Rejection::new(Code::OutOfRange, format!("discharge code {} is not one of 1..5", env.code)));
@@ -708,6 +812,45 @@ mod tests {
         assert_eq!(t.parse("hs/v1/ward-3/dev/a+b/vitals"), None);
         assert_eq!(t.parse("hs/v1/ward-3/dev/HS-1/other"), None);
         assert!(Topics::new("ward/3").is_err());
+        // Path-like and punctuation-only serials and hub names make no topic.
+        for bad in [".", "..", "...", "-", "_.-"] {
+            assert_eq!(t.parse(&format!("hs/v1/ward-3/dev/{bad}/hello")), None, "{bad}");
+            assert!(Topics::new(bad).is_err(), "{bad}");
+        }
+        assert_eq!(t.parse("hs/v1/ward-3/dev/.a/hello"), Some((".a", DeviceTopic::Hello)));
+    }
+
+    #[test]
+    fn signed_payloads_are_parsed_strictly() {
+        let key = PrivateKeySigner::random();
+        let r = sample("HS-1");
+        let good = String::from_utf8(sign_vitals(&key, B256::ZERO, "HS-1", &r).unwrap()).unwrap();
+        let c = clock(r.timestamp);
+        let refused = |p: &str| {
+            let err = parse_vitals("HS-1", p.as_bytes(), 2048, c).unwrap_err();
+            assert_eq!(err.code, Code::Malformed, "{p}: {}", err.reason);
+            err.reason
+        };
+        assert!(good.starts_with("{\"seq\":7,"), "{good}");
+        // The same key twice, even with the same value; at the top and in a record.
+        assert!(refused(&good.replacen("{\"seq\":7,", "{\"seq\":7,\"seq\":7,", 1)).contains("duplicate key \"seq\""));
+        assert!(refused(&good.replacen("{\"seq\":7,", "{\"seq\":8,\"seq\":7,", 1)).contains("duplicate"));
+        assert!(refused(&good.replacen("\"n\":\"heartRate\"", "\"n\":\"heartRate\",\"n\":\"heartRate\"", 1)).contains("duplicate"));
+        // An unknown top-level field; the envelope or a record in array form.
+        assert!(refused(&good.replacen("{\"seq\":7,", "{\"seq\":7,\"note\":1,", 1)).contains("unknown field"));
+        refused("[7,\"0x00\",[]]");
+        let v: serde_json::Value = serde_json::from_str(&good).unwrap();
+        let as_array = format!("{{\"seq\":7,\"sig\":{},\"senml\":[[\"urn:dev:hs:HS-1:\",1764000000.123]]}}", v["sig"]);
+        refused(&as_array);
+        refused(&format!("{good} {{}}"));
+        // SenML's own rule stays: a record field this protocol does not use is ignored.
+        let ext = good.replacen("\"n\":\"heartRate\"", "\"n\":\"heartRate\",\"x-note\":[1,{\"a\":2}]", 1);
+        assert_eq!(parse_vitals("HS-1", ext.as_bytes(), 2048, c).unwrap().reading, r);
+        // A discharge signal likewise.
+        let d = String::from_utf8(sign_discharge(&key, B256::ZERO, "HS-1", 1, 5).unwrap()).unwrap();
+        let twice = d.replacen("{\"code\":1,", "{\"code\":1,\"code\":1,", 1);
+        assert_eq!(parse_discharge("HS-1", twice.as_bytes(), 2048, B256::ZERO).unwrap_err().code, Code::Malformed);
+        assert!(parse_discharge("HS-1", d.as_bytes(), 2048, B256::ZERO).is_ok());
     }
 
     #[test]

@@ -325,6 +325,20 @@ impl Store {
         Ok(out)
     }
 
+    /// The highest stored sequence number of one device, if any.
+    pub fn last_seq(&self, device_id: B256) -> Result<Option<u64>> {
+        // Two halves so that each uses its partial index.
+        let seq: Option<i64> = self.conn.query_row(
+            "SELECT MAX(m) FROM (
+                SELECT MAX(seq) AS m FROM readings WHERE device_id = ?1 AND batch_seq IS NOT NULL
+                UNION ALL
+                SELECT MAX(seq) FROM readings WHERE batch_seq IS NULL AND device_id = ?1)",
+            [device_id.as_slice()],
+            |r| r.get(0),
+        )?;
+        Ok(seq.map(|s| s as u64))
+    }
+
     /// Commits accepted readings and rejections in one transaction.
     pub fn commit(&mut self, readings: &[NewReading], rejections: &[NewRejection]) -> Result<()> {
         let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate)?;

@@ -18,6 +18,7 @@ use alloy::rpc::types::Filter;
 use alloy::sol_types::SolEvent;
 use axum::extract::{FromRequestParts, Path, RawQuery, State};
 use axum::http::request::Parts;
+use axum::middleware::from_fn_with_state;
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
@@ -55,8 +56,11 @@ type ApiResult = Result<Response, ApiError>;
 pub(crate) fn router(ctx: Arc<Ctx>) -> Router {
     Router::new()
         .route("/api/v1/openapi.json", get(openapi))
-        .route("/api/v1/auth/challenge", post(challenge))
-        .route("/api/v1/auth/session", post(sign_in).delete(sign_out))
+        .route("/api/v1/auth/challenge", post(challenge).route_layer(from_fn_with_state(ctx.clone(), limit_auth)))
+        .route(
+            "/api/v1/auth/session",
+            post(sign_in).delete(sign_out).route_layer(from_fn_with_state(ctx.clone(), limit_auth)),
+        )
         .route("/api/v1/me", get(me))
         .route("/api/v1/ward", get(ward))
         .route("/api/v1/patients", get(patients))
@@ -74,6 +78,21 @@ pub(crate) fn router(ctx: Arc<Ctx>) -> Router {
         .fallback(|| async { ApiError::not_found("no such endpoint: see /api/v1/openapi.json") })
         .layer(axum::middleware::map_response(no_store))
         .with_state(ctx)
+}
+
+/// The per-client limit on `/auth/*` (`api.auth_rate_per_s`, `api.auth_burst`):
+/// `429` with `Retry-After` past it. The client is the peer address.
+async fn limit_auth(State(ctx): Ax, req: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    let peer = req.extensions().get::<axum::extract::ConnectInfo<std::net::SocketAddr>>().map(|c| c.0.ip());
+    if let Some(ip) = peer {
+        if let Err(after) = ctx.auth.limiter.take(ip, now_ms()) {
+            let message = format!("too many sign-in requests from {ip}: try again in {after} s");
+            let mut res = ApiError::new(StatusCode::TOO_MANY_REQUESTS, message).into_response();
+            res.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(after));
+            return res;
+        }
+    }
+    next.run(req).await
 }
 
 /// API answers are personal: never cached, never sniffed.
@@ -171,10 +190,7 @@ fn json_body<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError>
 
 async fn challenge(State(ctx): Ax, body: axum::body::Bytes) -> ApiResult {
     let b: ChallengeBody = json_body(&body)?;
-    let m = ctx
-        .auth
-        .challenge(b.address, b.stay, now_ms())
-        .ok_or_else(|| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "too many sign-ins in progress; try again in a minute"))?;
+    let m = ctx.auth.challenge(b.address, b.stay, now_ms());
     ok(json!({ "message": m.to_string(), "nonce": m.nonce, "expiresAt": m.expiration_time }))
 }
 

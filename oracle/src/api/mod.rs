@@ -178,6 +178,8 @@ pub(crate) async fn serve(
         session_ttl_ms: cfg.session_ttl_s.max(1) * 1_000,
         nonce_ttl_ms: cfg.nonce_ttl_s.max(1) * 1_000,
         statement: format!("Sign in to the HealthSense dashboard of {ward} (read-only)."),
+        rate_per_s: cfg.auth_rate_per_s,
+        rate_burst: cfg.auth_burst,
     };
     let ctx = Arc::new(Ctx {
         auth: auth::Auth::new(settings),
@@ -192,6 +194,8 @@ pub(crate) async fn serve(
     });
     let app = handlers::router(ctx).merge(dashboard::router()).merge(abi_router());
     tokio::spawn(async move {
+        // The peer address keys the sign-in rate limit.
+        let app = app.into_make_service_with_connect_info::<SocketAddr>();
         if let Err(e) = axum::serve(listener, app).with_graceful_shutdown(crate::metrics::until_true(shutdown)).await {
             tracing::error!(error = %e, "API stopped");
         }
