@@ -193,29 +193,46 @@ struct Bedside {
     replies: mpsc::UnboundedReceiver<StatusReply>,
     topics: Topics,
     seq: u64,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Bedside {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
 }
 
 impl Bedside {
+    /// A device that reconnects (and subscribes again) after an error:
+    /// Mosquitto closes the connection of a client whose publish it refused.
     async fn connect(port: u16, serial: &str, key: &PrivateKeySigner, password: Option<&str>) -> Bedside {
         let opts = device_options("127.0.0.1", port, serial, key, password).unwrap();
         let (client, mut eventloop) = login(opts).await.unwrap_or_else(|| panic!("{serial} was refused"));
         let topics = Topics::new(WARD).unwrap();
         client.subscribe(topics.device(serial, DeviceTopic::Status), QoS::AtLeastOnce).await.unwrap();
         let (tx, replies) = mpsc::unbounded_channel();
-        tokio::spawn(async move {
+        let (again, status) = (client.clone(), topics.device(serial, DeviceTopic::Status));
+        let task = tokio::spawn(async move {
             loop {
                 match eventloop.poll().await {
+                    // Subscribe again after a reconnection, as a device does.
+                    Ok(Event::Incoming(Packet::ConnAck(_))) => {
+                        let _ = again.subscribe(status.clone(), QoS::AtLeastOnce).await;
+                    }
                     Ok(Event::Incoming(Packet::Publish(p))) => {
                         if let Ok(reply) = serde_json::from_slice(&p.payload) {
                             let _ = tx.send(reply);
                         }
                     }
                     Ok(_) => {}
-                    Err(_) => return,
+                    Err(e) => {
+                        eprintln!("device connection: {e}; reconnecting");
+                        tokio::time::sleep(Duration::from_millis(200)).await;
+                    }
                 }
             }
         });
-        Bedside { serial: serial.into(), key: key.clone(), client, replies, topics, seq: 0 }
+        Bedside { serial: serial.into(), key: key.clone(), client, replies, topics, seq: 0, task }
     }
 
     async fn publish(&self, kind: DeviceTopic, payload: Vec<u8>) {
@@ -340,6 +357,7 @@ fn the_embedded_broker_admits_devices_by_their_chain_key_and_keeps_each_to_its_o
             assert!(dropped(&mut ev).await, "subscribing to {filter} was not refused");
         }
         assert_eq!(good.next_reply(Duration::from_secs(1)).await, None, "HS-GOOD received a forged status");
+        drop(good);
         let announced = retained_contract(device_options("127.0.0.1", port, "HS-GOOD", &good_key, None).unwrap()).await;
         assert_eq!((announced.address, announced.domain_separator), (net.contract, net.domain));
 
@@ -347,7 +365,7 @@ fn the_embedded_broker_admits_devices_by_their_chain_key_and_keeps_each_to_its_o
         // and the broker's gets 413 and is recorded; readings keep flowing.
         let mut good = Bedside::connect(port, "HS-GOOD", &good_key, None).await;
         good.publish(DeviceTopic::Vitals, vec![b' '; 10 * 1024]).await;
-        let reply = good.next_reply(Duration::from_secs(20)).await.expect("a 413 reply");
+        let reply = good.next_reply(Duration::from_secs(20)).await.unwrap_or_else(|| panic!("no 413 reply:\n{}", hub.logs()));
         assert_eq!(reply.code, Code::Oversized, "{}", reply.reason);
         good.vitals(net.domain, 20).await;
         let c = hub.wait("20 readings", |c| c.readings == 20);
@@ -382,6 +400,9 @@ impl Mosquitto {
             .find(|p| Path::new(p).exists())
             .expect("mosquitto is not installed: run scripts/setup (apt-get install mosquitto)");
         let log = std::fs::File::create(dir.with_extension("log")).unwrap();
+        let conf = dir.join("mosquitto.conf");
+        let text = std::fs::read_to_string(&conf).unwrap();
+        std::fs::write(&conf, text + "log_type all\n").unwrap();
         let child = Command::new(bin).arg("-c").arg(dir.join("mosquitto.conf")).stdout(Stdio::null()).stderr(log).spawn().unwrap();
         let deadline = Instant::now() + Duration::from_secs(10);
         while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
@@ -437,10 +458,15 @@ fn mosquitto_from_the_generated_config_refuses_spoofers_and_a_200_kib_message_we
         evil.subscribe("#", QoS::AtLeastOnce).await.unwrap();
         let evil_seen = seen.clone();
         tokio::spawn(async move {
-            while let Ok(e) = ev.poll().await {
-                if let Event::Incoming(Packet::Publish(p)) = e {
-                    if p.topic.contains("HS-GOOD") {
+            loop {
+                match ev.poll().await {
+                    Ok(Event::Incoming(Packet::Publish(p))) if p.topic.contains("HS-GOOD") => {
                         evil_seen.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    }
+                    Ok(_) => {}
+                    Err(e) => {
+                        eprintln!("HS-EVIL's connection: {e}");
+                        tokio::time::sleep(Duration::from_millis(100)).await;
                     }
                 }
             }
@@ -455,6 +481,7 @@ fn mosquitto_from_the_generated_config_refuses_spoofers_and_a_200_kib_message_we
             evil.publish(topic, QoS::AtLeastOnce, true, payload).await.unwrap();
         }
         assert_eq!(good.next_reply(Duration::from_secs(2)).await, None, "HS-GOOD received a forged status");
+        drop(good);
         let announced = retained_contract(opts("HS-GOOD", &good_pw)).await;
         assert_eq!((announced.address, announced.domain_separator), (net.contract, net.domain));
 
@@ -462,8 +489,11 @@ fn mosquitto_from_the_generated_config_refuses_spoofers_and_a_200_kib_message_we
         // limit and the broker's gets 413; readings keep being stored.
         let mut good = Bedside::connect(port, "HS-GOOD", &good_key, Some(&good_pw)).await;
         good.publish(DeviceTopic::Vitals, vec![b' '; 200 * 1024]).await;
+        // Mosquitto acknowledges, drops it and closes the device's
+        // connection; the device reconnects.
+        tokio::time::sleep(Duration::from_millis(1500)).await;
         good.publish(DeviceTopic::Vitals, vec![b' '; 10 * 1024]).await;
-        let reply = good.next_reply(Duration::from_secs(20)).await.expect("a 413 reply");
+        let reply = good.next_reply(Duration::from_secs(20)).await.unwrap_or_else(|| panic!("no 413 reply:\n{}\n{}", hub.logs(), std::fs::read_to_string(dir.with_extension("log")).unwrap_or_default()));
         assert_eq!(reply.code, Code::Oversized, "{}", reply.reason);
         good.vitals(net.domain, 20).await;
         let c = hub.wait("20 readings after the oversized ones", |c| c.readings == 20);
