@@ -165,8 +165,8 @@ pub async fn run(quiet: bool) -> Result<Summary> {
         c.send_from(admin, H::provisionDeviceCall { deviceId: b.device_id(), signer: b.key.address(), ward }).await?;
     }
     let domain = eip712::domain_separator(d.chain_id, d.address);
-    let settings = Settings { hub: WARD.into(), broker: (mqtt_host, mqtt_port), rate: 2.0, speed, seconds: SECONDS, seed: 2026, domain };
-    let conn = simulate::connect(&settings, &beds, "demo-bedside").await?;
+    let settings = Settings { hub: WARD.into(), broker: (mqtt_host, mqtt_port), rate: 2.0, speed, seconds: SECONDS, seed: 2026, domain, passwords: Default::default() };
+    let conn = simulate::connect(&settings, &beds).await?;
     for (b, patient) in beds.iter().zip(&patients) {
         c.send_from(doctor, H::admitPatientCall { patientId: *patient, deviceId: b.device_id() }).await?;
     }
@@ -192,7 +192,7 @@ pub async fn run(quiet: bool) -> Result<Summary> {
         c.send_from(insurer, H::setPolicyCall { patientId: patients[i], coverageBps: bps, deductible: ded, cap, coveredCategories: cats }).await?;
     }
     p.step(&format!("{} charges by the doctor, {} insurance policies; simulating six hours of ward time in {SECONDS} s", charges.len(), policies.len()));
-    let report = simulate::run(&settings, &mut beds, &conn.client, |r| {
+    let report = simulate::run(&settings, &mut beds, &conn, |r| {
         if !quiet {
             eprint!("\r      {} signed readings sent", r.readings);
         }
@@ -209,7 +209,7 @@ pub async fn run(quiet: bool) -> Result<Summary> {
     for (i, b) in beds.iter().enumerate() {
         let code = if i == 2 { 2 } else { 1 }; // one transfer, the rest home
         let payload = protocol::sign_discharge(&b.key, domain, &b.serial, code, healthsense_oracle::ingest::now_ms())?;
-        conn.client.publish(topics.device(&b.serial, DeviceTopic::Discharge), QoS::AtLeastOnce, false, payload).await?;
+        conn.client(&b.serial)?.publish(topics.device(&b.serial, DeviceTopic::Discharge), QoS::AtLeastOnce, false, payload).await?;
     }
     p.step(&format!("{BEDS} discharge signals from the bedside; waiting for bills and archives"));
     let h = H::new(d.address, &provider);

@@ -185,6 +185,9 @@ pub fn services(s: &State) -> Vec<(&'static str, String, bool)> {
     ]
 }
 
+/// The hub the devnet's broker and oracle config are for.
+const DEVNET_HUB: &str = "ward-1";
+
 const ROLES: [(&str, usize); 4] = [("admin", 0), ("hub", 1), ("doctor", 2), ("insurer", 3)];
 
 /// The background process: runs everything until SIGTERM or Ctrl-C.
@@ -207,18 +210,6 @@ pub async fn serve(dir: &Path, deployment_path: &Path, ports: Ports, options: &O
     let rpc_url = format!("http://127.0.0.1:{}", ports.rpc_port);
     let provider = ProviderBuilder::new().connect_http(rpc_url.parse()?);
     let chain_id = provider.get_chain_id().await.context("asking anvil for its chain id")?;
-    let mqtt = match &options.broker {
-        Some(external) => {
-            if !listening(external) {
-                tracing::warn!(broker = %external, "nothing answers at --broker yet; hubs will retry");
-            }
-            external.clone()
-        }
-        None => healthsense_oracle::broker::start_embedded(([127, 0, 0, 1], ports.mqtt_port).into())
-            .with_context(|| format!("starting the MQTT broker on port {} (--mqtt-port)", ports.mqtt_port))?
-            .to_string(),
-    };
-    let (mqtt_host, mqtt_port) = mqtt.rsplit_once(':').context("--broker must be HOST:PORT")?;
     let ipfs = healthsense_ipfs::node::start(healthsense_ipfs::node::NodeConfig::new(dir.join("ipfs"), ([127, 0, 0, 1], ports.ipfs_port).into()))
     .await
     .with_context(|| format!("starting the IPFS node on port {} (--ipfs-port)", ports.ipfs_port))?;
@@ -245,6 +236,33 @@ pub async fn serve(dir: &Path, deployment_path: &Path, ports: Ports, options: &O
             d
         }
     };
+    // The broker admits the ward-1 hub (its password in a file the oracle
+    // config names) and devices provisioned on this chain, logging in with
+    // their keys (docs/PROTOCOL.md, "Broker security").
+    let mqtt_password = dir.join("mqtt-hub.password");
+    if !mqtt_password.exists() {
+        crate::archive::write_private(&mqtt_password, format!("{}\n", alloy::hex::encode(rand::random::<[u8; 24]>())).as_bytes())?;
+    }
+    let hub_secret = std::fs::read_to_string(&mqtt_password)?.lines().next().unwrap_or_default().to_string();
+    let mqtt = match &options.broker {
+        // The operator's broker must admit `hub@ward-1` with the password in
+        // mqtt-hub.password (`healthsense broker mosquitto-config` writes both).
+        Some(external) => {
+            if !listening(external) {
+                tracing::warn!(broker = %external, "nothing answers at --broker yet; hubs will retry");
+            }
+            external.clone()
+        }
+        None => {
+            let chain = healthsense_oracle::chain::Chain::connect(&rpc_url, d.address, keys[1].clone(), Some(chain_id)).await?;
+            let logins = healthsense_oracle::broker::DeviceLogins::new(chain, None, tokio::runtime::Handle::current());
+            let auth = healthsense_oracle::broker::BrokerAuth::new(vec![(DEVNET_HUB.to_string(), hub_secret)], logins)?;
+            healthsense_oracle::broker::start_embedded(([127, 0, 0, 1], ports.mqtt_port).into(), Some(auth))
+                .with_context(|| format!("starting the MQTT broker on port {} (--mqtt-port)", ports.mqtt_port))?
+                .to_string()
+        }
+    };
+    let (mqtt_host, mqtt_port) = mqtt.rsplit_once(':').context("--broker must be HOST:PORT")?;
     let keystores = dir.join("keys");
     let password = dir.join("password");
     if !password.exists() {
@@ -264,9 +282,11 @@ pub async fn serve(dir: &Path, deployment_path: &Path, ports: Ports, options: &O
     let generated = format!(
         "# Written by `healthsense devnet up`: the hub of ward-1 on this devnet.\n\
          hub = \"ward-1\"\nward = \"ward-1\"\nstore = \"hub.sqlite\"\n\n[chain]\nrpc_url = \"{rpc_url}\"\ncontract = \"{}\"\n\
-         keystore = \"keys/hub.json\"\npassword_file = \"password\"\n\n[mqtt]\nembedded = false\nhost = \"{mqtt_host}\"\nport = {mqtt_port}\n\n\
+         keystore = \"keys/hub.json\"\npassword_file = \"password\"\n\n[mqtt]\nembedded = false\nhost = \"{mqtt_host}\"\nport = {mqtt_port}\n\
+         username = \"{}\"\npassword_file = \"mqtt-hub.password\"\n\n\
          [archive]\nipfs_api = \"{}\"\nkey_file = \"archive.key\"\n",
         d.address,
+        healthsense_oracle::broker::hub_username(DEVNET_HUB),
         ipfs.api_url()
     );
     let oracle_config = write_config(&dir, &generated)?;

@@ -9,6 +9,7 @@
 pub mod admin;
 pub mod archive;
 pub mod artifact;
+pub mod broker;
 pub mod demo;
 pub mod deploy;
 pub mod deployment;

@@ -82,6 +82,9 @@ enum Command {
     /// Run a local network: anvil, the MQTT broker and the IPFS node, with the contract deployed.
     #[command(subcommand)]
     Devnet(DevnetCmd),
+    /// Configure an external MQTT broker (Mosquitto) with device passwords and topic ACLs.
+    #[command(subcommand)]
+    Broker(BrokerCmd),
     /// Run a ward-hub oracle: MQTT ingest of signed vitals, durable store, anchoring.
     ///
     /// Reads a TOML config (docs/ORACLE.md); chain.rpc_url and chain.contract default to the
@@ -174,6 +177,20 @@ enum Command {
     Pause,
     /// Lift the emergency stop (admin).
     Unpause,
+}
+
+#[derive(Subcommand)]
+enum BrokerCmd {
+    /// Write mosquitto.conf, the password file (with each hub's password), the ACL file and a
+    /// persistence directory the broker's user owns.
+    MosquittoConfig(healthsense_cli::broker::MosquittoArgs),
+    /// Give a device a Mosquitto password (printed once; send the broker SIGHUP to load it).
+    MosquittoDevice {
+        /// The folder `mosquitto-config` wrote.
+        #[arg(long)]
+        dir: PathBuf,
+        serial: String,
+    },
 }
 
 #[derive(Subcommand)]
@@ -313,6 +330,10 @@ enum DeviceCmd {
         signer: Address,
         #[arg(long)]
         ward: String,
+        /// Also give the device a password on the Mosquitto configured in this folder
+        /// (`healthsense broker mosquitto-config`); printed once, for the device.
+        #[arg(long)]
+        mqtt_dir: Option<PathBuf>,
     },
     /// Accept a provisioned device (hub; the oracle does this on the device's hello).
     Activate { serial: String },
@@ -432,10 +453,11 @@ async fn main() -> ExitCode {
 struct ConfigError(anyhow::Error);
 
 async fn run(cli: Cli) -> Result<()> {
-    if !matches!(cli.command, Command::Deploy { .. } | Command::Demo | Command::Oracle { .. } | Command::Devnet(_)) {
+    if !matches!(cli.command, Command::Deploy { .. } | Command::Demo | Command::Oracle { .. } | Command::Devnet(_) | Command::Broker(_)) {
         return contract_command(cli).await;
     }
     match cli.command {
+        Command::Broker(cmd) => broker_command(cmd, cli.json),
         Command::Devnet(cmd) => devnet_command(cmd, deployment::resolve_path(cli.deployment.clone()), cli.json).await,
         Command::Oracle { config } => {
             let mut cfg = healthsense_oracle::Config::load(&config).map_err(ConfigError)?;
@@ -574,15 +596,15 @@ async fn contract_command(cli: Cli) -> Result<()> {
                 c.send(H::provisionDeviceCall { deviceId: b.device_id(), signer: b.key.address(), ward: ward_id }).await?;
             }
             let domain = healthsense_abi::rules::eip712::domain_separator(c.deployment.chain_id, c.deployment.address);
-            let settings = Settings { hub, broker: (host, port), rate, speed, seconds, seed, domain };
-            let mut conn = simulate::connect(&settings, &ward_beds, &format!("sim-{tag}")).await?;
+            let settings = Settings { hub, broker: (host, port), rate, speed, seconds, seed, domain, passwords: Default::default() };
+            let mut conn = simulate::connect(&settings, &ward_beds).await?;
             if admit {
                 for b in &ward_beds {
                     let p = admin::patient_id(&format!("sim-{}", b.serial)).map_err(ConfigError)?;
                     c.send(H::admitPatientCall { patientId: p, deviceId: b.device_id() }).await?;
                 }
             }
-            let mut report = simulate::run(&settings, &mut ward_beds, &conn.client, |r| {
+            let mut report = simulate::run(&settings, &mut ward_beds, &conn, |r| {
                 if !j {
                     eprint!("\r{} readings sent", r.readings);
                 }
@@ -594,7 +616,7 @@ async fn contract_command(cli: Cli) -> Result<()> {
                 for b in &ward_beds {
                     let payload = healthsense_oracle::protocol::sign_discharge(&b.key, domain, &b.serial, 1, healthsense_oracle::ingest::now_ms())?;
                     let topic = topics.device(&b.serial, healthsense_oracle::protocol::DeviceTopic::Discharge);
-                    conn.client.publish(topic, rumqttc::QoS::AtLeastOnce, false, payload).await?;
+                    conn.client(&b.serial)?.publish(topic, rumqttc::QoS::AtLeastOnce, false, payload).await?;
                     published += 1;
                 }
             }
@@ -644,10 +666,17 @@ async fn contract_command(cli: Cli) -> Result<()> {
             let rows: Vec<_> = holders.iter().map(|(r, a)| json!({ "role": admin::role_name(*r), "account": a.to_string() })).collect();
             show(j, json!(rows), text);
         }
-        Command::Device(DeviceCmd::Provision { serial, signer, ward }) => {
+        Command::Device(DeviceCmd::Provision { serial, signer, ward, mqtt_dir }) => {
             let id = ids::device_id(&serial);
             let tx = c.send(H::provisionDeviceCall { deviceId: id, signer, ward: ids::ward_id(&ward) }).await?;
-            done(j, &format!("provisioned device {serial} ({id}) in {ward}"), tx);
+            match mqtt_dir {
+                Some(dir) => {
+                    let password = healthsense_cli::broker::add_device(&dir, &serial)?;
+                    let text = format!("provisioned device {serial} ({id}) in {ward}: tx {tx}\nMQTT username {serial}, password {password} (shown once)");
+                    show(j, json!({ "tx": tx, "mqttUsername": serial, "mqttPassword": password }), text);
+                }
+                None => done(j, &format!("provisioned device {serial} ({id}) in {ward}"), tx),
+            }
         }
         Command::Device(DeviceCmd::Activate { serial }) => {
             done(j, &format!("activated device {serial}"), c.send(H::activateDeviceCall { deviceId: ids::device_id(&serial) }).await?);
@@ -807,7 +836,9 @@ async fn contract_command(cli: Cli) -> Result<()> {
         }
         Command::Pause => done(j, "paused", c.send(H::pauseCall {}).await?),
         Command::Unpause => done(j, "unpaused", c.send(H::unpauseCall {}).await?),
-        Command::Deploy { .. } | Command::Demo | Command::Oracle { .. } | Command::Devnet(_) => unreachable!("handled in run"),
+        Command::Deploy { .. } | Command::Demo | Command::Oracle { .. } | Command::Devnet(_) | Command::Broker(_) => {
+            unreachable!("handled in run")
+        }
     }
     Ok(())
 }
@@ -924,6 +955,25 @@ async fn devnet_command(cmd: DevnetCmd, deployment: PathBuf, j: bool) -> Result<
             }
         },
         DevnetCmd::Serve { dir, ports, options } => devnet::serve(&dir, &deployment, ports, &options).await?,
+    }
+    Ok(())
+}
+
+fn broker_command(cmd: BrokerCmd, j: bool) -> Result<()> {
+    match cmd {
+        BrokerCmd::MosquittoConfig(args) => {
+            let g = healthsense_cli::broker::mosquitto_config(&args).map_err(ConfigError)?;
+            let mut text = format!("wrote {}\n  start: mosquitto -c {}", g.config.display(), g.config.display());
+            for (user, file) in &g.hubs {
+                text += &format!("\n  hub config: [mqtt] embedded = false, port = {}, username = \"{user}\", password_file = \"{}\"", args.port, file.display());
+            }
+            text += "\n  devices: healthsense device provision SERIAL ... --mqtt-dir DIR (or broker mosquitto-device)";
+            show(j, json!(g), text);
+        }
+        BrokerCmd::MosquittoDevice { dir, serial } => {
+            let password = healthsense_cli::broker::add_device(&dir, &serial).map_err(ConfigError)?;
+            show(j, json!({ "mqttUsername": serial, "mqttPassword": password }), format!("MQTT username {serial}, password {password} (shown once; send mosquitto SIGHUP to load it)"));
+        }
     }
     Ok(())
 }

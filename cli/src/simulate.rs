@@ -229,6 +229,9 @@ pub struct Settings {
     pub seed: u64,
     /// Domain separator the devices sign under.
     pub domain: B256,
+    /// Static broker passwords by serial (a broker with a password file);
+    /// a device without one logs in with a login signed by its key.
+    pub passwords: std::collections::HashMap<String, String>,
 }
 
 /// Totals of a run.
@@ -249,11 +252,12 @@ pub struct Report {
     pub max_news2: Vec<(String, u8)>,
 }
 
-/// A connected device-side client, the number of publishes the broker
-/// has acknowledged so far, and the hub's status replies.
+/// The connected devices (one MQTT client each, logged in as itself),
+/// the number of publishes the broker has acknowledged so far, and the
+/// hub's status replies.
 pub struct Connected {
-    /// The client.
-    pub client: AsyncClient,
+    /// Each bed's client, by serial.
+    pub clients: std::collections::HashMap<String, AsyncClient>,
     /// Broker acknowledgements (PUBACK) received.
     pub acks: std::sync::Arc<std::sync::atomic::AtomicU64>,
     replies: tokio::sync::mpsc::UnboundedReceiver<(String, StatusReply)>,
@@ -300,7 +304,7 @@ pub async fn confirm(settings: &Settings, conn: &mut Connected, beds: &[Bed], re
         }
         for bed in &open {
             let hello = serde_json::to_vec(&protocol::Hello { signer: bed.key.address(), firmware: Some("sim-1.0".into()) })?;
-            conn.client.publish(topics.device(&bed.serial, DeviceTopic::Hello), QoS::AtLeastOnce, false, hello).await?;
+            conn.client(&bed.serial)?.publish(topics.device(&bed.serial, DeviceTopic::Hello), QoS::AtLeastOnce, false, hello).await?;
         }
         let round = (tokio::time::Instant::now() + Duration::from_secs(1)).min(deadline);
         while let Ok(Some((serial, reply))) = tokio::time::timeout_at(round, conn.replies.recv()).await {
@@ -328,6 +332,11 @@ pub async fn confirm(settings: &Settings, conn: &mut Connected, beds: &[Bed], re
 }
 
 impl Connected {
+    /// The client of bed `serial`.
+    pub fn client(&self, serial: &str) -> Result<&AsyncClient> {
+        self.clients.get(serial).ok_or_else(|| anyhow::anyhow!("no MQTT connection for {serial}"))
+    }
+
     /// Waits until the broker has acknowledged `n` publishes (or 30 s pass).
     pub async fn flushed(&self, n: u64) -> bool {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
@@ -341,39 +350,76 @@ impl Connected {
     }
 }
 
-/// Connects a device-side MQTT client and says hello for every bed until each
-/// is registered.
-pub async fn connect(settings: &Settings, beds: &[Bed], client_id: &str) -> Result<Connected> {
-    let topics = Topics::new(&settings.hub).map_err(anyhow::Error::msg)?;
-    let mut opts = MqttOptions::new(client_id, settings.broker.0.clone(), settings.broker.1);
-    opts.set_keep_alive(Duration::from_secs(15)).set_inflight(1_000).set_max_packet_size(1 << 20, 1 << 20);
-    let (client, mut eventloop) = AsyncClient::new(opts, 100_000);
-    client.subscribe(topics.device_filter(DeviceTopic::Status), QoS::AtLeastOnce).await?;
-    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(String, StatusReply)>();
-    let t = topics.clone();
-    let acks = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
-    let counter = acks.clone();
+/// How a device logs in to the broker: its client id and username are its
+/// serial; the password is `password` (a broker that keeps a password file,
+/// e.g. the generated Mosquitto configuration) or else a fresh login signed
+/// by its key (the embedded broker), renewed at every reconnection.
+pub fn device_options(host: &str, port: u16, serial: &str, key: &PrivateKeySigner, password: Option<&str>) -> Result<MqttOptions> {
+    let mut opts = MqttOptions::new(serial, host, port);
+    let password = match password {
+        Some(p) => p.to_string(),
+        None => healthsense_oracle::broker::device_password(key, serial, healthsense_oracle::ingest::now_ms())?,
+    };
+    opts.set_credentials(serial, password);
+    Ok(opts)
+}
+
+/// Polls a device's event loop forever, renewing its signed login before
+/// each reconnection (the broker takes each login once); `on_event` sees
+/// every event.
+pub fn drive(mut eventloop: rumqttc::EventLoop, serial: String, key: Option<PrivateKeySigner>, mut on_event: impl FnMut(Event) + Send + 'static) {
     tokio::spawn(async move {
         loop {
             match eventloop.poll().await {
-                Ok(Event::Incoming(Packet::PubAck(_))) => {
-                    counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-                }
-                Ok(Event::Incoming(Packet::Publish(p))) => {
-                    if let (Some((serial, _)), Ok(reply)) = (t.parse(&p.topic), serde_json::from_slice::<StatusReply>(&p.payload)) {
-                        let _ = tx.send((serial.to_string(), reply));
+                Ok(ev) => on_event(ev),
+                Err(_) => {
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    if let Some(key) = &key {
+                        // Strictly later than the refused or used one.
+                        let now = healthsense_oracle::ingest::now_ms();
+                        if let Ok(p) = healthsense_oracle::broker::device_password(key, &serial, now) {
+                            eventloop.mqtt_options.set_credentials(serial.clone(), p);
+                        }
                     }
                 }
-                Ok(_) => {}
-                Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
             }
         }
     });
+}
+
+/// Connects every bed to the broker as itself and says hello for each until
+/// each is registered.
+pub async fn connect(settings: &Settings, beds: &[Bed]) -> Result<Connected> {
+    let topics = Topics::new(&settings.hub).map_err(anyhow::Error::msg)?;
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(String, StatusReply)>();
+    let acks = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let mut clients = std::collections::HashMap::new();
+    for bed in beds {
+        let password = settings.passwords.get(&bed.serial).map(String::as_str);
+        let mut opts = device_options(&settings.broker.0, settings.broker.1, &bed.serial, &bed.key, password)?;
+        opts.set_keep_alive(Duration::from_secs(15)).set_inflight(1_000).set_max_packet_size(1 << 20, 1 << 20);
+        let (client, eventloop) = AsyncClient::new(opts, 10_000);
+        client.subscribe(topics.device(&bed.serial, DeviceTopic::Status), QoS::AtLeastOnce).await?;
+        let (t, tx, counter) = (topics.clone(), tx.clone(), acks.clone());
+        drive(eventloop, bed.serial.clone(), password.is_none().then(|| bed.key.clone()), move |ev| match ev {
+            Event::Incoming(Packet::PubAck(_)) => {
+                counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            }
+            Event::Incoming(Packet::Publish(p)) => {
+                if let (Some((serial, _)), Ok(reply)) = (t.parse(&p.topic), serde_json::from_slice::<StatusReply>(&p.payload)) {
+                    let _ = tx.send((serial.to_string(), reply));
+                }
+            }
+            _ => {}
+        });
+        clients.insert(bed.serial.clone(), client);
+    }
     let mut waiting: std::collections::HashMap<String, &Bed> = beds.iter().map(|b| (b.serial.clone(), b)).collect();
     let mut hellos = 0u64;
     for attempt in 0..30 {
         for bed in waiting.values() {
             let hello = serde_json::to_vec(&protocol::Hello { signer: bed.key.address(), firmware: Some("sim-1.0".into()) })?;
+            let client = &clients[&bed.serial];
             client.publish(topics.device(&bed.serial, DeviceTopic::Hello), QoS::AtLeastOnce, false, hello).await?;
             hellos += 1;
         }
@@ -391,18 +437,23 @@ pub async fn connect(settings: &Settings, beds: &[Bed], client_id: &str) -> Resu
             }
             if waiting.is_empty() {
                 // Count the hellos as acknowledged from here on.
-                let c = Connected { client, acks, replies: rx };
+                let c = Connected { clients, acks, replies: rx };
                 c.flushed(hellos).await;
                 c.acks.fetch_sub(hellos.min(c.acks.load(std::sync::atomic::Ordering::SeqCst)), std::sync::atomic::Ordering::SeqCst);
                 return Ok(c);
             }
         }
     }
-    bail!("no hub answered hello for {} device(s) on {}:{}", waiting.len(), settings.broker.0, settings.broker.1)
+    bail!(
+        "no hub answered hello for {} device(s) on {}:{} (a broker with authentication refuses devices not provisioned on chain; its log says why)",
+        waiting.len(),
+        settings.broker.0,
+        settings.broker.1
+    )
 }
 
 /// Runs the ward for `settings.seconds`, publishing through `client`.
-pub async fn run(settings: &Settings, beds: &mut [Bed], client: &AsyncClient, mut progress: impl FnMut(&Report)) -> Result<Report> {
+pub async fn run(settings: &Settings, beds: &mut [Bed], conn: &Connected, mut progress: impl FnMut(&Report)) -> Result<Report> {
     let topics = Topics::new(&settings.hub).map_err(anyhow::Error::msg)?;
     let mut rng = StdRng::seed_from_u64(settings.seed ^ 0x5eed);
     let period = Duration::from_secs_f64(1.0 / settings.rate.max(0.01));
@@ -416,7 +467,7 @@ pub async fn run(settings: &Settings, beds: &mut [Bed], client: &AsyncClient, mu
         let t = n as f64 * dt;
         for bed in beds.iter_mut() {
             let msgs = bed.tick(&mut rng, n, now, t, dt);
-            publish(settings, &topics, client, bed, msgs, &mut report).await?;
+            publish(settings, &topics, conn.client(&bed.serial)?, bed, msgs, &mut report).await?;
         }
         if n % settings.rate.ceil().max(1.0) as u64 == 0 {
             progress(&report);
@@ -424,7 +475,7 @@ pub async fn run(settings: &Settings, beds: &mut [Bed], client: &AsyncClient, mu
     }
     for bed in beds.iter_mut() {
         let msgs = bed.flush();
-        publish(settings, &topics, client, bed, msgs, &mut report).await?;
+        publish(settings, &topics, conn.client(&bed.serial)?, bed, msgs, &mut report).await?;
     }
     for bed in beds.iter() {
         report.max_news2.push((bed.serial.clone(), bed.max_news2));

@@ -103,7 +103,7 @@ impl Devnet {
     async fn hub(&self, name: &str, ward: &str, who: usize, session_ttl_s: u64) -> RunningHub {
         let cfg = healthsense_oracle::Config::parse(&format!(
             "hub = \"{name}\"\nward = \"{ward}\"\nstore = \"{}\"\n[chain]\nrpc_url = \"{}\"\ncontract = \"{}\"\npoll_ms = 100\n\
-             [mqtt]\nlisten = \"127.0.0.1:0\"\n[anchor]\nbatch_size = 10\ninterval_ms = 300\nmax_backoff_ms = 1000\n\
+             [mqtt]\nauth = false\nlisten = \"127.0.0.1:0\"\n[anchor]\nbatch_size = 10\ninterval_ms = 300\nmax_backoff_ms = 1000\n\
              [metrics]\nlisten = \"127.0.0.1:0\"\n[api]\nenabled = true\nlisten = \"127.0.0.1:0\"\nsession_ttl_s = {session_ttl_s}\n\
              [archive]\nipfs_api = \"{}\"\nkey_file = \"{}\"\nsettle_ms = 300\nmax_backoff_ms = 1000\n",
             self.dir.path().join(format!("{name}.sqlite")).display(),

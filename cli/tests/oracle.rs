@@ -146,9 +146,9 @@ impl Hub {
         let (mqtt, mqtt_port) = match broker {
             Broker::Embedded => {
                 let port = free_port();
-                (format!("embedded = true\nlisten = \"127.0.0.1:{port}\""), port)
+                (format!("embedded = true\nauth = false\nlisten = \"127.0.0.1:{port}\""), port)
             }
-            Broker::External(port) => (format!("embedded = false\nhost = \"127.0.0.1\"\nport = {port}"), port),
+            Broker::External(port) => (format!("embedded = false\nauth = false\nhost = \"127.0.0.1\"\nport = {port}"), port),
             Broker::Tls(port, ref ca, user, _) => (
                 format!(
                     "embedded = false\nhost = \"127.0.0.1\"\nport = {port}\ntls = true\nca_file = \"{}\"\nusername = \"{user}\"",

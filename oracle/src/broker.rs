@@ -1,15 +1,40 @@
 //! The embedded MQTT broker (rumqttd), the local default: one process per
 //! ward hub needs no separate broker install. Production wards may point the
 //! oracle at Mosquitto or EMQX instead (`mqtt.embedded = false`).
+//!
+//! Who may connect and what each client may do (docs/PROTOCOL.md, "Broker
+//! security"): a device logs in as its serial with a password its own key
+//! signs ([`device_password`]), checked against the signer registered on
+//! chain; the hub logs in as [`hub_username`] with a secret; a topic ACL
+//! (a small patch of the vendored rumqttd, `vendor/rumqttd/PATCHES.md`)
+//! confines each device to its own topics and reserves the hub's to the hub.
 
+use std::collections::HashMap;
 use std::net::{SocketAddr, TcpListener};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
+use alloy::primitives::{Address, Signature};
+use alloy::signers::{local::PrivateKeySigner, SignerSync};
 use anyhow::{Context, Result};
+use healthsense_abi::rules::{ids, status::DeviceStatus};
+
+use crate::chain::Chain;
+use crate::devices::{Device, Registry};
+use crate::protocol::{DeviceTopic, Topics, CONTRACT_TOPIC};
 
 /// Largest MQTT payload the embedded broker forwards. Larger than the
 /// oracle's own limit so that oversized readings reach the oracle and get
-/// their `413` reply instead of vanishing in the broker.
+/// their `413` reply instead of vanishing in the broker. The Mosquitto
+/// configuration `healthsense broker mosquitto-config` writes sets the same
+/// `message_size_limit`.
 pub const BROKER_MAX_PAYLOAD: usize = 64 * 1024;
+
+/// Largest MQTT packet the hub's own client accepts: well above any broker
+/// limit the project configures ([`BROKER_MAX_PAYLOAD`] plus topic and
+/// header), so that no message a broker delivers can make the hub's client
+/// drop its session (and have it redelivered, forever).
+pub const HUB_MAX_PACKET: usize = 1024 * 1024;
 
 /// Bytes of messages per memory segment of the embedded broker's log.
 pub const SEGMENT_BYTES: usize = 4 * 1024 * 1024;
@@ -17,11 +42,182 @@ pub const SEGMENT_BYTES: usize = 4 * 1024 * 1024;
 /// Memory segments kept besides the active one.
 pub const SEGMENTS: usize = 8;
 
+/// How far a device's login time may be from the broker's clock (both ways).
+pub const LOGIN_WINDOW_MS: u64 = 5 * 60_000;
+
+/// Longest a device login waits for the chain (the device's record is
+/// cached after that).
+pub const LOGIN_CHAIN_WAIT: Duration = Duration::from_secs(5);
+
+/// The MQTT username of hub `hub`: not a valid serial (`@`), so no device
+/// can take it.
+pub fn hub_username(hub: &str) -> String {
+    format!("hub@{hub}")
+}
+
+/// The text a device signs (EIP-191 `personal_sign`) to log in at time
+/// `time_ms`.
+pub fn login_message(serial: &str, time_ms: u64) -> String {
+    format!("HealthSense MQTT login\nserial: {serial}\ntime: {time_ms}")
+}
+
+/// The MQTT password of device `serial` at time `time_ms`:
+/// `v1:{time_ms}:{signature}`, the device key's EIP-191 signature of
+/// [`login_message`]. A new one for every connection: the broker accepts
+/// each time only once per device, and only within [`LOGIN_WINDOW_MS`].
+pub fn device_password(key: &PrivateKeySigner, serial: &str, time_ms: u64) -> Result<String, alloy::signers::Error> {
+    let sig = key.sign_message_sync(login_message(serial, time_ms).as_bytes())?;
+    Ok(format!("v1:{time_ms}:{}", alloy::hex::encode_prefixed(sig.as_bytes())))
+}
+
+/// Splits a device password into its time and the address that signed it.
+fn password_signer(serial: &str, password: &str) -> Option<(u64, Address)> {
+    let rest = password.strip_prefix("v1:")?;
+    let (time, sig) = rest.split_once(':')?;
+    let time: u64 = time.parse().ok()?;
+    let raw = alloy::hex::decode(sig).ok()?;
+    let sig = Signature::from_raw(&raw).ok()?;
+    let signer = sig.recover_address_from_msg(login_message(serial, time).as_bytes()).ok()?;
+    Some((time, signer))
+}
+
+/// Checks device logins against the chain.
+pub struct DeviceLogins {
+    chain: Chain,
+    /// The hub's device cache (invalidated by its chain watcher); `None`
+    /// asks the chain at every login.
+    registry: Option<Arc<Registry>>,
+    /// The runtime chain calls run on (the broker's threads have their own).
+    runtime: tokio::runtime::Handle,
+    /// Latest login time accepted per serial: a password works once.
+    last: Mutex<HashMap<String, u64>>,
+}
+
+impl DeviceLogins {
+    /// Logins checked against `chain`, cached in `registry` if given, with
+    /// chain calls on `runtime`.
+    pub fn new(chain: Chain, registry: Option<Arc<Registry>>, runtime: tokio::runtime::Handle) -> Self {
+        Self { chain, registry, runtime, last: Mutex::default() }
+    }
+
+    async fn device(&self, serial: &str) -> Result<Arc<Device>, String> {
+        let id = ids::device_id(serial);
+        if let Some(d) = self.registry.as_ref().and_then(|r| r.get(&id)) {
+            return Ok(d);
+        }
+        let info = tokio::time::timeout(LOGIN_CHAIN_WAIT, self.chain.device(id))
+            .await
+            .map_err(|_| "the chain did not answer in time".to_string())?
+            .map_err(|e| format!("chain: {e}"))?;
+        let device = Device::from_info(&info);
+        Ok(match &self.registry {
+            Some(r) => r.insert(id, device),
+            None => Arc::new(device),
+        })
+    }
+
+    /// Whether `password` logs device `serial` in now.
+    async fn check(&self, serial: &str, password: &str) -> Result<(), String> {
+        let (time, signer) = password_signer(serial, password).ok_or("the password is not a signed login (v1:time:signature)")?;
+        let now = crate::ingest::now_ms();
+        if time.abs_diff(now) > LOGIN_WINDOW_MS {
+            return Err(format!("login time {time} is more than {} s from the broker's clock", LOGIN_WINDOW_MS / 1000));
+        }
+        let device = self.device(serial).await?;
+        match device.status {
+            DeviceStatus::None => return Err("not provisioned on chain".into()),
+            DeviceStatus::Revoked => return Err("revoked on chain".into()),
+            DeviceStatus::Pending | DeviceStatus::Active => {}
+        }
+        if signer != device.signer {
+            return Err(format!("signed by {signer}, not the device's registered signer"));
+        }
+        let mut last = self.last.lock().map_err(|_| "poisoned")?;
+        let seen = last.entry(serial.to_string()).or_insert(0);
+        if time <= *seen {
+            return Err("this login was used before (replay): sign a new one".into());
+        }
+        *seen = time;
+        Ok(())
+    }
+}
+
+/// Authentication and topic ACLs of the embedded broker.
+#[derive(Clone)]
+pub struct BrokerAuth {
+    /// Hub username -> (hub name, password).
+    hubs: Arc<HashMap<String, (String, String)>>,
+    devices: Arc<DeviceLogins>,
+}
+
+impl BrokerAuth {
+    /// Hubs `(name, password)` and devices checked by `devices`.
+    pub fn new(hubs: Vec<(String, String)>, devices: DeviceLogins) -> Result<Self> {
+        let mut map = HashMap::new();
+        for (hub, password) in hubs {
+            Topics::new(&hub).map_err(anyhow::Error::msg)?;
+            map.insert(hub_username(&hub), (hub, password));
+        }
+        Ok(Self { hubs: Arc::new(map), devices: Arc::new(devices) })
+    }
+
+    async fn login(&self, client_id: String, user: String, password: String) -> bool {
+        let verdict = if let Some((_, secret)) = self.hubs.get(&user) {
+            // Constant time: the hub's secret must not leak by timing.
+            let same = secret.len() == password.len()
+                && secret.bytes().zip(password.bytes()).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0;
+            if same { Ok(()) } else { Err("wrong hub password".to_string()) }
+        } else if Topics::new(&user).is_err() {
+            Err("the username is not a device serial".into())
+        } else if client_id != user {
+            // One session per device, and none can take the hub's.
+            Err("a device's client id must be its serial".into())
+        } else {
+            let devices = self.devices.clone();
+            let serial = user.clone();
+            match self.devices.runtime.spawn(async move { devices.check(&serial, &password).await }).await {
+                Ok(v) => v,
+                Err(e) => Err(format!("login check failed: {e}")),
+            }
+        };
+        match verdict {
+            Ok(()) => true,
+            Err(reason) => {
+                tracing::warn!(client_id = %client_id, user = %user, reason = %reason, "MQTT login refused");
+                false
+            }
+        }
+    }
+
+    fn allows(&self, client_id: &str, user: &str, access: rumqttd::Access, topic: &str) -> bool {
+        if self.hubs.contains_key(user) {
+            return true;
+        }
+        let ok = match access {
+            rumqttd::Access::Publish => self.hubs.values().any(|(hub, _)| {
+                Topics::new(hub).ok().and_then(|t| t.parse(topic).map(|(s, k)| s == user && k != DeviceTopic::Status)).unwrap_or(false)
+            }),
+            rumqttd::Access::Subscribe => {
+                topic == CONTRACT_TOPIC
+                    || self.hubs.values().any(|(hub, _)| {
+                        Topics::new(hub).is_ok_and(|t| t.online() == topic || t.device(user, DeviceTopic::Status) == topic)
+                    })
+            }
+        };
+        if !ok {
+            tracing::warn!(client_id, user, ?access, topic, "MQTT client refused: topic not allowed; disconnected");
+        }
+        ok
+    }
+}
+
 /// Starts rumqttd on `listen` (port 0 picks a free port) in background
-/// threads and returns its address. Clients connect with retries (the
-/// oracle's session reconnects on its own), so no readiness probe is made:
-/// rumqttd logs every probe connection as an error.
-pub fn start_embedded(listen: SocketAddr) -> Result<SocketAddr> {
+/// threads and returns its address. With `auth`, every client must log in
+/// and stays within its topics; without, anyone may do anything (a warning
+/// says so). Clients connect with retries (the oracle's session reconnects
+/// on its own), so no readiness probe is made: rumqttd logs every probe
+/// connection as an error.
+pub fn start_embedded(listen: SocketAddr, auth: Option<BrokerAuth>) -> Result<SocketAddr> {
     // Bind here first: a port in use is a clear error now rather than a log
     // line from the broker's thread later.
     let probe = TcpListener::bind(listen).with_context(|| format!("the embedded MQTT broker cannot listen on {listen}"))?;
@@ -56,7 +252,25 @@ max_inflight_count = 5000
 dynamic_filters = true
 "#
     );
-    let config: rumqttd::Config = toml::from_str(&text).context("embedded broker configuration")?;
+    let mut config: rumqttd::Config = toml::from_str(&text).context("embedded broker configuration")?;
+    match auth {
+        Some(auth) => {
+            for server in config.v4.iter_mut().flat_map(|v| v.values_mut()) {
+                let login = auth.clone();
+                server.set_auth_handler(move |client_id, user, password| {
+                    let login = login.clone();
+                    async move { login.login(client_id, user, password).await }
+                });
+                let acl = auth.clone();
+                server.connections.acl =
+                    Some(Arc::new(move |client_id: &str, user: &str, access: rumqttd::Access, topic: &str| acl.allows(client_id, user, access, topic)));
+            }
+        }
+        None => tracing::warn!(
+            %addr,
+            "MQTT authentication is OFF (mqtt.auth = false): any client on the network may publish as any device or as the hub"
+        ),
+    }
     let mut broker = rumqttd::Broker::new(config);
     std::thread::Builder::new().name("rumqttd".into()).spawn(move || {
         if let Err(e) = broker.start() {
@@ -84,7 +298,7 @@ mod tests {
     /// of rumqttd stops at 100; the copy in vendor/rumqttd at 1,000.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn the_embedded_broker_sends_a_subscriber_more_than_100_unacknowledged_messages() -> Result<()> {
-        let addr = start_embedded("127.0.0.1:0".parse()?)?;
+        let addr = start_embedded("127.0.0.1:0".parse()?, None)?;
         let mut opts = MqttOptions::new("window-sub", addr.ip().to_string(), addr.port());
         opts.set_manual_acks(true);
         let (sub, mut sub_loop) = AsyncClient::new(opts, 16);

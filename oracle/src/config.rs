@@ -117,8 +117,16 @@ pub struct MqttConfig {
     pub tls: bool,
     /// CA certificate (PEM) for TLS; required with `tls`.
     pub ca_file: Option<PathBuf>,
-    /// Username; the password comes from `HEALTHSENSE_MQTT_PASSWORD`.
+    /// Authentication and topic ACLs (default on). The embedded broker then
+    /// admits only devices logging in with their key and the hub; with an
+    /// external broker, the hub must have `username`. Off only when set to
+    /// false, with a warning at every start.
+    pub auth: bool,
+    /// Username at an external broker; the password comes from
+    /// `password_file` or `HEALTHSENSE_MQTT_PASSWORD`.
     pub username: Option<String>,
+    /// File whose first line is the external broker password.
+    pub password_file: Option<PathBuf>,
     /// MQTT client id (default `hs-oracle-{hub}`); the persistent session is keyed by it.
     pub client_id: Option<String>,
     /// Keep-alive, seconds.
@@ -134,7 +142,9 @@ impl Default for MqttConfig {
             port: 1883,
             tls: false,
             ca_file: None,
+            auth: true,
             username: None,
+            password_file: None,
             client_id: None,
             keep_alive_s: 15,
         }
@@ -378,6 +388,7 @@ impl Config {
             cfg.chain.keystore.as_mut(),
             cfg.chain.password_file.as_mut(),
             cfg.mqtt.ca_file.as_mut(),
+            cfg.mqtt.password_file.as_mut(),
             cfg.archive.key_file.as_mut(),
             cfg.archive.dir.as_mut(),
         ]
@@ -425,6 +436,31 @@ impl Config {
         }
     }
 
+    /// The hub's credentials at an external broker: `mqtt.username` with the
+    /// password from `HEALTHSENSE_MQTT_PASSWORD` or `mqtt.password_file`.
+    pub fn mqtt_credentials(&self) -> Result<Option<(String, String)>> {
+        let Some(user) = &self.mqtt.username else {
+            if self.mqtt.auth && !self.mqtt.embedded {
+                bail!(
+                    "mqtt.auth is on but the external broker has no mqtt.username for the hub: set mqtt.username and \
+                     mqtt.password_file (see `healthsense broker mosquitto-config`), or mqtt.auth = false for an open broker"
+                );
+            }
+            return Ok(None);
+        };
+        let password = match (std::env::var(MQTT_PASSWORD_VAR), &self.mqtt.password_file) {
+            (Ok(p), _) => p,
+            (Err(_), Some(file)) => std::fs::read_to_string(file)
+                .with_context(|| format!("reading mqtt.password_file {}", file.display()))?
+                .lines()
+                .next()
+                .unwrap_or_default()
+                .to_string(),
+            (Err(_), None) => String::new(),
+        };
+        Ok(Some((user.clone(), password)))
+    }
+
     /// The MQTT client id.
     pub fn client_id(&self) -> String {
         self.mqtt.client_id.clone().unwrap_or_else(|| format!("hs-oracle-{}", self.hub))
@@ -442,6 +478,7 @@ mod tests {
         )
         .unwrap();
         assert!(cfg.mqtt.embedded);
+        assert!(cfg.mqtt.auth, "broker authentication is on unless turned off");
         assert!(!cfg.api.enabled, "the API is opt-in");
         assert_eq!(cfg.api.session_ttl_s, 900);
         assert_eq!(cfg.anchor.per_batch().unwrap(), 2_000);

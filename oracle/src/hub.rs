@@ -19,7 +19,7 @@ use tokio::sync::{mpsc, watch, Notify};
 use crate::alerts::{Engine, Live, LiveEvent};
 use crate::anchor::Anchorer;
 use crate::chain::{Chain, ChainError};
-use crate::config::{Config, MQTT_PASSWORD_VAR};
+use crate::config::Config;
 use crate::devices::Registry;
 use crate::health::Health;
 use crate::ingest::{self, CommitHook, Incoming, Limits, Shared};
@@ -90,19 +90,18 @@ async fn connect_chain(cfg: &Config, key: PrivateKeySigner) -> Result<Chain> {
     }
 }
 
-fn mqtt_options(cfg: &Config, host: &str, port: u16, topics: &Topics) -> Result<MqttOptions> {
+fn mqtt_options(cfg: &Config, host: &str, port: u16, topics: &Topics, login: Option<(String, String)>) -> Result<MqttOptions> {
     let mut opts = MqttOptions::new(cfg.client_id(), host, port);
     opts.set_keep_alive(Duration::from_secs(cfg.mqtt.keep_alive_s.max(5)))
         .set_clean_session(false)
         .set_manual_acks(true)
         .set_request_channel_capacity(100_000)
         .set_inflight(1_000)
-        .set_max_packet_size(crate::broker::BROKER_MAX_PAYLOAD * 2, crate::broker::BROKER_MAX_PAYLOAD * 2);
+        .set_max_packet_size(crate::broker::HUB_MAX_PACKET, crate::broker::HUB_MAX_PACKET);
     let offline = serde_json::to_vec(&Presence { online: false, hub: None, ward: None })?;
     opts.set_last_will(LastWill::new(topics.online(), offline, QoS::AtLeastOnce, true));
-    if let Some(user) = &cfg.mqtt.username {
-        let password = std::env::var(MQTT_PASSWORD_VAR).unwrap_or_default();
-        opts.set_credentials(user.clone(), password);
+    if let Some((user, password)) = login {
+        opts.set_credentials(user, password);
     }
     if cfg.mqtt.tls {
         install_tls_provider();
@@ -142,17 +141,29 @@ pub async fn start(cfg: Config, key: PrivateKeySigner, options: Options) -> Resu
     ingest_store.leave_checkpoints()?;
     let checkpoint_store = open()?;
 
-    let (host, port) = if cfg.mqtt.embedded {
-        let addr = crate::broker::start_embedded(cfg.mqtt.listen)?;
-        (addr.ip().to_string(), addr.port())
+    let registry = Arc::new(Registry::default());
+    if !cfg.mqtt.auth {
+        tracing::warn!("mqtt.auth = false: the hub does not ask its broker for authentication or topic ACLs; any client may speak for any device or the hub");
+    }
+    let (host, port, login) = if cfg.mqtt.embedded {
+        // The hub's own login to its in-process broker: a secret of this run.
+        let secret = alloy::hex::encode(rand::random::<[u8; 32]>());
+        let auth = match cfg.mqtt.auth {
+            true => {
+                let logins = crate::broker::DeviceLogins::new(chain.clone(), Some(registry.clone()), tokio::runtime::Handle::current());
+                Some(crate::broker::BrokerAuth::new(vec![(cfg.hub.clone(), secret.clone())], logins)?)
+            }
+            false => None,
+        };
+        let addr = crate::broker::start_embedded(cfg.mqtt.listen, auth)?;
+        (addr.ip().to_string(), addr.port(), Some((crate::broker::hub_username(&cfg.hub), secret)))
     } else {
-        (cfg.mqtt.host.clone(), cfg.mqtt.port)
+        (cfg.mqtt.host.clone(), cfg.mqtt.port, cfg.mqtt_credentials()?)
     };
-    let (client, mut eventloop) = AsyncClient::new(mqtt_options(&cfg, &host, port, &topics)?, 100_000);
+    let (client, mut eventloop) = AsyncClient::new(mqtt_options(&cfg, &host, port, &topics, login)?, 100_000);
 
     let metrics = Arc::new(Metrics::default());
     let health = Arc::new(Health::new(cfg.health.clone(), cfg.anchor.interval().as_millis() as u64, metrics.clone(), open()?, ingest::now_ms())?);
-    let registry = Arc::new(Registry::default());
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let metrics_addr = match cfg.metrics.enabled {
         true => Some(crate::metrics::serve(cfg.metrics.listen, metrics.clone(), health.clone(), shutdown_rx.clone()).await?),

@@ -51,6 +51,19 @@ pub type AuthHandler = Arc<
         + Sync,
 >;
 
+// HealthSense patch (PATCHES.md): per-client topic ACL.
+/// What a client asks to do with a topic: publish on it (also its Last
+/// Will), or subscribe to a filter.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    Publish,
+    Subscribe,
+}
+
+/// Decides whether client `(client_id, username)` may `Access` a topic or
+/// filter; a refusal closes the connection.
+pub type AclHandler = Arc<dyn Fn(&str, &str, Access, &str) -> bool + Send + Sync>;
+
 #[derive(Debug, Default, Serialize, Deserialize, Clone)]
 pub struct Config {
     pub id: usize,
@@ -152,6 +165,8 @@ pub struct ConnectionSettings {
     pub external_auth: Option<AuthHandler>,
     #[serde(default)]
     pub dynamic_filters: bool,
+    #[serde(skip)]
+    pub acl: Option<AclHandler>,
 }
 
 impl ConnectionSettings {
@@ -177,6 +192,7 @@ impl fmt::Debug for ConnectionSettings {
             .field("auth", &self.auth)
             .field("external_auth", &self.external_auth.is_some())
             .field("dynamic_filters", &self.dynamic_filters)
+            .field("acl", &self.acl.is_some())
             .finish()
     }
 }

@@ -99,6 +99,10 @@ struct Args {
     /// vendor/rumqttd/PATCHES.md), for comparing the brokers like for like.
     #[arg(long, default_value_t = 1000, requires = "mosquitto")]
     mosquitto_inflight: u32,
+    /// Run the throughput and latency phases with the broker's authentication
+    /// and ACLs off (they are on by default), for the ratio between the two.
+    #[arg(long)]
+    no_auth: bool,
     /// Alert-raising readings per second in the alerts phase.
     #[arg(long, default_value_t = 200)]
     alert_rate: usize,
@@ -165,22 +169,46 @@ fn rss_kib(pid: u32, field: &str) -> Result<u64> {
 /// Broker acknowledgements received by the publishers.
 static PUBACKS: AtomicUsize = AtomicUsize::new(0);
 
-async fn publisher(port: u16, id: &str, capacity: usize) -> AsyncClient {
-    let mut opts = MqttOptions::new(id, "127.0.0.1", port);
+/// A publishing client; `key` renews a device's signed login before each
+/// reconnection.
+async fn publisher(opts: MqttOptions, capacity: usize, key: Option<PrivateKeySigner>) -> AsyncClient {
+    let mut opts = opts;
     opts.set_keep_alive(Duration::from_secs(30)).set_inflight(u16::MAX).set_max_packet_size(1 << 20, 1 << 20);
-    let (client, mut eventloop) = AsyncClient::new(opts, capacity);
-    tokio::spawn(async move {
-        loop {
-            match eventloop.poll().await {
-                Ok(rumqttc::Event::Incoming(rumqttc::Packet::PubAck(_))) => {
-                    PUBACKS.fetch_add(1, Ordering::Relaxed);
-                }
-                Ok(_) => {}
-                Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
-            }
+    let id = opts.client_id();
+    let (client, eventloop) = AsyncClient::new(opts, capacity);
+    healthsense_cli::simulate::drive(eventloop, id, key, |ev| {
+        if let rumqttc::Event::Incoming(rumqttc::Packet::PubAck(_)) = ev {
+            PUBACKS.fetch_add(1, Ordering::Relaxed);
         }
     });
     client
+}
+
+/// One MQTT client per device, each logged in as itself: with a signed
+/// login (the embedded broker), a password (`passwords`, Mosquitto's file),
+/// or none (authentication off).
+async fn device_clients(port: u16, devs: &[Bed], auth: Login<'_>, capacity: usize) -> Result<Vec<AsyncClient>> {
+    let mut clients = Vec::with_capacity(devs.len());
+    for b in devs {
+        let opts = match auth {
+            Login::Signed => healthsense_cli::simulate::device_options("127.0.0.1", port, &b.serial, &b.key, None)?,
+            Login::Passwords(p) => {
+                let password = p.get(&b.serial).context("no password")?;
+                healthsense_cli::simulate::device_options("127.0.0.1", port, &b.serial, &b.key, Some(password))?
+            }
+            Login::Open => MqttOptions::new(b.serial.clone(), "127.0.0.1", port),
+        };
+        let key = matches!(auth, Login::Signed).then(|| b.key.clone());
+        clients.push(publisher(opts, capacity, key).await);
+    }
+    Ok(clients)
+}
+
+#[derive(Clone, Copy)]
+enum Login<'a> {
+    Signed,
+    Passwords(&'a HashMap<String, String>),
+    Open,
 }
 
 #[tokio::main(flavor = "multi_thread")]
@@ -288,25 +316,61 @@ async fn main() -> Result<()> {
         })
     };
     // The broker is the bench's own (as a ward's broker would be), so the hub
-    // can be stopped while readings queue for its persistent session.
+    // can be stopped while readings queue for its persistent session. With
+    // authentication (the default) the hub logs in with its password and
+    // every device as itself; `--no-auth` runs the same brokers open.
+    let auth = !args.no_auth;
     let mut _mosquitto = None;
+    let hub_password = dir.path().join("hub.password");
+    let mut passwords = HashMap::new();
     let port = if args.mosquitto {
         let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
-        let conf = dir.path().join("mosquitto.conf");
-        std::fs::write(
-            &conf,
-            format!("listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\nmax_queued_messages 0\nmax_inflight_messages {}\n", args.mosquitto_inflight),
-        )?;
-        let child = std::process::Command::new("mosquitto").arg("-c").arg(&conf).stderr(std::process::Stdio::null()).spawn()?;
+        let conf_dir = dir.path().join("mosquitto");
+        let g = healthsense_cli::broker::mosquitto_config(&healthsense_cli::broker::MosquittoArgs {
+            dir: conf_dir.clone(),
+            hubs: vec!["bench".into()],
+            port,
+            bind: "127.0.0.1".into(),
+            user: "mosquitto".into(),
+        })?;
+        std::fs::copy(&g.hubs[0].1, &hub_password)?;
+        let mut text = std::fs::read_to_string(&g.config)?
+            .replace("max_inflight_messages 1000", &format!("max_inflight_messages {}", args.mosquitto_inflight))
+            .replace("persistence true", "persistence false");
+        if auth {
+            for b in &beds[..args.devices] {
+                passwords.insert(b.serial.clone(), healthsense_cli::broker::add_device(&conf_dir, &b.serial)?);
+            }
+        } else {
+            text = text
+                .replace("allow_anonymous false", "allow_anonymous true")
+                .replace(&format!("password_file {}", g.password_file.display()), "")
+                .replace(&format!("acl_file {}", g.acl_file.display()), "");
+        }
+        std::fs::write(&g.config, text)?;
+        let child = std::process::Command::new("mosquitto").arg("-c").arg(&g.config).stderr(std::process::Stdio::null()).spawn()?;
         _mosquitto = Some(KillOnDrop(child));
         tokio::time::sleep(Duration::from_millis(300)).await;
         port
     } else {
-        healthsense_oracle::broker::start_embedded("127.0.0.1:0".parse()?)?.port()
+        let broker_auth = if auth {
+            let secret = alloy::hex::encode(rand::random::<[u8; 24]>());
+            std::fs::write(&hub_password, &secret)?;
+            let chain = healthsense_oracle::chain::Chain::connect(anvil.endpoint().as_str(), contract, PrivateKeySigner::random(), None).await?;
+            let logins = healthsense_oracle::broker::DeviceLogins::new(chain, None, tokio::runtime::Handle::current());
+            Some(healthsense_oracle::broker::BrokerAuth::new(vec![("bench".into(), secret)], logins)?)
+        } else {
+            None
+        };
+        healthsense_oracle::broker::start_embedded("127.0.0.1:0".parse()?, broker_auth)?.port()
+    };
+    let mqtt_login = match auth {
+        true => format!("username = \"{}\"\npassword_file = \"{}\"\n", healthsense_oracle::broker::hub_username("bench"), hub_password.display()),
+        false => "auth = false\n".into(),
     };
     let cfg = healthsense_oracle::Config::parse(&format!(
         "hub = \"bench\"\nward = \"bench\"\nstore = \"{}\"\n[chain]\nrpc_url = \"{}\"\ncontract = \"{contract}\"\n\
-         [mqtt]\nembedded = false\nport = {port}\n[anchor]\nbatch_size = 2000\ninterval_ms = 2000\n[metrics]\nlisten = \"127.0.0.1:0\"\n",
+         [mqtt]\nembedded = false\nport = {port}\n{mqtt_login}[anchor]\nbatch_size = 2000\ninterval_ms = 2000\n[metrics]\nlisten = \"127.0.0.1:0\"\n",
         dir.path().join("hub.sqlite").display(),
         anvil.endpoint()
     ))?;
@@ -314,12 +378,17 @@ async fn main() -> Result<()> {
     let options = healthsense_oracle::Options { on_commit: Some(hook) };
     let running = healthsense_oracle::start(cfg.clone(), hub_key.clone(), options.clone()).await?;
     let topics = Topics::new("bench").map_err(anyhow::Error::msg)?;
-    let client = publisher(port, "bench-beds", args.readings + 10_000).await;
+    let login = match (auth, args.mosquitto) {
+        (false, _) => Login::Open,
+        (true, true) => Login::Passwords(&passwords),
+        (true, false) => Login::Signed,
+    };
+    let clients = device_clients(port, devs, login, 2 * args.readings / devs.len() + 2 * args.rate * args.latency_seconds as usize / devs.len() + 1_000).await?;
     // Warm-up: one reading per device loads the device cache.
     for (k, b) in devs.iter().enumerate() {
         let r = reading(&b.serial, 1, k as u64);
         let payload = protocol::sign_vitals(&b.key, domain, &b.serial, &r)?;
-        client.publish(topics.device(&b.serial, DeviceTopic::Vitals), QoS::AtLeastOnce, false, payload).await?;
+        clients[k].publish(topics.device(&b.serial, DeviceTopic::Vitals), QoS::AtLeastOnce, false, payload).await?;
     }
     wait_for(&committed, devs.len(), "warm-up").await?;
 
@@ -328,7 +397,7 @@ async fn main() -> Result<()> {
     let half = args.readings / 2;
     let t = Instant::now();
     for (_, payload, k) in &signed[..half] {
-        client.publish(topics.device(&devs[*k].serial, DeviceTopic::Vitals), QoS::AtLeastOnce, false, payload.clone()).await?;
+        clients[*k].publish(topics.device(&devs[*k].serial, DeviceTopic::Vitals), QoS::AtLeastOnce, false, payload.clone()).await?;
     }
     wait_for(&committed, devs.len() + half, "live ingest").await?;
     let live_rate = half as f64 / t.elapsed().as_secs_f64();
@@ -339,7 +408,7 @@ async fn main() -> Result<()> {
     running.shutdown().await;
     let acked = PUBACKS.load(Ordering::SeqCst);
     for (_, payload, k) in &signed[half..] {
-        client.publish(topics.device(&devs[*k].serial, DeviceTopic::Vitals), QoS::AtLeastOnce, false, payload.clone()).await?;
+        clients[*k].publish(topics.device(&devs[*k].serial, DeviceTopic::Vitals), QoS::AtLeastOnce, false, payload.clone()).await?;
     }
     wait_for(&PUBACKS, acked + (args.readings - half), "broker acknowledgements").await?;
     let t = Instant::now();
@@ -370,7 +439,7 @@ async fn main() -> Result<()> {
             let r = reading(&devs[k].serial, start_seq + (sent / devs.len()) as u64, sent as u64);
             let payload = protocol::sign_vitals(&devs[k].key, domain, &devs[k].serial, &r)?;
             let key = (r.deviceId, r.seq);
-            client.publish(topics.device(&devs[k].serial, DeviceTopic::Vitals), QoS::AtLeastOnce, false, payload).await?;
+            clients[k].publish(topics.device(&devs[k].serial, DeviceTopic::Vitals), QoS::AtLeastOnce, false, payload).await?;
             published.insert(key, Instant::now());
             sent += 1;
         }
@@ -492,7 +561,7 @@ async fn memory(
         &config,
         format!(
             "hub = \"beds\"\nward = \"bench\"\nstore = \"{}\"\n[chain]\nrpc_url = \"{}\"\ncontract = \"{contract}\"\n\
-             [mqtt]\nlisten = \"127.0.0.1:{port}\"\n[anchor]\nbatch_size = 2000\ninterval_ms = 5000\n[metrics]\nlisten = \"127.0.0.1:0\"\n",
+             [mqtt]\nauth = false\nlisten = \"127.0.0.1:{port}\"\n[anchor]\nbatch_size = 2000\ninterval_ms = 5000\n[metrics]\nlisten = \"127.0.0.1:0\"\n",
             dir.join("memory.sqlite").display(),
             anvil.endpoint()
         ),
@@ -519,7 +588,9 @@ async fn memory(
     tokio::time::sleep(Duration::from_secs(1)).await;
     let idle = rss_kib(pid, "VmRSS:")?;
     let topics = Topics::new("beds").map_err(anyhow::Error::msg)?;
-    let client = publisher(port, "memory-beds", 1_000_000).await;
+    // One publisher for every bed, on an open broker: the figure is the
+    // oracle's memory, not 2,000 device connections'.
+    let client = publisher(MqttOptions::new("memory-beds", "127.0.0.1", port), 1_000_000, None).await;
     let beds = &beds[..args.beds];
     let mut tick = tokio::time::interval(Duration::from_millis(10));
     let per_tick = (beds.len() / 100).max(1);
@@ -568,7 +639,7 @@ async fn alerts(args: &Args) -> Result<()> {
     let dir = tempfile::tempdir()?;
     let cfg = healthsense_oracle::Config::parse(&format!(
         "hub = \"bench\"\nward = \"bench\"\nstore = \"{}\"\n[chain]\nrpc_url = \"{}\"\ncontract = \"{contract}\"\n\
-         [mqtt]\nlisten = \"127.0.0.1:0\"\n[anchor]\nbatch_size = 2000\ninterval_ms = 2000\n[metrics]\nlisten = \"127.0.0.1:0\"\n",
+         [mqtt]\nauth = false\nlisten = \"127.0.0.1:0\"\n[anchor]\nbatch_size = 2000\ninterval_ms = 2000\n[metrics]\nlisten = \"127.0.0.1:0\"\n",
         dir.path().join("hub.sqlite").display(),
         anvil.endpoint()
     ))?;
@@ -605,7 +676,7 @@ async fn alerts(args: &Args) -> Result<()> {
         });
     }
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let client = publisher(port, "alert-beds", 1_000_000).await;
+    let client = publisher(MqttOptions::new("alert-beds", "127.0.0.1", port), 1_000_000, None).await;
     let (alerting, steady) = beds.split_at(n / 2);
     let septic = |r: &mut Reading| {
         (r.respRate, r.spo2, r.systolic, r.diastolic, r.heartRate, r.temperature) = (26, 90, 95, 60, 125, 3_870);

@@ -4,7 +4,7 @@ use crate::link::network::Network;
 use crate::local::LinkBuilder;
 use crate::protocol::{ConnAck, Connect, ConnectReturnCode, Login, Packet, Protocol};
 use crate::router::{Event, Notification};
-use crate::{ConnectionId, ConnectionSettings};
+use crate::{Access, AclHandler, ConnectionId, ConnectionSettings};
 
 use flume::{RecvError, SendError, Sender, TrySendError};
 use std::cmp::min;
@@ -47,6 +47,8 @@ pub enum Error {
     TrySend(#[from] TrySendError<(ConnectionId, Event)>),
     #[error("Link error = {0}")]
     Link(#[from] LinkError),
+    #[error("Not authorized: {0:?} {1}")]
+    NotAuthorized(Access, String),
 }
 
 /// Orchestrates between Router and Network.
@@ -58,6 +60,7 @@ pub struct RemoteLink<P> {
     link_rx: LinkRx,
     notifications: VecDeque<Notification>,
     pub(crate) will_delay_interval: u32,
+    acl: Option<(AclHandler, String)>,
 }
 
 impl<P: Protocol> RemoteLink<P> {
@@ -68,8 +71,9 @@ impl<P: Protocol> RemoteLink<P> {
         connect_packet: Packet,
         dynamic_filters: bool,
         assigned_client_id: Option<String>,
+        acl: Option<AclHandler>,
     ) -> Result<RemoteLink<P>, Error> {
-        let Packet::Connect(connect, props, lastwill, lastwill_props, _) = connect_packet else {
+        let Packet::Connect(connect, props, lastwill, lastwill_props, login) = connect_packet else {
             return Err(Error::NotConnectPacket(connect_packet));
         };
 
@@ -122,6 +126,7 @@ impl<P: Protocol> RemoteLink<P> {
             link_rx,
             notifications: VecDeque::with_capacity(100),
             will_delay_interval,
+            acl: acl.map(|a| (a, login.map(|l| l.username).unwrap_or_default())),
         })
     }
 
@@ -134,10 +139,17 @@ impl<P: Protocol> RemoteLink<P> {
             select! {
                 o = self.network.read() => {
                     let packet = o?;
+                    // Checked before the router can see them.
+                    let mut incoming = VecDeque::from([packet]);
+                    self.network.readv(&mut incoming)?;
+                    if let Some((acl, user)) = &self.acl {
+                        for packet in &incoming {
+                            check_acl(acl, &self.connect.client_id, user, packet)?;
+                        }
+                    }
                     let len = {
                         let mut buffer = self.link_tx.buffer();
-                        buffer.push_back(packet);
-                        self.network.readv(&mut buffer)?;
+                        buffer.extend(incoming);
                         buffer.len()
                     };
 
@@ -169,6 +181,16 @@ impl<P: Protocol> RemoteLink<P> {
     }
 }
 
+fn check_acl(acl: &AclHandler, client_id: &str, user: &str, packet: &Packet) -> Result<(), Error> {
+    let denied = |access, topic: &str| (!acl(client_id, user, access, topic)).then(|| Error::NotAuthorized(access, topic.to_owned()));
+    let refusal = match packet {
+        Packet::Publish(p, _) => denied(Access::Publish, &String::from_utf8_lossy(&p.topic)),
+        Packet::Subscribe(s, _) => s.filters.iter().find_map(|f| denied(Access::Subscribe, &f.path)),
+        _ => None,
+    };
+    refusal.map_or(Ok(()), Err)
+}
+
 /// Read MQTT connect packet from network and verify it.
 /// authentication and checks are done here.
 pub async fn mqtt_connect<P>(
@@ -196,6 +218,13 @@ where
     Span::current().record("client_id", &connect.client_id);
 
     handle_auth(config.clone(), login.as_ref(), &connect.client_id).await?;
+    if let (Some(acl), Packet::Connect(_, _, Some(will), _, _)) = (&config.acl, &packet) {
+        let user = login.as_ref().map(|l| l.username.as_str()).unwrap_or_default();
+        let topic = String::from_utf8_lossy(&will.topic);
+        if !acl(&connect.client_id, user, Access::Publish, &topic) {
+            return Err(Error::NotAuthorized(Access::Publish, topic.into_owned()));
+        }
+    }
 
     // When keep_alive feature is disabled client can live forever, which is not good in
     // distributed broker context so currenlty we don't allow it.
@@ -283,6 +312,7 @@ mod tests {
             auth: None,
             external_auth: None,
             dynamic_filters: false,
+            acl: None,
         }
     }
 
