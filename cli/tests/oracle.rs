@@ -1026,8 +1026,10 @@ fn a_discharge_signal_bills_archives_and_every_archive_verifies() {
         })),
         ("Observation/hr-1", Box::new(|j: String| {
             let at = j.find("\"id\":\"hr-1\"").unwrap();
-            let hr = at + j[at..].find("\"value\":").unwrap() + "\"value\":".len();
-            let end = hr + j[hr..].find(',').unwrap();
+            // Keys are written sorted: the quantity's `value` comes last.
+            let q = at + j[at..].find("\"valueQuantity\":").unwrap();
+            let hr = q + j[q..].find("\"value\":").unwrap() + "\"value\":".len();
+            let end = hr + j[hr..].find('}').unwrap();
             let v: u64 = j[hr..end].parse().unwrap();
             format!("{}{}{}", &j[..hr], v + 1, &j[end..])
         })),
