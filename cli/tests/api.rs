@@ -17,7 +17,8 @@ use alloy::signers::SignerSync;
 use alloy::sol_types::SolCall;
 use alloy::transports::http::reqwest;
 use healthsense_abi::bindings::HealthSense as H;
-use healthsense_abi::rules::{eip712, ids};
+use healthsense_abi::rules::reading::reading_leaf;
+use healthsense_abi::rules::{eip712, ids, merkle};
 use healthsense_abi::Reading;
 use healthsense_cli::admin::Client;
 use healthsense_cli::{artifact, deploy, deployment::Deployment, tools};
@@ -441,7 +442,42 @@ fn rest_api_serves_each_role_its_records_and_nothing_else() {
         let batch_id: B256 = serde_json::from_value(proof["batch"]["batchId"].clone()).unwrap();
         let leaf: B256 = serde_json::from_value(proof["leaf"].clone()).unwrap();
         let path: Vec<B256> = serde_json::from_value(proof["proof"].clone()).unwrap();
-        assert!(net.view(H::verifyReadingCall { batchId: batch_id, leaf, proof: path }).await, "{proof}");
+        assert!(net.view(H::verifyReadingCall { batchId: batch_id, leaf, proof: path.clone() }).await, "{proof}");
+        // Re-verified from the answer alone, with the OpenAPI document and
+        // abi/: the signed struct's integers (as the schema types them) give
+        // the leaf, the proof leads to the chain's root for the batch, and
+        // the signature under the given EIP-712 domain is the device's.
+        let doc = api.get("/api/v1/openapi.json", None, 200).await;
+        let schema = &doc["components"]["schemas"]["SignedReading"];
+        let signed = proof["signed"].as_object().unwrap();
+        for (k, v) in signed {
+            let t = schema["properties"][k]["type"].as_str().unwrap_or_else(|| panic!("{k} is not in the SignedReading schema"));
+            assert!(if t == "integer" { v.is_u64() } else { t == "string" && v.is_string() }, "{k}: {v} is not {t}");
+        }
+        assert_eq!(schema["required"].as_array().map(Vec::len), Some(signed.len()));
+        let n = |k: &str| signed[k].as_u64().unwrap();
+        let r = Reading {
+            deviceId: serde_json::from_value(signed["deviceId"].clone()).unwrap(),
+            seq: n("seq"),
+            timestamp: n("timestamp"),
+            heartRate: n("heartRate") as u16,
+            respRate: n("respRate") as u16,
+            spo2: n("spo2") as u16,
+            systolic: n("systolic") as u16,
+            diastolic: n("diastolic") as u16,
+            temperature: n("temperature") as u16,
+            consciousness: n("consciousness") as u8,
+        };
+        assert_eq!(reading_leaf(&r), leaf);
+        assert!(merkle::verify(&path, net.view(H::getBatchCall { batchId: batch_id }).await.root, leaf));
+        let domain = eip712::domain_separator(
+            proof["domain"]["chainId"].as_u64().unwrap(),
+            serde_json::from_value(proof["domain"]["verifyingContract"].clone()).unwrap(),
+        );
+        let sig = alloy::primitives::Signature::from_raw(&alloy::hex::decode(proof["signature"].as_str().unwrap()).unwrap()).unwrap();
+        let signer = sig.recover_address_from_prehash(&eip712::reading_digest(domain, &r)).unwrap();
+        assert_eq!(signer, net.view(H::getDeviceCall { deviceId: r.deviceId }).await.signer);
+        assert_eq!(proof["reading"]["temperature"].as_f64(), Some(f64::from(r.temperature) / 100.0), "display units beside the signed ones");
         api.get(&format!("{ua}/vitals/999/proof"), Some(&doctor), 404).await;
         api.get(&format!("{ua}/vitals/x/proof"), Some(&doctor), 400).await;
         api.get(&format!("{ub}/vitals/1/proof"), Some(&alice_t), 403).await;
@@ -483,7 +519,8 @@ fn rest_api_serves_each_role_its_records_and_nothing_else() {
         let deadline = Instant::now() + Duration::from_secs(60);
         let archive = loop {
             let a = api.get(&ub, Some(&bob_t), 200).await["archive"].clone();
-            if a["state"] == "verified" || Instant::now() > deadline {
+            // The job stores `archived` just after the chain has the CID.
+            if (a["state"] == "verified" && a["step"] == "archived") || Instant::now() > deadline {
                 break a;
             }
             tokio::time::sleep(Duration::from_millis(200)).await;
@@ -492,6 +529,9 @@ fn rest_api_serves_each_role_its_records_and_nothing_else() {
         let on_chain = net.view(H::getArchiveCall { patientId: pb }).await;
         assert_eq!((archive["cid"].as_str(), archive["step"].as_str()), (Some(on_chain.cid.as_str()), Some("archived")));
         assert_eq!(archive["recordHash"], json!(on_chain.recordHash));
+        // One stay window: the API's history holds what the archive holds.
+        let history = api.get(&format!("{ub}/vitals?limit=1000"), Some(&bob_t), 200).await;
+        assert_eq!(archive["readings"].as_u64(), Some(history["items"].as_array().unwrap().len() as u64), "{archive}");
 
         // --- devices
         for tok in [&doctor, &admin] {

@@ -926,7 +926,7 @@ fn a_discharge_signal_bills_archives_and_every_archive_verifies() {
     let hub = Hub::start(&net, "ward-3", "ward-3", 1, Broker::Embedded, 20);
     let config = hub.config.to_str().unwrap().to_string();
     let patient = patient_id("stay-d1");
-    rt.block_on(async {
+    let cid = rt.block_on(async {
         let mut mqtt = Mqtt::connect(hub.mqtt_port, "bedside", "ward-3").await;
         assert_eq!(mqtt.hello(&bed).await, Code::Registered);
         admit_with_charges(&net, "stay-d1", "HS-D1");
@@ -951,6 +951,7 @@ fn a_discharge_signal_bills_archives_and_every_archive_verifies() {
         // The same signal again finds no admitted patient on the device.
         mqtt.publish("HS-D1", DeviceTopic::Discharge, signal).await;
         assert_eq!(mqtt.rejection("HS-D1", &hub).await.code, Code::NoPatient);
+        cid
     });
 
     // The bill came from the contract: 1 bed day (no tariff) + 25000 + 3 x 1999.
@@ -966,9 +967,13 @@ fn a_discharge_signal_bills_archives_and_every_archive_verifies() {
     net.cli(ADMIN, &["--ipfs-api", &ipfs.api(), "archive", "fetch", "stay-d1", "--oracle-config", &config, "-o", bundle_path.to_str().unwrap()]);
     let bundle: serde_json::Value = serde_json::from_slice(&std::fs::read(&bundle_path).unwrap()).unwrap();
     let kinds: Vec<&str> = bundle["entry"].as_array().unwrap().iter().map(|e| e["resource"]["resourceType"].as_str().unwrap()).collect();
-    assert_eq!(kinds.iter().filter(|k| **k == "Observation").count(), 45);
+    // 45 s of readings: one clinical interval, so the first reading is charted
+    // (a panel and its members); the full series holds all 45.
+    let panels = bundle["entry"].as_array().unwrap().iter().filter(|e| e["resource"]["code"]["coding"][0]["code"] == "85353-1").count();
+    assert_eq!(panels, 1, "{kinds:?}");
+    assert_eq!(kinds.iter().filter(|k| **k == "Binary").count(), 1);
     assert_eq!(kinds.iter().filter(|k| **k == "ChargeItem").count(), 2);
-    for k in ["Patient", "Encounter", "Device", "Coverage", "ExplanationOfBenefit"] {
+    for k in ["Organization", "Patient", "Encounter", "Device", "Coverage", "Claim", "ExplanationOfBenefit"] {
         assert!(kinds.contains(&k), "{k} missing: {kinds:?}");
     }
     let text = String::from_utf8(std::fs::read(&bundle_path).unwrap()).unwrap();
@@ -991,17 +996,42 @@ fn a_discharge_signal_bills_archives_and_every_archive_verifies() {
     let verify = net.cli(ADMIN, &["--ipfs-api", &ipfs.api(), "archive", "verify", "stay-d1", "--key-file", patient_key.to_str().unwrap()]);
     assert!(verify.contains("45/45"), "{verify}");
 
-    // Tampering: a reading, a charge, the bill, in turn.
+    // A checker the project did not write (tests/fhir/check_archive.py, no
+    // project crate): decrypts with the patient key, validates with
+    // fhir.resources (R4) and HL7's FHIR R4 JSON schema, and re-checks one
+    // reading's proof against the chain.
+    let python = net.root.join(".tools/venv/bin/python");
+    assert!(python.exists(), "{} is missing: run scripts/setup (it installs the archive's third-party checkers)", python.display());
+    let out = std::process::Command::new(&python)
+        .arg(net.root.join("tests/fhir/check_archive.py"))
+        .args(["sealed", "--key-file", patient_key.to_str().unwrap(), "--chain-id", &net.anvil.chain_id().to_string()])
+        .args(["--contract", &net.contract.to_string(), "--patient", &patient.to_string(), "--rpc", net.anvil.endpoint().as_str()])
+        .args(["--cid", &cid, "--ipfs", &ipfs.api()])
+        .output()
+        .unwrap();
+    let said = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success() && said.contains("verifyReading on chain returned true"), "{said}");
+
+    // Tampering: a reading of the full series, a charted value, a charge, the bill, in turn.
     let sealed_path = tmp.path().join("sealed.hsa");
     net.cli(ADMIN, &["--ipfs-api", &ipfs.api(), "archive", "fetch", "stay-d1", "--sealed", "-o", sealed_path.to_str().unwrap()]);
     let sealed = std::fs::read(&sealed_path).unwrap();
-    let cases: [(&str, Box<dyn Fn(String) -> String>); 3] = [
-        ("reading 3", Box::new(|j: String| {
-            let at = j.find("\"id\":\"reading-3\"").unwrap();
-            let hr = at + j[at..].find("\"value\":").unwrap() + "\"value\":".len();
-            let end = hr + j[hr..].find(',').unwrap();
-            let v: f64 = j[hr..end].parse().unwrap();
-            format!("{}{}{}", &j[..hr], v + 1.0, &j[end..])
+    let cases: [(&str, Box<dyn Fn(String) -> String>); 4] = [
+        ("reading 1", Box::new(|j: String| {
+            // Base64 characters 20-23 of the series hold row bytes 15-17: the
+            // last one's low bits are reading 1's heart rate (docs/ARCHIVE.md).
+            let at = j.find("\"data\":\"").unwrap() + "\"data\":\"".len() + 23;
+            let c = if &j[at..at + 1] == "A" { "B" } else { "A" };
+            format!("{}{c}{}", &j[..at], &j[at + 1..])
+        })),
+        ("Observation/hr-1", Box::new(|j: String| {
+            let at = j.find("\"id\":\"hr-1\"").unwrap();
+            // Keys are written sorted: the quantity's `value` comes last.
+            let q = at + j[at..].find("\"valueQuantity\":").unwrap();
+            let hr = q + j[q..].find("\"value\":").unwrap() + "\"value\":".len();
+            let end = hr + j[hr..].find('}').unwrap();
+            let v: u64 = j[hr..end].parse().unwrap();
+            format!("{}{}{}", &j[..hr], v + 1, &j[end..])
         })),
         ("charge 1", Box::new(|j: String| j.replacen("{\"url\":\"unitPrice\",\"valueString\":\"1999\"}", "{\"url\":\"unitPrice\",\"valueString\":\"1899\"}", 1))),
         ("bill", Box::new(|j: String| j.replacen("{\"url\":\"total\",\"valueString\":\"30997\"}", "{\"url\":\"total\",\"valueString\":\"30897\"}", 1))),

@@ -226,8 +226,9 @@ fn parse_parameters(text: &str) -> Score {
     s
 }
 
-/// The alert level a score raises (below low-medium: none).
-fn alert_level(score: &Score) -> Risk {
+/// The alert level a score raises (below low-medium: none); the archive
+/// charts every reading where it changes.
+pub(crate) fn alert_level(score: &Score) -> Risk {
     let risk = score.risk();
     if risk.alerts() {
         risk

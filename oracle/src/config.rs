@@ -256,6 +256,13 @@ pub struct ArchiveConfig {
     pub max_backoff_ms: u64,
     /// ISO 4217 code of the contract's minor units (display in the FHIR bundle).
     pub currency: String,
+    /// The hospital's name: the provider of the archive's Claim and
+    /// ExplanationOfBenefit.
+    pub hospital: String,
+    /// The archive charts vital signs at this interval (and at every NEWS2
+    /// alert level change), s; 0 charts every reading. The full series is
+    /// archived regardless.
+    pub chart_interval_s: u64,
 }
 
 impl Default for ArchiveConfig {
@@ -268,6 +275,8 @@ impl Default for ArchiveConfig {
             settle_ms: 10_000,
             max_backoff_ms: 30_000,
             currency: "EUR".into(),
+            hospital: "HealthSense hospital".into(),
+            chart_interval_s: crate::archive::fhir::DEFAULT_CHART_MS / 1_000,
         }
     }
 }

@@ -254,6 +254,8 @@ pub async fn start(cfg: Config, key: PrivateKeySigner, options: Options) -> Resu
                 settle: Duration::from_millis(cfg.archive.settle_ms),
                 max_backoff: Duration::from_millis(cfg.archive.max_backoff_ms.max(100)),
                 currency: cfg.archive.currency.clone(),
+                hospital: cfg.archive.hospital.clone(),
+                chart_every: Duration::from_secs(cfg.archive.chart_interval_s),
                 ward: ids::ward_id(&cfg.ward),
                 wake_anchor: wake.clone(),
                 wake: wake_archive.clone(),

@@ -61,6 +61,21 @@ pub fn reading_leaf(r: &Reading) -> B256 {
     keccak256(keccak256(enc))
 }
 
+/// The readings of a stay: those its device stamped from admission to the
+/// end of the discharge second, in ms, both ends included. Admission and
+/// discharge are block times (whole seconds); a reading stamped within the
+/// discharge second (`dischargedAt * 1000 + 999` at most) was taken before
+/// the discharge block closed and belongs to the stay. `discharged_at == 0`
+/// (still admitted) leaves the window open. One definition for the archive,
+/// the API, the dashboard and `archive verify`.
+pub fn stay_window_ms(admitted_at: u64, discharged_at: u64) -> core::ops::RangeInclusive<u64> {
+    let to = match discharged_at {
+        0 => u64::MAX,
+        d => d.saturating_mul(1_000).saturating_add(999),
+    };
+    admitted_at.saturating_mul(1_000)..=to
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -100,6 +115,14 @@ mod tests {
         };
         let ours: [u8; 320] = encode_fields(&max, 0);
         assert_eq!(ours.as_slice(), max.abi_encode().as_slice());
+    }
+
+    #[test]
+    fn stay_window_runs_to_the_end_of_the_discharge_second() {
+        let w = stay_window_ms(100, 200);
+        assert_eq!((*w.start(), *w.end()), (100_000, 200_999));
+        assert!(w.contains(&200_999) && !w.contains(&201_000) && !w.contains(&99_999));
+        assert_eq!(*stay_window_ms(100, 0).end(), u64::MAX);
     }
 
     #[test]

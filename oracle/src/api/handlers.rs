@@ -301,10 +301,11 @@ fn archive_json(status: u8, cid: &str, record_hash: B256, job: Option<&Job>) -> 
     })
 }
 
-/// The time window of a stay, ms: readings of its device in it are its record.
+/// The time window of a stay, ms: readings of its device in it are its
+/// record. The shared rule, as the archive and `archive verify` use it.
 fn stay_window(p: &PatientInfo) -> (u64, u64) {
-    let to = if p.dischargedAt == 0 { u64::MAX } else { p.dischargedAt.saturating_mul(1_000) };
-    (p.admittedAt.saturating_mul(1_000), to)
+    let w = healthsense_abi::rules::reading::stay_window_ms(p.admittedAt, p.dischargedAt);
+    (*w.start(), *w.end())
 }
 
 // -------------------------------------------------------- patient access
@@ -472,6 +473,9 @@ async fn proof(State(ctx): Ax, caller: Caller, Path((id, seq)): Path<(String, St
     let hub = ctx.chain.hub();
     ok(json!({
         "reading": vitals_json(&row.reading, &news2::score(&row.reading)),
+        "signed": super::signed::signed_json(&row.reading),
+        "signature": alloy::hex::encode_prefixed(&row.signature),
+        "domain": super::signed::domain_json(ctx.chain.chain_id(), ctx.chain.contract()),
         "leaf": leaf,
         "proof": row.proof,
         "batch": batch.map(|b| json!({ "seq": b.seq, "batchId": ids::batch_id(hub, b.seq), "root": b.root, "state": b.state, "tx": b.tx, "block": b.block })),

@@ -9,12 +9,14 @@
 //!
 //! - [`siwe`]: EIP-4361 messages; [`auth`]: challenges and sessions;
 //! - [`queries`]: the select queries on the hub store;
-//! - `handlers`: the endpoints; `dashboard`: the bundled page and its assets.
+//! - `handlers`: the endpoints; `dashboard`: the bundled page and its assets;
+//! - `signed`: the exact signed reading the proof endpoint returns.
 
 pub mod auth;
 mod dashboard;
 mod handlers;
 pub mod queries;
+mod signed;
 pub mod siwe;
 
 use std::net::SocketAddr;

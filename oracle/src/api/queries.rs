@@ -216,12 +216,50 @@ mod tests {
     use alloy::primitives::Address;
     use healthsense_abi::rules::ids;
 
-    #[test]
-    fn pages_cover_batched_and_unbatched_readings_once() {
+    /// A hub store with the API's indexes, in a directory that lives as long as the first.
+    fn test_store() -> (tempfile::TempDir, Store) {
         let dir = tempfile::tempdir().unwrap();
         let binding = Binding { chain_id: 1, contract: Address::repeat_byte(1), hub: Address::repeat_byte(2) };
-        let mut store = Store::open(&dir.path().join("s.sqlite"), binding).unwrap();
+        let store = Store::open(&dir.path().join("s.sqlite"), binding).unwrap();
         init(&store).unwrap();
+        (dir, store)
+    }
+
+    /// One stay window (`abi/src/rules/reading.rs`) for the API's history,
+    /// the archive's selection and the store: readings stamped within the
+    /// discharge second are in all three, the one a millisecond later in none.
+    #[test]
+    fn api_archive_and_store_count_the_same_stay_readings() {
+        let (_dir, mut store) = test_store();
+        let id = ids::device_id("HS-1");
+        let (admitted, discharged) = (1_764_000_000u64, 1_764_000_060u64);
+        let stamps = [admitted * 1_000 - 1, admitted * 1_000, admitted * 1_000 + 30_500, discharged * 1_000, discharged * 1_000 + 500, discharged * 1_000 + 999, discharged * 1_000 + 1_000];
+        let new = |(i, ts): (usize, &u64)| NewReading {
+            serial: "HS-1".into(),
+            reading: Reading { deviceId: id, seq: i as u64 + 1, timestamp: *ts, heartRate: 70, ..Default::default() },
+            signature: [1; 65],
+            received_ms: *ts,
+        };
+        store.commit(&stamps.iter().enumerate().map(new).collect::<Vec<_>>(), &[]).unwrap();
+        let batch = store.cut_batch(1, 100, Mode::Hash, 0).unwrap().unwrap();
+        store.mark_anchored(batch.seq, None, 1, 1, 0).unwrap();
+        let window = healthsense_abi::rules::reading::stay_window_ms(admitted, discharged);
+        let api = vitals(&store, id, *window.start(), *window.end(), None, 1_000).unwrap().len();
+        let (archived, waiting) = store.stay_readings(id, *window.start(), *window.end()).unwrap();
+        let stored: i64 = store
+            .conn()
+            .query_row(
+                "SELECT COUNT(*) FROM readings WHERE device_id = ?1 AND ts BETWEEN ?2 AND ?3",
+                params![id.as_slice(), *window.start() as i64, *window.end() as i64],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!((api, archived.len(), stored, waiting), (5, 5, 5, 0));
+    }
+
+    #[test]
+    fn pages_cover_batched_and_unbatched_readings_once() {
+        let (_dir, mut store) = test_store();
         let id = ids::device_id("HS-1");
         let new = |seq: u64| NewReading {
             serial: "HS-1".into(),

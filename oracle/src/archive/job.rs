@@ -59,6 +59,10 @@ pub struct Archiver {
     pub max_backoff: Duration,
     /// Display currency of the minor units.
     pub currency: String,
+    /// The hospital's name (the Claim's provider).
+    pub hospital: String,
+    /// Clinical charting interval of the vital signs.
+    pub chart_every: Duration,
     /// The hub's ward.
     pub ward: B256,
     /// Wakes the anchorer when a stay waits for its last batch.
@@ -246,14 +250,13 @@ impl Archiver {
         let Some(master) = self.master.clone() else {
             return Step::Waiting("no archive master key configured (archive.key_file or HEALTHSENSE_ARCHIVE_KEY)".into());
         };
-        // Block times are whole seconds: the discharge second runs to its end.
-        let end_ms = bill.discharged_at.saturating_mul(1_000) + 999;
         // Settle on the hub's clock: the chain's may run ahead (a dev chain
         // whose time was moved) and must not stall the archive.
         if now_ms() < job.requested_ms + self.settle.as_millis() as u64 {
             return Step::Waiting("letting late readings arrive".into());
         }
-        let (readings, waiting) = match self.store.stay_readings(job.device, bill.admitted_at * 1_000, end_ms) {
+        let window = healthsense_abi::rules::reading::stay_window_ms(bill.admitted_at, bill.discharged_at);
+        let (readings, waiting) = match self.store.stay_readings(job.device, *window.start(), *window.end()) {
             Ok(r) => r,
             Err(e) => return Step::Retry(e.to_string()),
         };
@@ -301,7 +304,7 @@ impl Archiver {
         let on_chain_bill = self.chain.view(H::getBillCall { patientId: job.patient }).await?;
         let rules = self.chain.view(H::billingRulesCall {}).await?;
         let device = self.chain.device(job.device).await?;
-        let serial = self.store.serial_of(job.device).ok().flatten().unwrap_or_default();
+        let serial = self.store.serial_of(job.device).ok().flatten();
         Ok(Stay {
             chain_id: self.chain.chain_id(),
             contract: self.chain.contract(),
@@ -319,6 +322,8 @@ impl Archiver {
             bill: on_chain_bill,
             rules,
             currency: self.currency.clone(),
+            hospital: self.hospital.clone(),
+            chart_every_ms: self.chart_every.as_millis() as u64,
             created_ms: now_ms(),
         })
     }

@@ -8,11 +8,13 @@ use std::collections::HashMap;
 use alloy::primitives::{keccak256, Address, B256};
 use alloy::providers::Provider;
 use healthsense_abi::bindings::HealthSense::HealthSenseInstance;
-use healthsense_abi::rules::{eip712, merkle, reading::reading_leaf};
+use healthsense_abi::rules::reading::{self, reading_leaf};
+use healthsense_abi::rules::status::DeviceStatus;
+use healthsense_abi::rules::{eip712, merkle};
 use rayon::prelude::*;
 use serde::Serialize;
 
-use super::fhir::ParsedBundle;
+use super::fhir::{fields, ParsedBundle};
 
 /// One problem found.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -60,6 +62,31 @@ fn rpc(e: impl std::fmt::Display) -> VerifyError {
     VerifyError(e.to_string())
 }
 
+/// What the chain cannot say about the readings themselves: each is in the
+/// stay's window (the shared rule), appears once, and every charted vital
+/// sign shows the value of the reading it names.
+fn stay_findings(parsed: &ParsedBundle, admitted_at: u64, discharged_at: u64) -> Vec<Finding> {
+    let window = reading::stay_window_ms(admitted_at, discharged_at);
+    let mut out = Vec::new();
+    let mut by_seq = HashMap::with_capacity(parsed.readings.len());
+    for a in &parsed.readings {
+        let item = format!("reading {}", a.reading.seq);
+        if !window.contains(&a.reading.timestamp) {
+            out.push(Finding { item: item.clone(), why: format!("stamped {} ms, outside the stay {window:?}", a.reading.timestamp) });
+        }
+        if by_seq.insert(a.reading.seq, &a.reading).is_some() {
+            out.push(Finding { item, why: "appears twice in the series".into() });
+        }
+    }
+    for c in &parsed.charted {
+        let shown = by_seq.get(&c.seq).and_then(|r| fields(r).get(c.field).copied());
+        if shown != Some(c.value) {
+            out.push(Finding { item: c.item.clone(), why: format!("charts {} where reading {} holds {shown:?}", c.value, c.seq) });
+        }
+    }
+    out
+}
+
 /// Verifies `bundle` (the decrypted, decompressed JSON) of `patient`
 /// against the contract at `contract`. `record_hash` is `keccak256(bundle)`.
 pub async fn verify<P: Provider>(
@@ -101,7 +128,13 @@ pub async fn verify<P: Provider>(
             slot.insert(h.getBatch(a.batch_id).call().await.map_err(rpc)?.root);
         }
     }
-    let device = h.getDevice(on_chain.deviceId).call().await.map_err(rpc)?;
+    let mut device = h.getDevice(on_chain.deviceId).call().await.map_err(rpc)?;
+    // The ingest path's check: the first signature is recovered against the
+    // registered signer, the rest verified against its cached public key
+    // with ecrecover's acceptance rule (half the work of recovering each).
+    // The device may be revoked by now; what counts is who signed.
+    device.status = DeviceStatus::Active as u8;
+    let signer = crate::devices::Device::from_info(&device);
     let domain = eip712::domain_separator(chain_id, contract);
     let problems: Vec<Finding> = parsed
         .readings
@@ -119,14 +152,13 @@ pub async fn verify<P: Provider>(
                 return Some(Finding { item, why: format!("values do not match the root anchored in batch {}", a.batch_seq) });
             }
             let digest = eip712::reading_digest(domain, &a.reading);
-            let signer = alloy::primitives::Signature::from_raw(&a.signature)
-                .ok()
-                .and_then(|s| s.recover_address_from_prehash(&digest).ok());
-            (signer != Some(device.signer)).then(|| Finding { item, why: "signature is not the device's".into() })
+            let signed = alloy::primitives::Signature::from_raw(&a.signature).is_ok_and(|s| signer.check(&digest, &s).is_ok());
+            (!signed).then(|| Finding { item, why: "signature is not the device's".into() })
         })
         .collect();
     let readings_verified = parsed.readings.len() - problems.len();
     tampered.extend(problems);
+    tampered.extend(stay_findings(parsed, on_chain.admittedAt, on_chain.dischargedAt));
     let mut bad = |item: String, why: String| tampered.push(Finding { item, why });
 
     if parsed.charges.len() != on_chain.chargeCount as usize {
@@ -164,7 +196,7 @@ pub async fn verify<P: Provider>(
     };
     Ok(Report {
         patient,
-        readings: parsed.readings.len() + parsed.unreadable.iter().filter(|u| u.item.starts_with("Observation/")).count(),
+        readings: parsed.readings.len(),
         readings_verified,
         batches: roots.len(),
         charges: parsed.charges.len(),

@@ -91,6 +91,8 @@ pub async fn run(readings: u64, json_out: bool) -> Result<()> {
         settle: Duration::ZERO,
         max_backoff: Duration::from_secs(1),
         currency: "EUR".into(),
+        hospital: "Bench hospital".into(),
+        chart_every: Duration::from_millis(healthsense_oracle::archive::fhir::DEFAULT_CHART_MS),
         ward,
         wake_anchor: Arc::new(tokio::sync::Notify::new()),
         wake: Arc::new(tokio::sync::Notify::new()),
