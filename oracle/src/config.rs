@@ -56,6 +56,9 @@ pub struct Config {
     /// REST API and dashboard.
     #[serde(default)]
     pub api: ApiConfig,
+    /// NEWS2 alert policy (when an alert steps down).
+    #[serde(default)]
+    pub alerts: crate::alerts::Policy,
 }
 
 fn default_store() -> PathBuf {
@@ -282,6 +285,9 @@ pub struct ApiConfig {
     pub from_block: u64,
     /// Mark the session cookie `Secure` (set when served over HTTPS).
     pub secure_cookie: bool,
+    /// A bed whose last reading is older than this (hub time, ms) is shown
+    /// stale on the ward.
+    pub stale_after_ms: u64,
 }
 
 impl Default for ApiConfig {
@@ -295,6 +301,7 @@ impl Default for ApiConfig {
             uri: None,
             from_block: 0,
             secure_cookie: false,
+            stale_after_ms: 120_000,
         }
     }
 }
