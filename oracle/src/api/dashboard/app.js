@@ -464,7 +464,9 @@ function drawChart(card, vital, points, x0, x1) {
   const { key, second, unit, label } = vital;
   const step = vital.step || 1;
   const vals = [];
-  for (const p of points) for (const k of [key, second]) if (k && p[k]) vals.push(p[k][0], p[k][2]);
+  // [min, mean, max] per vital; NEWS2 is [min, max]: the last is the highest.
+  const top = a => a[a.length - 1];
+  for (const p of points) for (const k of [key, second]) if (k && p[k]) vals.push(p[k][0], top(p[k]));
   // The clinical range, widened only to keep every value on the chart.
   const lo = Math.min(vital.range[0], ...vals);
   const hi = Math.max(vital.range[1], ...vals);
@@ -519,9 +521,9 @@ function drawChart(card, vital, points, x0, x1) {
       seg.push(p);
     });
     if (seg.length) segs.push(seg);
-    const mid = k === 'news2' ? 2 : 1;
+    const mid = 1; // the mean; NEWS2's second value is its highest
     for (const s of segs) {
-      const env = s.map(p => `${sx(p.t).toFixed(1)},${sy(p[k][2]).toFixed(1)}`).concat(s.slice().reverse().map(p => `${sx(p.t).toFixed(1)},${sy(p[k][0]).toFixed(1)}`));
+      const env = s.map(p => `${sx(p.t).toFixed(1)},${sy(top(p[k])).toFixed(1)}`).concat(s.slice().reverse().map(p => `${sx(p.t).toFixed(1)},${sy(p[k][0]).toFixed(1)}`));
       g.append(svg('polygon', { class: `envelope ${cls}`, points: env.join(' ') }));
       g.append(svg('polyline', { class: `line ${cls}`, points: s.map(p => `${sx(p.t).toFixed(1)},${sy(p[k][mid]).toFixed(1)}`).join(' ') }));
     }
