@@ -567,9 +567,9 @@ fn rest_api_serves_each_role_its_records_and_nothing_else() {
             // One bed day (50,000) + 25,000 = 75,000; 80 % covered.
             assert_eq!((b["final"].as_bool(), b["total"].as_str(), b["covered"].as_str(), b["due"].as_str()), (Some(false), Some("75000"), Some("60000"), Some("15000")), "{b}");
         }
-        // The estimate runs on the chain's clock: two days later on chain, three bed days.
+        // The estimate runs on the chain's clock: two days and an hour later on chain, three bed days.
         let p = ProviderBuilder::new().connect_http(net.anvil.endpoint_url());
-        let _: Value = p.raw_request("evm_increaseTime".into(), (2 * 86_400u64,)).await.unwrap();
+        let _: Value = p.raw_request("evm_increaseTime".into(), (2 * 86_400u64 + 3_600,)).await.unwrap();
         let _: Value = p.raw_request("evm_mine".into(), ()).await.unwrap();
         let b = api.get(&format!("{ua}/bill"), Some(&doctor), 200).await;
         assert_eq!((b["bedDays"].as_u64(), b["total"].as_str(), b["currency"].as_str()), (Some(3), Some("175000"), Some("EUR")), "{b}");
