@@ -119,7 +119,7 @@ try {
   }
   check(await page.evaluate(sel => document.activeElement === document.querySelector(sel), link), 'the patient link is not reachable with Tab');
   await page.keyboard.press('Enter');
-  await page.waitForSelector('#patient:not([hidden]) .chart[data-vital="heartRate"] polyline', T);
+  await page.waitForSelector('#patient:not([hidden]) .chart[data-vital="heartRate"] polyline', { state: 'attached', timeout: 30000 });
   check(await page.textContent('#p-id') === PATIENT, 'opened the wrong patient');
   const shown = await points(page, 'heartRate');
   check(shown >= stored, `history lost: ${shown} points shown, ${stored} stored before opening`);
