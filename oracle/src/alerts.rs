@@ -12,15 +12,24 @@
 //! Alerts are level changes, not one message per abnormal reading: a
 //! patient at NEWS2 7 for an hour at 1 Hz is one alert, not 3,600; the
 //! dashboard shows the current level from the latest reading.
+//!
+//! The level follows the escalation policy ([`Policy`], `docs/API.md`
+//! "Alert policy"): it rises at once, and steps down only after the lower
+//! level has held for `alerts.hold_ms` (15 minutes) or `alerts.hold_readings`
+//! readings, so a patient hovering at a threshold raises one alert, not a
+//! flapping series. A DOCTOR may acknowledge the current alert through the
+//! API ([`acknowledge`]); the acknowledgement is kept in the hub store's
+//! `alert_acks` table and published on the alert topic as a `kind: "ack"`
+//! message.
 
 use std::collections::HashMap;
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, OnceLock, RwLock};
 
-use alloy::primitives::B256;
+use alloy::primitives::{Address, B256};
 use healthsense_abi::Reading;
 use rumqttc::{AsyncClient, QoS};
-use rusqlite::params;
-use serde::Serialize;
+use rusqlite::{params, OptionalExtension};
+use serde::{Deserialize, Serialize};
 use tokio::sync::broadcast;
 
 use crate::metrics::Metrics;
@@ -71,6 +80,79 @@ pub struct Alert {
     pub parameters: Score,
     /// Hub time the alert was raised, ms since the epoch.
     pub at: u64,
+    /// Who acknowledged it and when (`null` until a doctor does).
+    pub ack: Option<Ack>,
+}
+
+/// A doctor's acknowledgement of an alert (hub store `alert_acks`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Ack {
+    /// The doctor's address (the signed-in session's).
+    pub by: Address,
+    /// Hub time of the acknowledgement, ms since the epoch.
+    pub at: u64,
+}
+
+/// How a device's alert level moves (RCP 2017, NEWS2, "Clinical response
+/// to NEWS trigger thresholds": escalate at once, de-escalate on clinical
+/// review). Config section `[alerts]` (`docs/ORACLE.md`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Policy {
+    /// A lower level must hold this long (reading timestamps, ms) before the
+    /// alert steps down to it; 0 steps down at once.
+    pub hold_ms: u64,
+    /// ... or for this many consecutive lower readings, whichever comes
+    /// first; 0 leaves only the time rule.
+    pub hold_readings: u32,
+}
+
+impl Default for Policy {
+    fn default() -> Self {
+        Self { hold_ms: 15 * 60 * 1_000, hold_readings: 0 }
+    }
+}
+
+/// A device's alert state under a [`Policy`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Track {
+    /// The current alert level.
+    pub level: Risk,
+    /// Since the first reading below `level`: its timestamp, how many
+    /// readings, and the highest level among them.
+    lower: Option<(u64, u32, Risk)>,
+}
+
+impl Track {
+    /// A device whose current alert level is `level`, no step-down pending.
+    pub fn at(level: Risk) -> Self {
+        Self { level, lower: None }
+    }
+}
+
+impl Policy {
+    /// Feeds the alert level of one reading taken at `ts` (ms); returns the
+    /// new current level when it changes. A rise is immediate; a fall moves
+    /// to the highest level seen while the lower level held.
+    pub fn step(&self, track: &mut Track, level: Risk, ts: u64) -> Option<Risk> {
+        if level >= track.level {
+            track.lower = None;
+            let rose = level > track.level;
+            track.level = level;
+            return rose.then_some(level);
+        }
+        let (since, count, max) = track.lower.get_or_insert((ts, 0, level));
+        *count += 1;
+        *max = (*max).max(level);
+        let held = ts.saturating_sub(*since) >= self.hold_ms || (self.hold_readings > 0 && *count >= self.hold_readings);
+        if !held {
+            return None;
+        }
+        let to = *max;
+        *track = Track::at(to);
+        Some(to)
+    }
 }
 
 /// The latest reading of a device, as the API and the dashboard show it.
@@ -93,6 +175,8 @@ pub enum LiveEvent {
     Reading(Latest),
     /// An alert level change.
     Alert(Alert),
+    /// A doctor acknowledged an alert (the alert, with its `ack`).
+    Ack(Alert),
     /// A device reported its battery or sleep state.
     State {
         /// Device serial.
@@ -110,13 +194,15 @@ pub enum LiveEvent {
 pub struct Live {
     latest: Arc<RwLock<HashMap<B256, Latest>>>,
     tx: broadcast::Sender<Arc<LiveEvent>>,
+    /// The MQTT client and alert topic, once the alert engine has started.
+    alert_topic: Arc<OnceLock<(AsyncClient, String)>>,
 }
 
 impl Default for Live {
     fn default() -> Self {
         // Lagging subscribers (a slow browser) skip ahead rather than hold memory.
         let (tx, _) = broadcast::channel(4_096);
-        Self { latest: Arc::default(), tx }
+        Self { latest: Arc::default(), tx, alert_topic: Arc::default() }
     }
 }
 
@@ -141,11 +227,31 @@ impl Live {
         let _ = self.tx.send(Arc::new(event));
     }
 
+    /// Publishes an acknowledgement on the alert topic (`kind: "ack"`,
+    /// `docs/PROTOCOL.md`) and to the live stream.
+    pub async fn acknowledged(&self, alert: Alert) {
+        if let Some((client, topic)) = self.alert_topic.get() {
+            let body = serde_json::to_vec(&AlertMessage { kind: "ack", alert: &alert }).unwrap_or_default();
+            if let Err(e) = client.publish(topic.clone(), QoS::AtLeastOnce, false, body).await {
+                tracing::warn!(error = %e, "acknowledgement not published");
+            }
+        }
+        self.send(LiveEvent::Ack(alert));
+    }
+
     fn set_latest(&self, l: Latest) {
         if let Ok(mut m) = self.latest.write() {
             m.insert(l.reading.deviceId, l);
         }
     }
+}
+
+/// An alert or an acknowledgement as the alert topic carries it.
+#[derive(Serialize)]
+struct AlertMessage<'a> {
+    kind: &'static str,
+    #[serde(flatten)]
+    alert: &'a Alert,
 }
 
 /// Creates the `alerts` table if needed.
@@ -167,41 +273,133 @@ pub fn device_alerts(
     hub: &str,
 ) -> Result<Vec<Alert>, StoreError> {
     let mut stmt = store.conn().prepare_cached(
-        "SELECT id, serial, seq, ts, score, level, previous, parameters, at_ms, device_id FROM alerts
-         WHERE (?1 IS NULL OR device_id = ?1) AND ts BETWEEN ?2 AND ?3 AND id < ?4 ORDER BY id DESC LIMIT ?5",
+        &format!("{ALERT_SELECT} WHERE (?1 IS NULL OR a.device_id = ?1) AND a.ts BETWEEN ?2 AND ?3 AND a.id < ?4 ORDER BY a.id DESC LIMIT ?5"),
     )?;
     let to_ms = to_ms.min(i64::MAX as u64);
     let rows = stmt.query_map(
         params![device.as_ref().map(|d| d.as_slice()), from_ms as i64, to_ms as i64, before.unwrap_or(i64::MAX), limit as i64],
-        |r| {
-            Ok((
-                (r.get::<_, i64>(0)?, r.get::<_, String>(1)?, r.get::<_, i64>(2)?, r.get::<_, i64>(3)?, r.get::<_, u8>(4)?),
-                (r.get::<_, String>(5)?, r.get::<_, String>(6)?, r.get::<_, String>(7)?, r.get::<_, i64>(8)?, r.get::<_, Vec<u8>>(9)?),
-            ))
-        },
+        alert_row,
     )?;
-    let mut out = Vec::new();
-    for row in rows {
-        let ((id, serial, seq, ts, score), (level, previous, parameters, at, device_id)) = row?;
+    rows.map(|r| r?.into_alert(hub)).collect()
+}
+
+const ALERT_SELECT: &str = "SELECT a.id, a.serial, a.seq, a.ts, a.score, a.level, a.previous, a.parameters, a.at_ms, a.device_id, k.doctor, k.at_ms
+     FROM alerts a LEFT JOIN alert_acks k ON k.alert_id = a.id";
+
+/// An `alerts` row with its acknowledgement, before its text is checked.
+struct AlertRow {
+    id: i64,
+    serial: String,
+    seq: i64,
+    ts: i64,
+    score: u8,
+    level: String,
+    previous: String,
+    parameters: String,
+    at: i64,
+    device_id: Vec<u8>,
+    ack_by: Option<String>,
+    ack_at: Option<i64>,
+}
+
+fn alert_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<AlertRow> {
+    Ok(AlertRow {
+        id: r.get(0)?,
+        serial: r.get(1)?,
+        seq: r.get(2)?,
+        ts: r.get(3)?,
+        score: r.get(4)?,
+        level: r.get(5)?,
+        previous: r.get(6)?,
+        parameters: r.get(7)?,
+        at: r.get(8)?,
+        device_id: r.get(9)?,
+        ack_by: r.get(10)?,
+        ack_at: r.get(11)?,
+    })
+}
+
+impl AlertRow {
+    fn into_alert(self, hub: &str) -> Result<Alert, StoreError> {
         let risk = |s: &str| Risk::from_name(s).ok_or_else(|| StoreError::Corrupt(format!("alert level {s:?}")));
-        if device_id.len() != 32 {
+        if self.device_id.len() != 32 {
             return Err(StoreError::Corrupt("alert device id".into()));
         }
-        out.push(Alert {
-            id,
+        let ack = match (self.ack_by, self.ack_at) {
+            (Some(by), Some(at)) => Some(Ack {
+                by: by.parse().map_err(|_| StoreError::Corrupt(format!("acknowledging address {by:?}")))?,
+                at: at as u64,
+            }),
+            _ => None,
+        };
+        Ok(Alert {
+            id: self.id,
             hub: hub.to_string(),
-            serial,
-            device_id: B256::from_slice(&device_id),
-            seq: seq as u64,
-            timestamp: ts as u64,
-            score,
-            level: risk(&level)?,
-            previous: risk(&previous)?,
-            parameters: parse_parameters(&parameters),
-            at: at as u64,
-        });
+            serial: self.serial,
+            device_id: B256::from_slice(&self.device_id),
+            seq: self.seq as u64,
+            timestamp: self.ts as u64,
+            score: self.score,
+            level: risk(&self.level)?,
+            previous: risk(&self.previous)?,
+            parameters: parse_parameters(&self.parameters),
+            at: self.at as u64,
+            ack,
+        })
+    }
+}
+
+/// One alert by row id.
+pub fn alert(store: &Store, id: i64, hub: &str) -> Result<Option<Alert>, StoreError> {
+    let found = store.conn().query_row(&format!("{ALERT_SELECT} WHERE a.id = ?1"), [id], alert_row).optional()?;
+    found.map(|r| r.into_alert(hub)).transpose()
+}
+
+/// The current alert of each device (its latest level change), by device id.
+pub fn current_alerts(store: &Store, hub: &str) -> Result<HashMap<B256, Alert>, StoreError> {
+    let mut stmt = store
+        .conn()
+        .prepare_cached(&format!("{ALERT_SELECT} WHERE a.id IN (SELECT MAX(id) FROM alerts GROUP BY device_id)"))?;
+    let rows = stmt.query_map([], alert_row)?;
+    let mut out = HashMap::new();
+    for r in rows {
+        let a = r?.into_alert(hub)?;
+        out.insert(a.device_id, a);
     }
     Ok(out)
+}
+
+/// Why an acknowledgement was refused.
+#[derive(Debug, PartialEq, Eq)]
+pub enum AckRefusal {
+    /// No such alert.
+    Unknown,
+    /// A later level change replaced it; acknowledge the current one.
+    NotCurrent(i64),
+    /// It resolves an alert (`level: none`): nothing to acknowledge.
+    Resolved,
+}
+
+/// Records `by`'s acknowledgement of alert `id` at `now_ms`: only the
+/// device's current alert, once (a second acknowledgement returns the
+/// first). Returns the alert with its acknowledgement.
+pub fn acknowledge(store: &Store, id: i64, by: Address, now_ms: u64, hub: &str) -> Result<Result<Alert, AckRefusal>, StoreError> {
+    let tx = store.conn().unchecked_transaction()?;
+    let Some(a) = alert(store, id, hub)? else { return Ok(Err(AckRefusal::Unknown)) };
+    let latest: i64 =
+        tx.query_row("SELECT MAX(id) FROM alerts WHERE device_id = ?1", [a.device_id.as_slice()], |r| r.get(0))?;
+    if latest != id {
+        return Ok(Err(AckRefusal::NotCurrent(latest)));
+    }
+    if a.level == Risk::None {
+        return Ok(Err(AckRefusal::Resolved));
+    }
+    tx.execute(
+        "INSERT OR IGNORE INTO alert_acks (alert_id, device_id, doctor, at_ms) VALUES (?1, ?2, ?3, ?4)",
+        params![id, a.device_id.as_slice(), by.to_string(), now_ms.min(i64::MAX as u64) as i64],
+    )?;
+    tx.commit()?;
+    Ok(alert(store, id, hub)?.ok_or(AckRefusal::Unknown))
 }
 
 /// Per-parameter scores are stored as six digits (resp, spo2, systolic,
@@ -251,6 +449,8 @@ pub(crate) struct Engine {
     pub live: Live,
     /// For the MQTT publishes from this thread.
     pub runtime: tokio::runtime::Handle,
+    /// When an alert steps down.
+    pub policy: Policy,
 }
 
 impl Engine {
@@ -258,11 +458,14 @@ impl Engine {
     /// starts the thread; it stops when every sender of `rx` is gone.
     pub fn start(self, rx: std::sync::mpsc::Receiver<Vec<NewReading>>) -> anyhow::Result<std::thread::JoinHandle<()>> {
         init(&self.store)?;
+        let _ = self.live.alert_topic.set((self.client.clone(), self.topics.alerts()));
         let levels = self.load()?;
         Ok(std::thread::Builder::new().name("hs-alerts".into()).spawn(move || self.run(levels, rx))?)
     }
 
-    fn load(&self) -> Result<HashMap<B256, Risk>, StoreError> {
+    /// Each device's current level; a step-down that was pending when the
+    /// hub stopped starts its hold again (the safe side).
+    fn load(&self) -> Result<HashMap<B256, Track>, StoreError> {
         let conn = self.store.conn();
         let mut levels = HashMap::new();
         let mut stmt = conn.prepare(
@@ -272,7 +475,7 @@ impl Engine {
         for row in rows {
             let (id, level) = row?;
             if let (true, Some(level)) = (id.len() == 32, Risk::from_name(&level)) {
-                levels.insert(B256::from_slice(&id), level);
+                levels.insert(B256::from_slice(&id), Track::at(level));
             }
         }
         for l in crate::api::queries::latest_readings(&self.store)? {
@@ -281,7 +484,7 @@ impl Engine {
         Ok(levels)
     }
 
-    fn run(self, mut levels: HashMap<B256, Risk>, rx: std::sync::mpsc::Receiver<Vec<NewReading>>) {
+    fn run(self, mut levels: HashMap<B256, Track>, rx: std::sync::mpsc::Receiver<Vec<NewReading>>) {
         let hub = self.topics.hub().to_string();
         let topic = self.topics.alerts();
         while let Ok(mut group) = rx.recv() {
@@ -293,10 +496,9 @@ impl Engine {
             let mut raised = Vec::new();
             for n in group {
                 let score = news2::score(&n.reading);
-                let level = alert_level(&score);
-                let previous = levels.get(&n.reading.deviceId).copied().unwrap_or(Risk::None);
-                if level != previous {
-                    levels.insert(n.reading.deviceId, level);
+                let track = levels.entry(n.reading.deviceId).or_insert(Track::at(Risk::None));
+                let previous = track.level;
+                if let Some(level) = self.policy.step(track, alert_level(&score), n.reading.timestamp) {
                     raised.push(Alert {
                         id: 0,
                         hub: hub.clone(),
@@ -309,6 +511,7 @@ impl Engine {
                         previous,
                         parameters: score,
                         at: now,
+                        ack: None,
                     });
                 }
                 let latest = Latest { serial: n.serial, reading: n.reading, score, received_ms: n.received_ms };
@@ -330,7 +533,7 @@ impl Engine {
                 for a in &raised {
                     self.metrics.alert(a.level.name());
                     tracing::info!(serial = %a.serial, seq = a.seq, score = a.score, level = a.level.name(), "NEWS2 alert");
-                    let body = serde_json::to_vec(a).unwrap_or_default();
+                    let body = serde_json::to_vec(&AlertMessage { kind: "alert", alert: a }).unwrap_or_default();
                     if let Err(e) = self.client.publish(topic.clone(), QoS::AtLeastOnce, false, body).await {
                         tracing::warn!(error = %e, "alert not published");
                     }
@@ -382,5 +585,91 @@ mod tests {
         assert_eq!(alert_level(&s), Risk::High);
         let low = news2::score(&Reading { heartRate: 95, respRate: 16, ..Default::default() });
         assert_eq!((low.risk(), alert_level(&low)), (Risk::Low, Risk::None));
+    }
+
+    /// Feeds (level, ts) pairs; returns the changes the policy reports.
+    fn run(policy: Policy, from: Risk, readings: &[(Risk, u64)]) -> Vec<(u64, Risk)> {
+        let mut t = Track::at(from);
+        readings.iter().filter_map(|&(l, ts)| policy.step(&mut t, l, ts).map(|to| (ts, to))).collect()
+    }
+
+    const HOLD: Policy = Policy { hold_ms: 10_000, hold_readings: 0 };
+    const NO_CHANGE: [(u64, Risk); 0] = [];
+    use Risk::{High, LowMedium, Medium, None as Off};
+
+    #[test]
+    fn rises_at_once_and_steps_down_only_after_the_hold_time() {
+        // A rise is immediate, at every level.
+        assert_eq!(run(HOLD, Off, &[(LowMedium, 0), (Medium, 1), (High, 2)]), [(0, LowMedium), (1, Medium), (2, High)]);
+        // Lower for 9,999 ms: no change; at exactly 10,000 ms: the step down.
+        assert_eq!(run(HOLD, High, &[(Medium, 1_000), (Medium, 10_999)]), NO_CHANGE);
+        assert_eq!(run(HOLD, High, &[(Medium, 1_000), (Medium, 11_000)]), [(11_000, Medium)]);
+        // The hold is of consecutive lower readings: one at the current level restarts it.
+        assert_eq!(run(HOLD, High, &[(Medium, 0), (High, 9_000), (Medium, 10_000), (Medium, 19_999)]), NO_CHANGE);
+        assert_eq!(run(HOLD, High, &[(Medium, 0), (High, 9_000), (Medium, 10_000), (Medium, 20_000)]), [(20_000, Medium)]);
+        // It steps down to the highest level seen during the hold, then holds again from there.
+        assert_eq!(
+            run(HOLD, High, &[(Off, 0), (Medium, 5_000), (Off, 10_000), (Off, 20_000), (Off, 29_999), (Off, 30_000)]),
+            [(10_000, Medium), (30_000, Off)]
+        );
+        // hold 0: every fall is immediate (the policy before issue 19).
+        let now = Policy { hold_ms: 0, hold_readings: 0 };
+        assert_eq!(run(now, High, &[(Medium, 5), (Off, 6)]), [(5, Medium), (6, Off)]);
+    }
+
+    #[test]
+    fn a_flapping_series_is_one_alert() {
+        // HIGH, MEDIUM, HIGH, ... at 1 Hz for a minute, then normal: one
+        // raise, and no step down until a hold after the last HIGH reading
+        // (58 s): to MEDIUM (seen at 59 s), then after another hold to none.
+        let mut readings: Vec<(Risk, u64)> = (0..60).map(|i| (if i % 2 == 0 { High } else { Medium }, i * 1_000)).collect();
+        readings.extend((60..90).map(|i| (Off, i * 1_000)));
+        assert_eq!(run(HOLD, Off, &readings), [(0, High), (69_000, Medium), (80_000, Off)]);
+        // Ending on a HIGH reading, the step is straight to none.
+        readings.truncate(59);
+        readings.extend((59..90).map(|i| (Off, i * 1_000)));
+        assert_eq!(run(HOLD, Off, &readings), [(0, High), (69_000, Off)]);
+    }
+
+    #[test]
+    fn hold_readings_steps_down_on_whichever_comes_first() {
+        let p = Policy { hold_ms: 10_000, hold_readings: 3 };
+        assert_eq!(run(p, High, &[(Off, 0), (Off, 1)]), NO_CHANGE);
+        assert_eq!(run(p, High, &[(Off, 0), (Off, 1), (Off, 2)]), [(2, Off)]);
+        assert_eq!(run(p, High, &[(Off, 0), (Off, 10_000)]), [(10_000, Off)], "the time rule still applies");
+        let count_only = Policy { hold_ms: u64::MAX, hold_readings: 2 };
+        assert_eq!(run(count_only, Medium, &[(Off, 0), (Medium, 1), (Off, 2), (Off, 3)]), [(3, Off)]);
+        // Late (buffered) readings older than the hold's start do not count as time held.
+        assert_eq!(run(HOLD, High, &[(Off, 50_000), (Off, 1_000)]), NO_CHANGE);
+    }
+
+    #[test]
+    fn acknowledges_only_the_current_alert_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let binding = crate::store::Binding { chain_id: 1, contract: Address::repeat_byte(1), hub: Address::repeat_byte(2) };
+        let store = Store::open(&dir.path().join("s.sqlite"), binding).unwrap();
+        init(&store).unwrap();
+        let device = B256::repeat_byte(5);
+        for (i, (level, previous)) in [("high", "none"), ("medium", "high"), ("none", "medium")].iter().enumerate() {
+            store
+                .conn()
+                .execute(
+                    "INSERT INTO alerts (device_id, serial, seq, ts, score, level, previous, parameters, at_ms) VALUES (?1, 'HS-1', ?2, ?2, 7, ?3, ?4, '000000', 0)",
+                    params![device.as_slice(), i as i64, level, previous],
+                )
+                .unwrap();
+        }
+        let doctor = Address::repeat_byte(9);
+        assert_eq!(acknowledge(&store, 1, doctor, 5, "h").unwrap(), Err(AckRefusal::NotCurrent(3)));
+        assert_eq!(acknowledge(&store, 3, doctor, 5, "h").unwrap(), Err(AckRefusal::Resolved));
+        assert_eq!(acknowledge(&store, 99, doctor, 5, "h").unwrap(), Err(AckRefusal::Unknown));
+        store.conn().execute("DELETE FROM alerts WHERE id = 3", []).unwrap();
+        let a = acknowledge(&store, 2, doctor, 5, "h").unwrap().unwrap();
+        assert_eq!(a.ack, Some(Ack { by: doctor, at: 5 }));
+        // A second acknowledgement keeps the first.
+        let again = acknowledge(&store, 2, Address::repeat_byte(8), 6, "h").unwrap().unwrap();
+        assert_eq!(again.ack, Some(Ack { by: doctor, at: 5 }));
+        assert_eq!(current_alerts(&store, "h").unwrap()[&device].ack.as_ref().map(|k| k.by), Some(doctor));
+        assert_eq!(device_alerts(&store, Some(device), 0, u64::MAX, None, 10, "h").unwrap()[1].ack, None);
     }
 }

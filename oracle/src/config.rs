@@ -59,6 +59,9 @@ pub struct Config {
     /// Readiness thresholds (`/readyz`).
     #[serde(default)]
     pub health: HealthConfig,
+    /// NEWS2 alert policy (when an alert steps down).
+    #[serde(default)]
+    pub alerts: crate::alerts::Policy,
 }
 
 fn default_store() -> PathBuf {
@@ -308,6 +311,9 @@ pub struct ApiConfig {
     pub auth_rate_per_s: f64,
     /// Sign-in requests one client address may make at once.
     pub auth_burst: u32,
+    /// A bed whose last reading is older than this (hub time, ms) is shown
+    /// stale on the ward.
+    pub stale_after_ms: u64,
 }
 
 impl Default for ApiConfig {
@@ -323,6 +329,7 @@ impl Default for ApiConfig {
             secure_cookie: false,
             auth_rate_per_s: 10.0,
             auth_burst: 60,
+            stale_after_ms: 120_000,
         }
     }
 }

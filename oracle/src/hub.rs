@@ -178,13 +178,14 @@ pub async fn start(cfg: Config, key: PrivateKeySigner, options: Options) -> Resu
         metrics: metrics.clone(),
         live: live.clone(),
         runtime: tokio::runtime::Handle::current(),
+        policy: cfg.alerts,
     }
     .start(alerts_rx)?;
     let (api_addr, api_uri) = match cfg.api.enabled {
         true => {
             let store = open()?;
             store.init_archive()?; // the API reads the job table even when archiving is off
-            let serving = crate::api::serve(&cfg.api, &cfg.hub, &cfg.ward, chain.clone(), store, live.clone(), shutdown_rx.clone());
+            let serving = crate::api::serve(&cfg.api, &cfg.hub, &cfg.ward, &cfg.archive.currency, chain.clone(), store, live.clone(), shutdown_rx.clone());
             let serving = serving.await?;
             (Some(serving.addr), Some(serving.uri))
         }

@@ -106,8 +106,14 @@ pub fn heart_rate(v: u16) -> u8 {
 /// Temperature in 0.01 °C, charted to 0.1 °C: <=35.0: 3, 35.1-36.0: 1,
 /// 36.1-38.0: 0, 38.1-39.0: 1, >=39.1: 2.
 pub fn temperature(centi_celsius: u16) -> u8 {
-    let tenths = ((u32::from(centi_celsius) + 5) / 10).min(u32::from(u16::MAX)) as u16;
-    band(tenths, &[(350, 3), (360, 1), (380, 0), (390, 1)], 2)
+    band(temperature_tenths(centi_celsius), &[(350, 3), (360, 1), (380, 0), (390, 1)], 2)
+}
+
+/// A temperature in 0.01 °C as charted, in 0.1 °C (nearest, half up): the
+/// one rounding rule of temperature for scores, the API's display values and
+/// the dashboard (39.05 °C is 39.1).
+pub fn temperature_tenths(centi_celsius: u16) -> u16 {
+    ((u32::from(centi_celsius) + 5) / 10).min(u32::from(u16::MAX)) as u16
 }
 
 /// ACVPU code (1 Alert, 2 new Confusion, 3 Voice, 4 Pain, 5 Unresponsive):

@@ -198,6 +198,11 @@ CREATE TABLE IF NOT EXISTS rejections (
 CREATE TABLE IF NOT EXISTS device_state (
     serial TEXT PRIMARY KEY, battery REAL, asleep INTEGER, at_ms INTEGER NOT NULL
 );
+-- A doctor's acknowledgement of a NEWS2 alert (alerts.rs; the API's one
+-- write, to this operational store only). Added by IF NOT EXISTS on open.
+CREATE TABLE IF NOT EXISTS alert_acks (
+    alert_id INTEGER PRIMARY KEY, device_id BLOB NOT NULL, doctor TEXT NOT NULL, at_ms INTEGER NOT NULL
+);
 ";
 
 /// One connection to the hub store.

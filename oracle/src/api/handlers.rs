@@ -40,6 +40,8 @@ use crate::archive::{Job, State as ArchiveStep};
 use crate::ingest::now_ms;
 use crate::news2::{self, Score};
 
+mod monitor;
+
 /// The OpenAPI 3.1 document.
 pub(crate) const OPENAPI: &str = include_str!("openapi.json");
 
@@ -62,12 +64,14 @@ pub(crate) fn router(ctx: Arc<Ctx>) -> Router {
             post(sign_in).delete(sign_out).route_layer(from_fn_with_state(ctx.clone(), limit_auth)),
         )
         .route("/api/v1/me", get(me))
-        .route("/api/v1/ward", get(ward))
+        .route("/api/v1/ward", get(monitor::ward))
         .route("/api/v1/patients", get(patients))
         .route("/api/v1/patients/{id}", get(patient))
         .route("/api/v1/patients/{id}/vitals", get(vitals))
         .route("/api/v1/patients/{id}/vitals/{seq}/proof", get(proof))
         .route("/api/v1/patients/{id}/alerts", get(patient_alerts))
+        .route("/api/v1/patients/{id}/alerts/{alert}/ack", post(monitor::acknowledge))
+        .route("/api/v1/patients/{id}/trend", get(monitor::trend))
         .route("/api/v1/patients/{id}/charges", get(charges))
         .route("/api/v1/patients/{id}/bill", get(bill))
         .route("/api/v1/devices", get(devices))
@@ -156,8 +160,11 @@ impl Params {
             .transpose()
     }
     fn limit(&self) -> Result<usize, ApiError> {
+        self.limit_or(DEFAULT_LIMIT)
+    }
+    fn limit_or(&self, default: usize) -> Result<usize, ApiError> {
         match self.u64("limit")? {
-            None => Ok(DEFAULT_LIMIT),
+            None => Ok(default),
             Some(n) if (1..=MAX_LIMIT as u64).contains(&n) => Ok(n as usize),
             Some(n) => Err(ApiError::bad_request(format!("limit must be 1..={MAX_LIMIT}, got {n}"))),
         }
@@ -542,22 +549,24 @@ async fn bill(State(ctx): Ax, caller: Caller, Path(id): Path<String>) -> ApiResu
         let b = ctx.chain.view(H::getBillCall { patientId: id }).await?;
         return ok(json!({
             "final": true, "bedDays": b.bedDays, "total": money(b.total), "covered": money(b.covered), "due": money(b.due),
-            "rulesVersion": b.rulesVersion, "policy": policy_json,
+            "rulesVersion": b.rulesVersion, "policy": policy_json, "currency": ctx.currency,
         }));
     }
-    // Admitted: what the contract would bill if discharged now (the shared rule).
+    // Admitted: what the contract would bill if discharged now (the shared
+    // rule), by the chain's clock, which the contract bills by.
     let (_, category_totals) = charge_rows(&ctx, id, p.chargeCount).await?;
     let daily_rate = ctx.chain.view(H::tariffCall { ward: p.ward }).await?;
+    let chain_now = monitor::chain_now_s(&ctx).await?;
     let b = billing::compute_bill(&BillInput {
         admitted_at: p.admittedAt,
-        discharged_at: (now_ms() / 1_000).max(p.admittedAt),
+        discharged_at: chain_now.max(p.admittedAt),
         daily_rate,
         category_totals,
         policy,
     });
     ok(json!({
         "final": false, "bedDays": b.bed_days, "total": money(b.total), "covered": money(b.covered), "due": money(b.due),
-        "rulesVersion": null, "policy": policy_json,
+        "rulesVersion": null, "policy": policy_json, "currency": ctx.currency, "asOf": chain_now,
     }))
 }
 
@@ -601,16 +610,6 @@ async fn device_json(
         v["latest"] = json!(latest.map(|l| vitals_json(&l.reading, &l.score)));
     }
     Ok(v)
-}
-
-async fn ward(State(ctx): Ax, caller: Caller) -> ApiResult {
-    caller.require(caller.who().doctor && caller.who().patient.is_none(), "the ward overview")?;
-    let mut beds = Vec::new();
-    for (serial, (id, latest, state)) in known_devices(&ctx)? {
-        beds.push(device_json(&ctx, &serial, id, latest.as_ref(), state.as_ref(), true).await?);
-    }
-    let recent = ctx.store(|s| alerts::device_alerts(s, None, 0, u64::MAX, None, 20, &ctx.hub))?;
-    ok(json!({ "hub": ctx.hub, "ward": ctx.ward, "beds": beds, "alerts": recent.iter().map(alert_json).collect::<Vec<_>>() }))
 }
 
 fn staff_ops(caller: &Caller) -> Result<(), ApiError> {
@@ -716,6 +715,10 @@ async fn events(State(ctx): Ax, caller: Caller) -> ApiResult {
                 (LiveEvent::Alert(a), Filter_::Ward) => Some(("alert", alert_json(a))),
                 (LiveEvent::Alert(a), Filter_::Stay(d, from, to)) if a.device_id == *d && (*from..=*to).contains(&a.timestamp) => {
                     Some(("alert", alert_json(a)))
+                }
+                (LiveEvent::Ack(a), Filter_::Ward) => Some(("ack", alert_json(a))),
+                (LiveEvent::Ack(a), Filter_::Stay(d, from, to)) if a.device_id == *d && (*from..=*to).contains(&a.timestamp) => {
+                    Some(("ack", alert_json(a)))
                 }
                 (LiveEvent::State { serial, battery, asleep }, Filter_::Ward | Filter_::States) => {
                     Some(("state", json!({ "serial": serial, "battery": battery, "asleep": asleep })))

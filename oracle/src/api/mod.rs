@@ -1,9 +1,12 @@
 //! The read-only REST API and the dashboard, served by the oracle (axum).
 //!
 //! The paper's read side: "each patient or doctor can access his/her record
-//! via a dashboard ... the API runs select queries only". Nothing here
-//! changes state: admissions, charges, policies and discharges are on-chain
-//! transactions signed by the doctor, admin or insurer (`healthsense` CLI).
+//! via a dashboard ... the API runs select queries only". The medical record
+//! stays read-only here: admissions, charges, policies and discharges are
+//! on-chain transactions signed by the doctor, admin or insurer
+//! (`healthsense` CLI). The one write is a doctor's acknowledgement of a
+//! NEWS2 alert, kept in the hub's operational store (`alert_acks`), never on
+//! chain or in the record.
 //! The endpoint list, the auth model and who sees what: `docs/API.md`; the
 //! machine-readable description: `GET /api/v1/openapi.json`.
 //!
@@ -47,6 +50,8 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("get", "/api/v1/patients/{id}/vitals"),
     ("get", "/api/v1/patients/{id}/vitals/{seq}/proof"),
     ("get", "/api/v1/patients/{id}/alerts"),
+    ("post", "/api/v1/patients/{id}/alerts/{alert}/ack"),
+    ("get", "/api/v1/patients/{id}/trend"),
     ("get", "/api/v1/patients/{id}/charges"),
     ("get", "/api/v1/patients/{id}/bill"),
     ("get", "/api/v1/devices"),
@@ -70,6 +75,10 @@ pub(crate) struct Ctx {
     pub live: Live,
     pub index: tokio::sync::Mutex<handlers::WardIndex>,
     pub secure_cookie: bool,
+    /// ISO 4217 code of the contract's minor units (`archive.currency`).
+    pub currency: String,
+    /// A bed's last reading older than this (ms) is stale on the ward.
+    pub stale_after_ms: u64,
 }
 
 impl Ctx {
@@ -161,6 +170,7 @@ pub(crate) async fn serve(
     cfg: &ApiConfig,
     hub: &str,
     ward: &str,
+    currency: &str,
     chain: Chain,
     store: Store,
     live: Live,
@@ -193,6 +203,8 @@ pub(crate) async fn serve(
         live,
         index: tokio::sync::Mutex::new(handlers::WardIndex::new(cfg.from_block)),
         secure_cookie: cfg.secure_cookie,
+        currency: currency.to_string(),
+        stale_after_ms: cfg.stale_after_ms,
     });
     let app = handlers::router(ctx).merge(dashboard::router()).merge(abi_router());
     tokio::spawn(async move {
