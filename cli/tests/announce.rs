@@ -124,7 +124,7 @@ fn the_contract_announcement_carries_a_fetchable_abi_and_checksummed_addresses()
         &config,
         format!(
             "hub = \"ward-3\"\nward = \"ward-3\"\nstore = \"{}\"\n[chain]\ncontract = \"{contract:#x}\"\npoll_ms = 100\n\
-             [mqtt]\nembedded = true\nlisten = \"127.0.0.1:{mqtt_port}\"\n[metrics]\nlisten = \"127.0.0.1:{metrics_port}\"\n\
+             [mqtt]\nembedded = true\nauth = false\nlisten = \"127.0.0.1:{mqtt_port}\"\n[metrics]\nlisten = \"127.0.0.1:{metrics_port}\"\n\
              [api]\nenabled = true\nlisten = \"127.0.0.1:{api_port}\"\n[archive]\nipfs_api = \"http://127.0.0.1:{ipfs_port}\"\n",
             dir.path().join("ward-3.sqlite").display()
         ),
