@@ -3,7 +3,7 @@
 
 use alloy::network::{EthereumWallet, TransactionBuilder};
 use alloy::primitives::{Address, B256};
-use alloy::providers::{Provider, ProviderBuilder};
+use alloy::providers::{DynProvider, Provider, ProviderBuilder};
 use alloy::rpc::types::{TransactionReceipt, TransactionRequest};
 use alloy::signers::local::PrivateKeySigner;
 use alloy::sol_types::{SolCall, SolInterface};
@@ -108,7 +108,7 @@ impl<P> Client<P> {
 }
 
 /// Connects to the deployment's RPC URL with `signer` (if any).
-pub fn connect(deployment: Deployment, signer: Option<PrivateKeySigner>) -> Result<Client<impl Provider>> {
+pub fn connect(deployment: Deployment, signer: Option<PrivateKeySigner>) -> Result<Client<DynProvider>> {
     let url: url::Url = deployment.rpc_url.parse().context("the deployment file's rpcUrl is not a URL")?;
     let from = signer.as_ref().map(|s| s.address()).unwrap_or_default();
     let wallet = signer.map(EthereumWallet::from);
