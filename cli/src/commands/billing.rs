@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use anyhow::{Context, Result};
 use clap::Subcommand;
 use healthsense_abi::bindings::HealthSense as H;
+use healthsense_abi::rules::status::PatientStatus;
 use healthsense_abi::rules::{ids, status};
 use healthsense_cli::admin;
 use serde_json::json;
@@ -167,8 +168,14 @@ pub async fn bill(args: BillArgs, g: &Global) -> Result<()> {
     let c = g.client(Access::Read)?;
     let p = admin::patient_id(&args.patient).map_err(ConfigError)?;
     let pat = c.view(H::getPatientCall { patientId: p }).await?;
-    if pat.status < 2 {
-        return Err(admin::Refused { call: "getBill", reason: format!("patient {p} is {}: the bill exists after discharge", patient_status(pat.status)) }.into());
+    // The contract returns an empty bill before discharge; an empty bill
+    // would read as "nothing due", so say what is missing instead.
+    if pat.status < PatientStatus::Discharged as u8 {
+        let reason = match pat.status {
+            0 => format!("no patient {p} on chain: check the id"),
+            s => format!("patient {p} is {}: the bill exists after discharge (`healthsense patient discharge`)", patient_status(s)),
+        };
+        return Err(admin::Declined { command: "bill".into(), reason }.into());
     }
     let b = c.view(H::getBillCall { patientId: p }).await?;
     show(

@@ -64,7 +64,11 @@ pub async fn run(cmd: DeviceCmd, g: &Global) -> Result<()> {
             let id = ids::device_id(&serial);
             let dv = c.view(H::getDeviceCall { deviceId: id }).await?;
             if dv.status == 0 {
-                return Err(admin::Refused { call: "getDevice", reason: format!("no device {serial} ({id}): provision it first") }.into());
+                return Err(admin::Declined {
+                    command: "device show".into(),
+                    reason: format!("no device {serial} ({id}) on chain: provision it first (`healthsense device provision`)"),
+                }
+                .into());
             }
             show(
                 j,

@@ -36,8 +36,9 @@ use output::ConfigError;
     about = "Administer a HealthSense deployment: contract, devices, patients, billing",
     long_about = "Administer a HealthSense deployment.\n\n\
         Exit codes: 0 success, 1 failure (I/O, RPC, node, unreadable archive), 2 usage error, 3 configuration or key \
-        missing/invalid, 4 the contract refused the call (the message says why and what to do), 5 an archive does not \
-        match the chain (tampered)."
+        missing/invalid, 4 the call was refused, by the contract or by healthsense's own check of the chain first (the \
+        message says which, why and what to do), 5 an archive does not match the chain (tampered), 6 `simulate`: a \
+        reading was not confirmed stored by the hub."
 )]
 pub struct Cli {
     /// Flags every command takes.
@@ -54,7 +55,8 @@ pub struct Global {
     /// Print machine-readable JSON instead of human text.
     #[arg(long, global = true)]
     pub json: bool,
-    /// Deployment file to read or write [default: .healthsense/deployment.json, or $HEALTHSENSE_DEPLOYMENT].
+    /// Deployment file to read or write [default: $HEALTHSENSE_DEPLOYMENT, else .healthsense/deployment.json, else
+    /// the default devnet's .healthsense/devnet/deployment.json; `devnet up --dir D` writes D/deployment.json].
     #[arg(long, global = true)]
     pub deployment: Option<PathBuf>,
     /// Kubo RPC endpoint for archives and billing rules [default: the deployment file's, else http://127.0.0.1:5001].

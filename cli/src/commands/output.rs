@@ -1,7 +1,6 @@
 //! What every command shares: human text or `--json`, the exit codes a
 //! script can rely on, and the error kinds that choose them.
 
-use healthsense_abi::rules::status;
 use serde_json::json;
 
 /// Exit codes a script can rely on.
@@ -29,7 +28,7 @@ pub fn exit_code(err: &anyhow::Error) -> u8 {
         exit::NOT_STORED
     } else if err.downcast_ref::<ConfigError>().is_some() || err.downcast_ref::<archive::KeyError>().is_some() {
         exit::CONFIG
-    } else if err.downcast_ref::<admin::Refused>().is_some() {
+    } else if err.downcast_ref::<admin::Refused>().is_some() || err.downcast_ref::<admin::Declined>().is_some() {
         exit::REFUSED
     } else {
         exit::FAILURE
@@ -65,15 +64,7 @@ pub fn done(json_out: bool, what: &str, tx: alloy::primitives::B256) {
     show(json_out, json!({ "ok": true, "tx": tx }), format!("{what} (tx {tx})"));
 }
 
-/// A device status code by name.
-pub fn device_status(code: u8) -> &'static str {
-    status::DeviceStatus::from_code(code).map_or("unknown", |s| s.name())
-}
-
-/// A patient status code by name.
-pub fn patient_status(code: u8) -> &'static str {
-    status::PatientStatus::from_code(code).map_or("unknown", |s| s.name())
-}
+pub use healthsense_cli::admin::{device_status, patient_status};
 
 /// Minor units as money (`45000` -> `450.00`).
 pub fn money(minor: impl TryInto<alloy::primitives::U256>) -> String {

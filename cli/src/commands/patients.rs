@@ -57,7 +57,7 @@ pub async fn run(cmd: PatientCmd, g: &Global) -> Result<()> {
             let p = admin::patient_id(&patient).map_err(ConfigError)?;
             let r = c.view(H::getPatientCall { patientId: p }).await?;
             if r.status == 0 {
-                return Err(admin::Refused { call: "getPatient", reason: format!("no patient {p}: check the id") }.into());
+                return Err(admin::Declined { command: "patient show".into(), reason: format!("no patient {p} on chain: check the id") }.into());
             }
             show(
                 j,

@@ -1,9 +1,11 @@
 //! `healthsense simulate`: a simulated ward publishing signed vitals to a hub.
 
+use std::path::PathBuf;
+
 use anyhow::{Context, Result};
 use healthsense_abi::bindings::HealthSense as H;
 use healthsense_abi::rules::ids;
-use healthsense_cli::admin;
+use healthsense_cli::{admin, keys};
 use healthsense_cli::simulate::{self, Bed, Patient, Settings};
 use rand::{Rng, SeedableRng};
 
@@ -14,13 +16,13 @@ use super::{Access, Global};
 #[derive(clap::Args)]
 pub struct SimulateArgs {
     /// Hub name (its `hub` config key).
-    #[arg(long, default_value = "ward-3")]
+    #[arg(long, default_value = "ward-3", env = "HEALTHSENSE_HUB")]
     hub: String,
     /// Ward the devices are provisioned for.
-    #[arg(long, default_value = "ward-3")]
+    #[arg(long, default_value = "ward-3", env = "HEALTHSENSE_WARD")]
     ward: String,
     /// Broker address.
-    #[arg(long, default_value = "127.0.0.1:1883")]
+    #[arg(long, default_value = "127.0.0.1:1883", env = "HEALTHSENSE_BROKER")]
     broker: String,
     /// Number of beds.
     #[arg(long, default_value_t = 8)]
@@ -37,9 +39,18 @@ pub struct SimulateArgs {
     /// Random seed (patients, episodes).
     #[arg(long, default_value_t = 7)]
     seed: u64,
-    /// Admit a patient (stay label `sim-SERIAL`) on each bed after hello; the key must also hold DOCTOR.
+    /// Admit a patient (stay label `sim-SERIAL`) on each bed after hello, as the doctor of
+    /// --doctor-keystore (else the signing key, which must then also hold DOCTOR).
     #[arg(long)]
     admit: bool,
+    /// Keystore of the doctor who admits with --admit (the devnet's keys/doctor.json)
+    /// [default: the signing key].
+    #[arg(long, value_name = "FILE", env = "HEALTHSENSE_DOCTOR_KEYSTORE")]
+    doctor_keystore: Option<PathBuf>,
+    /// File whose first line is the doctor keystore's password [default: --password-file's, or
+    /// $HEALTHSENSE_PASSWORD].
+    #[arg(long, value_name = "FILE", env = "HEALTHSENSE_DOCTOR_PASSWORD_FILE")]
+    doctor_password_file: Option<PathBuf>,
     /// At the end, each device sends a signed discharge signal (the hub bills and archives).
     #[arg(long)]
     discharge: bool,
@@ -53,7 +64,7 @@ pub struct SimulateArgs {
 pub async fn run(args: SimulateArgs, g: &Global) -> Result<()> {
     let c = g.client(Access::Write)?;
     let j = g.json;
-    let SimulateArgs { hub, ward, broker, beds, rate, seconds, speed, seed, admit, discharge, wait } = args;
+    let SimulateArgs { hub, ward, broker, beds, rate, seconds, speed, seed, admit, doctor_keystore, doctor_password_file, discharge, wait } = args;
     let (host, port) = broker
         .rsplit_once(':')
         .and_then(|(h, p)| Some((h.to_string(), p.parse::<u16>().ok()?)))
@@ -61,6 +72,32 @@ pub async fn run(args: SimulateArgs, g: &Global) -> Result<()> {
         .map_err(ConfigError)?;
     if !(rate > 0.0 && seconds > 0.0 && speed > 0.0 && wait >= 0.0) {
         return Err(config_error("--rate, --seconds and --speed must be positive, --wait not negative"));
+    }
+    // The admitting doctor, checked before any device is provisioned so a
+    // wrong key costs nothing.
+    let own_doctor;
+    let doctor = match (admit, doctor_keystore) {
+        (false, _) => None,
+        (true, None) => Some(&c),
+        (true, Some(path)) => {
+            let password_file = doctor_password_file.as_deref().or(g.keys.password_file.as_deref());
+            let key = keys::open_keystore(&path, password_file).map_err(ConfigError)?;
+            own_doctor = admin::connect(c.deployment.clone(), Some(key)).map_err(ConfigError)?;
+            Some(&own_doctor)
+        }
+    };
+    if let Some(d) = doctor {
+        if !d.view(H::hasRoleCall { role: ids::DOCTOR_ROLE, account: d.from }).await? {
+            return Err(admin::Declined {
+                command: "simulate --admit".into(),
+                reason: format!(
+                    "{} lacks the doctor role, so it cannot admit: pass --doctor-keystore FILE of a doctor (a devnet's keys/doctor.json), \
+                     or grant it with `healthsense roles grant doctor {}`",
+                    d.from, d.from
+                ),
+            }
+            .into());
+        }
     }
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
     let tag = format!("{:06x}", rand::rng().random::<u32>() & 0xff_ffff);
@@ -77,10 +114,10 @@ pub async fn run(args: SimulateArgs, g: &Global) -> Result<()> {
     let domain = healthsense_abi::rules::eip712::domain_separator(c.deployment.chain_id, c.deployment.address);
     let settings = Settings { hub, broker: (host, port), rate, speed, seconds, seed, domain, passwords: Default::default() };
     let mut conn = simulate::connect(&settings, &ward_beds).await?;
-    if admit {
+    if let Some(d) = doctor {
         for b in &ward_beds {
             let p = admin::patient_id(&format!("sim-{}", b.serial)).map_err(ConfigError)?;
-            c.send(H::admitPatientCall { patientId: p, deviceId: b.device_id() }).await?;
+            d.send(H::admitPatientCall { patientId: p, deviceId: b.device_id() }).await?;
         }
     }
     let mut report = simulate::run(&settings, &mut ward_beds, &conn, |r| {
