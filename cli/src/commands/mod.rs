@@ -56,7 +56,7 @@ pub struct Global {
     #[arg(long, global = true)]
     pub json: bool,
     /// Deployment file to read or write [default: $HEALTHSENSE_DEPLOYMENT, else .healthsense/deployment.json, else
-    /// the default devnet's .healthsense/devnet/deployment.json; `devnet up --dir D` writes D/deployment.json].
+    /// .healthsense/devnet/deployment.json].
     #[arg(long, global = true)]
     pub deployment: Option<PathBuf>,
     /// Kubo RPC endpoint for archives and billing rules [default: the deployment file's, else http://127.0.0.1:5001].
