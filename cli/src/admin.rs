@@ -3,24 +3,55 @@
 
 use alloy::network::{EthereumWallet, TransactionBuilder};
 use alloy::primitives::{Address, B256};
-use alloy::providers::{Provider, ProviderBuilder};
+use alloy::providers::{DynProvider, Provider, ProviderBuilder};
 use alloy::rpc::types::{TransactionReceipt, TransactionRequest};
 use alloy::signers::local::PrivateKeySigner;
 use alloy::sol_types::{SolCall, SolInterface};
 use anyhow::{bail, Context, Result};
 use healthsense_abi::bindings::HealthSense::HealthSenseErrors as E;
-use healthsense_abi::rules::{ids, status::Category};
+use healthsense_abi::rules::ids;
+use healthsense_abi::rules::status::{Category, DeviceStatus, PatientStatus};
 
 use crate::deployment::Deployment;
 
 /// The contract refused a call (a revert with a known error): exit code 4.
 #[derive(Debug, thiserror::Error)]
-#[error("the contract refused {call}: {reason}")]
+#[error("the contract refused {call} with {error}: {reason}")]
 pub struct Refused {
     /// Function signature.
     pub call: &'static str,
+    /// The custom error's name (`InvalidPatientStatus`).
+    pub error: String,
     /// The decoded error, with what to do about it.
     pub reason: String,
+}
+
+/// The CLI refused a command after reading the chain, before asking the
+/// contract to do anything (an unknown id, a bill before discharge...):
+/// exit code 4, like a contract refusal, but the message says who refused.
+#[derive(Debug, thiserror::Error)]
+#[error("healthsense refused `{command}` before calling the contract: {reason}")]
+pub struct Declined {
+    /// The command as typed (`bill`, `device show`).
+    pub command: String,
+    /// What is wrong, with what to do about it.
+    pub reason: String,
+}
+
+/// A device status code by name (`active`), for messages.
+pub fn device_status(code: u8) -> &'static str {
+    DeviceStatus::from_code(code).map_or("unknown", |s| s.name())
+}
+
+/// A patient status code by name (`discharged`), for messages.
+pub fn patient_status(code: u8) -> &'static str {
+    PatientStatus::from_code(code).map_or("unknown", |s| s.name())
+}
+
+/// The name of a custom error (`InvalidPatientStatus`), from its debug form.
+fn error_name(err: &E) -> String {
+    let debug = format!("{err:?}");
+    debug.split(['(', ' ', '{']).next().unwrap_or_default().to_string()
 }
 
 /// A pseudonymous patient id: `0x` + 64 hex digits as given, otherwise
@@ -78,8 +109,8 @@ fn explain(err: &E) -> String {
         E::EnforcedPause(_) => "the contract is paused; an admin can lift it with `healthsense unpause`".into(),
         E::UnknownDevice(e) => format!("no device {}: provision it first (`healthsense device provision`)", e.deviceId),
         E::UnknownPatient(e) => format!("no patient {}: check the id, or admit first", e.patientId),
-        E::InvalidDeviceStatus(e) => format!("device {} has status {}, which does not allow this", e.deviceId, e.status),
-        E::InvalidPatientStatus(e) => format!("patient {} has status {}, which does not allow this", e.patientId, e.status),
+        E::InvalidDeviceStatus(e) => format!("device {} is {}, which does not allow this", e.deviceId, device_status(e.status)),
+        E::InvalidPatientStatus(e) => format!("patient {} is {}, which does not allow this", e.patientId, patient_status(e.status)),
         E::DeviceInUse(e) => format!("device {} is assigned to patient {}; discharge first", e.deviceId, e.patientId),
         other => format!("{other:?}"),
     }
@@ -108,7 +139,7 @@ impl<P> Client<P> {
 }
 
 /// Connects to the deployment's RPC URL with `signer` (if any).
-pub fn connect(deployment: Deployment, signer: Option<PrivateKeySigner>) -> Result<Client<impl Provider>> {
+pub fn connect(deployment: Deployment, signer: Option<PrivateKeySigner>) -> Result<Client<DynProvider>> {
     let url: url::Url = deployment.rpc_url.parse().context("the deployment file's rpcUrl is not a URL")?;
     let from = signer.as_ref().map(|s| s.address()).unwrap_or_default();
     let wallet = signer.map(EthereumWallet::from);
@@ -182,7 +213,7 @@ impl<P: Provider> Client<P> {
     fn refusal<C: SolCall>(&self, e: alloy::transports::TransportError) -> anyhow::Error {
         match e.as_error_resp().and_then(|r| r.as_revert_data()) {
             Some(data) => match E::abi_decode(&data) {
-                Ok(err) => Refused { call: C::SIGNATURE, reason: explain(&err) }.into(),
+                Ok(err) => Refused { call: C::SIGNATURE, error: error_name(&err), reason: explain(&err) }.into(),
                 Err(_) => anyhow::anyhow!("{} reverted with unknown data {data}", C::SIGNATURE),
             },
             None => anyhow::Error::new(e).context(format!("calling {} at {}", C::SIGNATURE, self.deployment.rpc_url)),
@@ -207,5 +238,6 @@ mod tests {
         assert_eq!(category_mask("all").unwrap(), 0xff);
         assert!(format!("{:#}", category_mask("bed,spa").unwrap_err()).contains("unknown category \"spa\""));
         assert_eq!(role_name(ids::HUB_ROLE), "hub");
+        assert_eq!((device_status(2), patient_status(2), patient_status(9)), ("active", "discharged", "unknown"));
     }
 }

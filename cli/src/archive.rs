@@ -80,15 +80,14 @@ pub fn hub_store(cfg_path: &Path, chain_id: u64, contract: Address) -> Result<(S
 pub async fn on_chain_archive<P: Provider>(provider: &P, contract: Address, patient: B256) -> Result<(String, B256)> {
     let h = H::HealthSenseInstance::new(contract, provider);
     let p = h.getPatient(patient).call().await.context("reading the patient")?;
+    let declined = |reason| crate::admin::Declined { command: "archive".into(), reason };
     if p.admittedAt == 0 {
-        bail!(crate::admin::Refused { call: "getPatient", reason: format!("no patient {patient}: check the id") });
+        bail!(declined(format!("no patient {patient} on chain: check the id")));
     }
     let a = h.getArchive(patient).call().await.context("reading the archive")?;
     if a.cid.is_empty() {
-        bail!(crate::admin::Refused {
-            call: "getArchive",
-            reason: format!("patient {patient} has no archive on chain yet (status {}); the hub writes it after discharge", p.status),
-        });
+        let status = crate::admin::patient_status(p.status);
+        bail!(declined(format!("patient {patient} is {status} and has no archive on chain yet; the hub writes it after discharge")));
     }
     Ok((a.cid, a.recordHash))
 }

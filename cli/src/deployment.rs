@@ -70,10 +70,28 @@ impl Deployment {
     }
 }
 
-/// The deployment path from a flag, else `HEALTHSENSE_DEPLOYMENT`, else the default.
+/// Environment variable naming the deployment file (`healthsense devnet env` sets it).
+pub const DEPLOYMENT_VAR: &str = "HEALTHSENSE_DEPLOYMENT";
+
+/// The deployment file inside a devnet's folder (`devnet up --dir D`).
+pub fn devnet_path(dir: &Path) -> PathBuf {
+    dir.join("deployment.json")
+}
+
+/// The deployment path from a flag, else `HEALTHSENSE_DEPLOYMENT`, else the
+/// default; when the default does not exist, the default devnet's
+/// (`.healthsense/devnet/deployment.json`), so `devnet up` followed by other
+/// commands in the same folder keeps working.
 pub fn resolve_path(flag: Option<PathBuf>) -> PathBuf {
-    flag.or_else(|| std::env::var_os("HEALTHSENSE_DEPLOYMENT").map(PathBuf::from))
-        .unwrap_or_else(|| PathBuf::from(DEFAULT_PATH))
+    if let Some(p) = flag.or_else(|| std::env::var_os(DEPLOYMENT_VAR).map(PathBuf::from)) {
+        return p;
+    }
+    let default = PathBuf::from(DEFAULT_PATH);
+    let devnet = devnet_path(Path::new(crate::devnet::DEFAULT_DIR));
+    if !default.exists() && devnet.exists() {
+        return devnet;
+    }
+    default
 }
 
 #[cfg(test)]

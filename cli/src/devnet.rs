@@ -185,8 +185,41 @@ pub fn services(s: &State) -> Vec<(&'static str, String, bool)> {
     ]
 }
 
-/// The hub the devnet's broker and oracle config are for.
-const DEVNET_HUB: &str = "ward-1";
+/// The environment that points the other commands at a running devnet:
+/// its deployment file, RPC, IPFS and MQTT endpoints, the keystore of
+/// `role` (admin, hub, doctor or insurer) and its password file, the
+/// doctor's keystore (`simulate --admit`), the hub config and its ward.
+pub fn env_vars(dir: &Path, s: &State, role: &str) -> Result<Vec<(&'static str, String)>> {
+    let Some((role, _)) = s.accounts.iter().find(|(r, _)| r.eq_ignore_ascii_case(role)) else {
+        let roles: Vec<_> = s.accounts.iter().map(|(r, _)| r.as_str()).collect();
+        bail!("the devnet has no {role:?} account: use {}", roles.join(", "));
+    };
+    let dir = std::path::absolute(dir)?;
+    let path = |p: &Path| p.display().to_string();
+    Ok(vec![
+        (crate::deployment::DEPLOYMENT_VAR, path(&s.deployment)),
+        ("HEALTHSENSE_RPC_URL", s.rpc_url.clone()),
+        ("HEALTHSENSE_IPFS_API", s.ipfs_api.clone()),
+        ("HEALTHSENSE_BROKER", s.mqtt.clone()),
+        ("HEALTHSENSE_KEYSTORE", path(&s.keystores.join(format!("{role}.json")))),
+        ("HEALTHSENSE_PASSWORD_FILE", path(&dir.join("password"))),
+        ("HEALTHSENSE_DOCTOR_KEYSTORE", path(&s.keystores.join("doctor.json"))),
+        ("HEALTHSENSE_ORACLE_CONFIG", path(&s.oracle_config)),
+        ("HEALTHSENSE_HUB", DEVNET_HUB.to_string()),
+        ("HEALTHSENSE_WARD", DEVNET_HUB.to_string()),
+    ])
+}
+
+/// `export NAME='value'` lines for a POSIX shell (`eval "$(healthsense devnet env)"`).
+pub fn export_lines(vars: &[(&str, String)]) -> String {
+    vars.iter()
+        .map(|(name, value)| format!("export {name}='{}'", value.replace('\'', r"'\''")))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// The hub (and ward) the devnet's broker and oracle config are for.
+pub const DEVNET_HUB: &str = "ward-1";
 
 const ROLES: [(&str, usize); 4] = [("admin", 0), ("hub", 1), ("doctor", 2), ("insurer", 3)];
 
@@ -349,4 +382,15 @@ fn write_config(dir: &Path, generated: &str) -> Result<PathBuf> {
 /// alloy's keystore encryption takes a rand 0.8 RNG.
 fn rand08() -> impl alloy::signers::k256::elliptic_curve::rand_core::CryptoRngCore {
     alloy::signers::k256::elliptic_curve::rand_core::OsRng
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn export_lines_quote_for_the_shell() {
+        let vars = [("A", "/tmp/dev net".to_string()), ("B", "it's".to_string())];
+        assert_eq!(export_lines(&vars), "export A='/tmp/dev net'\nexport B='it'\\''s'");
+    }
 }

@@ -3,7 +3,7 @@
 //! `HEALTHSENSE_PRIVATE_KEY` variable only: never from a flag, where it would
 //! land in shell history and process listings. Keys are never printed.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use alloy::signers::local::PrivateKeySigner;
 use anyhow::{bail, Context, Result};
@@ -28,10 +28,7 @@ impl KeyArgs {
     /// Loads the signer, or says what to provide.
     pub fn signer(&self) -> Result<PrivateKeySigner> {
         if let Some(path) = &self.keystore {
-            let password = self.password()?;
-            return PrivateKeySigner::decrypt_keystore(path, password).map_err(|e| {
-                anyhow::anyhow!("cannot open keystore {}: {e} (wrong password?)", path.display())
-            });
+            return open_keystore(path, self.password_file.as_deref());
         }
         if let Ok(raw) = std::env::var(PRIVATE_KEY_VAR) {
             // The parse error would echo the input; say only what is wrong.
@@ -43,16 +40,24 @@ impl KeyArgs {
         bail!("no signing key: pass --keystore FILE (with --password-file or {PASSWORD_VAR}), or set {PRIVATE_KEY_VAR}")
     }
 
-    fn password(&self) -> Result<String> {
-        if let Some(file) = &self.password_file {
-            let text = std::fs::read_to_string(file)
-                .with_context(|| format!("reading password file {}", file.display()))?;
-            return Ok(text.lines().next().unwrap_or_default().to_string());
-        }
-        if let Ok(p) = std::env::var(PASSWORD_VAR) {
-            return Ok(p);
-        }
-        rpassword::prompt_password("keystore password: ")
-            .context("no keystore password: pass --password-file or set HEALTHSENSE_PASSWORD")
+}
+
+/// Decrypts a keystore with the password from `password_file`, else
+/// `HEALTHSENSE_PASSWORD`, else a prompt.
+pub fn open_keystore(path: &Path, password_file: Option<&Path>) -> Result<PrivateKeySigner> {
+    let password = password(path, password_file)?;
+    PrivateKeySigner::decrypt_keystore(path, password)
+        .map_err(|e| anyhow::anyhow!("cannot open keystore {}: {e} (wrong password?)", path.display()))
+}
+
+fn password(keystore: &Path, password_file: Option<&Path>) -> Result<String> {
+    if let Some(file) = password_file {
+        let text = std::fs::read_to_string(file).with_context(|| format!("reading password file {}", file.display()))?;
+        return Ok(text.lines().next().unwrap_or_default().to_string());
     }
+    if let Ok(p) = std::env::var(PASSWORD_VAR) {
+        return Ok(p);
+    }
+    rpassword::prompt_password(format!("password of keystore {}: ", keystore.display()))
+        .context("no keystore password: pass --password-file or set HEALTHSENSE_PASSWORD")
 }

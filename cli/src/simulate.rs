@@ -236,6 +236,7 @@ pub struct Settings {
 
 /// Totals of a run.
 #[derive(Debug, Clone, Default, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
 pub struct Report {
     /// Readings published (acknowledged by the broker, which says nothing
     /// about the hub).

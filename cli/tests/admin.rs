@@ -190,3 +190,46 @@ fn devnet_up_status_down_and_up_again_keeps_the_deployment() {
     assert!(String::from_utf8_lossy(&hs(&["device", "show", "HS-DEV1"]).stdout).contains("pending"));
     assert!(hs(&["devnet", "down", "--dir", dir_arg]).status.success());
 }
+
+/// Issue 20: a refusal says who refused, the contract (with its error's
+/// name) or healthsense's own check of the chain, and names statuses.
+#[test]
+fn refusals_say_who_refused_and_name_statuses() {
+    let w = Ward::new();
+    for (role, who) in [("hub", HUB), ("doctor", DOCTOR)] {
+        w.ok(ADMIN, &["roles", "grant", role, &w.addr(who)]);
+    }
+    w.ok(ADMIN, &["device", "provision", "HS-20", "--signer", &w.addr(9), "--ward", "ward-20"]);
+    let stderr = |out: &Output| String::from_utf8_lossy(&out.stderr).to_string();
+
+    // The device is pending: the contract refuses admission and names the status.
+    let out = w.run(DOCTOR, &["patient", "admit", "stay-20", "--device", "HS-20"]);
+    assert_eq!(out.status.code(), Some(4), "{}", stderr(&out));
+    let err = stderr(&out);
+    assert!(err.contains("the contract refused admitPatient(") && err.contains("with InvalidDeviceStatus"), "{err}");
+    assert!(err.contains("is pending") && !err.contains("status 1"), "{err}");
+
+    w.ok(HUB, &["device", "activate", "HS-20"]);
+    w.ok(DOCTOR, &["patient", "admit", "stay-20", "--device", "HS-20"]);
+    // A bill before discharge: healthsense refuses, the contract was never asked.
+    let out = w.run(STRANGER, &["bill", "stay-20"]);
+    assert_eq!(out.status.code(), Some(4));
+    let err = stderr(&out);
+    assert!(err.contains("healthsense refused `bill` before calling the contract") && err.contains("is admitted"), "{err}");
+    assert!(!err.contains("contract refused"), "{err}");
+    let out = w.run(STRANGER, &["device", "show", "HS-404"]);
+    assert!(stderr(&out).contains("healthsense refused `device show`"), "{}", stderr(&out));
+
+    // After discharge, a charge is refused by the contract, which says "discharged".
+    w.ok(DOCTOR, &["patient", "discharge", "stay-20"]);
+    let out = w.run(DOCTOR, &["charge", "add", "stay-20", "--code", "99223", "--category", "consultation", "--unit-price", "1"]);
+    assert_eq!(out.status.code(), Some(4));
+    let err = stderr(&out);
+    assert!(err.contains("the contract refused addCharge(") && err.contains("with InvalidPatientStatus"), "{err}");
+    assert!(err.contains("is discharged, which does not allow this") && !err.contains("status 2"), "{err}");
+    // The archive is not there yet: healthsense says so, by name.
+    let out = w.run(STRANGER, &["archive", "status", "stay-20"]);
+    assert_eq!(out.status.code(), Some(4));
+    let err = stderr(&out);
+    assert!(err.contains("healthsense refused `archive`") && err.contains("is discharged and has no archive"), "{err}");
+}

@@ -79,3 +79,92 @@ fn the_devnet_keeps_its_chain_through_a_hard_kill_and_the_operators_config() {
     assert!(generated.contains(&format!("port = {}", broker.local_addr().unwrap().port())), "{generated}");
     ok(hs(&root, &deployment, &["devnet", "down", "--dir", dir_arg]));
 }
+
+/// Issue 20: `devnet up --dir D` keeps its deployment file in D (not in the
+/// working directory), `devnet env --dir D` prints the exports that point
+/// the other commands at it, and with them `simulate --admit` provisions
+/// as the devnet's admin and admits as its doctor, two separate keys.
+#[test]
+fn devnet_env_points_the_other_commands_at_its_folder_and_simulate_admits_as_its_doctor() {
+    let root = tools::project_root().unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let (cwd, elsewhere, dir) = (tmp.path().join("cwd"), tmp.path().join("elsewhere"), tmp.path().join("devnet"));
+    std::fs::create_dir_all(&cwd).unwrap();
+    std::fs::create_dir_all(&elsewhere).unwrap();
+    // No HEALTHSENSE_* from the test's own environment.
+    let bare = |cwd: &Path, args: &[&str]| {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_healthsense"));
+        c.args(args).current_dir(cwd).env("HEALTHSENSE_HOME", &root);
+        for (k, _) in std::env::vars().filter(|(k, _)| k.starts_with("HEALTHSENSE_") && k != "HEALTHSENSE_HOME") {
+            c.env_remove(k);
+        }
+        c
+    };
+    let ports = [free_port(), free_port(), free_port()].map(|p| p.to_string());
+    let dir_arg = dir.to_str().unwrap();
+    let up = ["--json", "devnet", "up", "--dir", dir_arg, "--rpc-port", &ports[0], "--mqtt-port", &ports[1], "--ipfs-port", &ports[2]];
+    let s = ok(bare(&cwd, &up).output().unwrap());
+    struct Down<'a>(Box<dyn Fn() + 'a>);
+    impl Drop for Down<'_> {
+        fn drop(&mut self) {
+            (self.0)()
+        }
+    }
+    let _down = Down(Box::new(|| {
+        let _ = bare(&cwd, &["devnet", "down", "--dir", dir_arg]).output();
+    }));
+    assert!(dir.join("deployment.json").is_file(), "the deployment file is in the devnet's folder");
+    assert!(!cwd.join(".healthsense").exists(), "nothing is written to the working directory");
+    assert_eq!(s["state"]["deployment"], dir.join("deployment.json").to_str().unwrap());
+
+    // The exports, as a shell would eval them.
+    let out = bare(&elsewhere, &["devnet", "env", "--dir", dir_arg]).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let text = String::from_utf8(out.stdout).unwrap();
+    let vars: Vec<(String, String)> = text
+        .lines()
+        .map(|l| {
+            let (name, value) = l.strip_prefix("export ").and_then(|l| l.split_once('=')).unwrap_or_else(|| panic!("not an export line: {l}"));
+            (name.to_string(), value.trim_matches('\'').to_string())
+        })
+        .collect();
+    let var = |name: &str| vars.iter().find(|(n, _)| n == name).map(|(_, v)| v.clone()).unwrap_or_else(|| panic!("{name} missing:\n{text}"));
+    assert_eq!(var("HEALTHSENSE_DEPLOYMENT"), dir.join("deployment.json").to_str().unwrap());
+    assert_eq!(var("HEALTHSENSE_KEYSTORE"), dir.join("keys/admin.json").to_str().unwrap());
+    assert_eq!(var("HEALTHSENSE_BROKER"), format!("127.0.0.1:{}", ports[1]));
+    let with_env = |args: &[&str]| {
+        let mut c = bare(&elsewhere, args);
+        c.envs(vars.iter().cloned());
+        c
+    };
+    let roles = with_env(&["roles", "list"]).output().unwrap();
+    assert_eq!(String::from_utf8_lossy(&roles.stdout).lines().count(), 4, "{}", String::from_utf8_lossy(&roles.stderr));
+    let env_json = ok(bare(&elsewhere, &["--json", "devnet", "env", "--dir", dir_arg]).output().unwrap());
+    assert_eq!(env_json["HEALTHSENSE_DEPLOYMENT"], var("HEALTHSENSE_DEPLOYMENT").as_str());
+
+    // The admin key alone cannot admit: healthsense says so before provisioning anything.
+    let sim = ["--json", "simulate", "--admit", "--beds", "2", "--rate", "2", "--seconds", "2", "--speed", "100"];
+    let out = with_env(&sim).env_remove("HEALTHSENSE_DOCTOR_KEYSTORE").output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(4), "{err}");
+    assert!(err.contains("healthsense refused `simulate --admit`") && err.contains("--doctor-keystore"), "{err}");
+
+    // The devnet's hub, then the simulator: admin provisions, doctor admits.
+    let mut hub = with_env(&["oracle"]).stdout(std::process::Stdio::null()).stderr(std::fs::File::create(tmp.path().join("hub.log")).unwrap()).spawn().unwrap();
+    let out = with_env(&sim).output().unwrap();
+    let _ = hub.kill();
+    let _ = hub.wait();
+    let log = std::fs::read_to_string(tmp.path().join("hub.log")).unwrap_or_default();
+    assert!(out.status.success(), "{}\nhub log:\n{log}", String::from_utf8_lossy(&out.stderr));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["stored"], report["readings"], "{report}");
+    let beds = report["maxNews2"].as_array().unwrap_or_else(|| panic!("camelCase maxNews2: {report}"));
+    assert_eq!(beds.len(), 2, "{report}");
+    for bed in beds {
+        let serial = bed[0].as_str().unwrap();
+        let shown = ok(with_env(&["--json", "patient", "show", &format!("sim-{serial}")]).output().unwrap());
+        assert_eq!(shown["status"], "admitted", "{shown}");
+        let device = ok(with_env(&["--json", "device", "show", serial]).output().unwrap());
+        assert_eq!(device["status"], "active");
+    }
+}

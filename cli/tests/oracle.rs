@@ -962,6 +962,11 @@ fn a_discharge_signal_bills_archives_and_every_archive_verifies() {
 
     let verify = net.cli(ADMIN, &["--ipfs-api", &ipfs.api(), "archive", "verify", "stay-d1", "--oracle-config", &config]);
     assert!(verify.contains("45/45") && verify.trim_end().ends_with("verified"), "{verify}\n{}", hub.logs());
+    // Issue 20: camelCase JSON, as the API's.
+    let report: serde_json::Value =
+        serde_json::from_str(&net.cli(ADMIN, &["--json", "--ipfs-api", &ipfs.api(), "archive", "verify", "stay-d1", "--oracle-config", &config])).unwrap();
+    assert_eq!((report["readingsVerified"].as_u64(), report["billVerified"].as_bool(), report["recordHashVerified"].as_bool()), (Some(45), Some(true), Some(true)), "{report}");
+    assert_camel_case(&report);
 
     let bundle_path = tmp.path().join("bundle.json");
     net.cli(ADMIN, &["--ipfs-api", &ipfs.api(), "archive", "fetch", "stay-d1", "--oracle-config", &config, "-o", bundle_path.to_str().unwrap()]);
@@ -983,6 +988,7 @@ fn a_discharge_signal_bills_archives_and_every_archive_verifies() {
     let out = net.cli(ADMIN, &["--json", "reading", "verify", "HS-D1", "7", "--oracle-config", &config]);
     let proven: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(proven["verified"], true, "{proven}");
+    assert_camel_case(&proven);
     let mut altered = proven["reading"].clone();
     altered["reading"]["heartRate"] = (altered["reading"]["heartRate"].as_u64().unwrap() + 1).into();
     let file = tmp.path().join("reading.json");
@@ -1077,6 +1083,20 @@ fn a_discharge_signal_bills_archives_and_every_archive_verifies() {
     let out = cli_output(&net, ADMIN, &["--ipfs-api", &ipfs.api(), "archive", "verify", "stay-d1", "--oracle-config", &config]);
     assert_eq!(out.status.code(), Some(3), "{}", String::from_utf8_lossy(&out.stderr));
     rt.block_on(async { drop(ipfs) });
+}
+
+/// Every key of a JSON value, at any depth, is camelCase (issue 20).
+fn assert_camel_case(v: &serde_json::Value) {
+    match v {
+        serde_json::Value::Object(map) => {
+            for (k, v) in map {
+                assert!(!k.contains('_') && !k.starts_with(|c: char| c.is_ascii_uppercase()), "{k:?} is not camelCase in {map:?}");
+                assert_camel_case(v);
+            }
+        }
+        serde_json::Value::Array(items) => items.iter().for_each(assert_camel_case),
+        _ => {}
+    }
 }
 
 fn protocol_now() -> u64 {

@@ -27,6 +27,7 @@ pub struct Finding {
 
 /// The verdict on an archive.
 #[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
 pub struct Report {
     /// Patient id.
     pub patient: B256,
