@@ -829,9 +829,16 @@ struct Ipfs {
 
 impl Ipfs {
     async fn start(dir: &Path) -> Ipfs {
-        let mut ipfs = Ipfs { repo: dir.join("ipfs"), port: free_port(), node: None };
-        ipfs.up().await;
-        ipfs
+        // A free port can be taken by a parallel test before the node binds
+        // it: try a few.
+        for _ in 0..5 {
+            let port = free_port();
+            let cfg = healthsense_ipfs::node::NodeConfig::new(dir.join("ipfs"), ([127, 0, 0, 1], port).into());
+            if let Ok(node) = healthsense_ipfs::node::start(cfg).await {
+                return Ipfs { repo: dir.join("ipfs"), port, node: Some(node) };
+            }
+        }
+        panic!("no free port for the IPFS node after 5 tries");
     }
 
     fn api(&self) -> String {
