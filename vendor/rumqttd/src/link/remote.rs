@@ -8,7 +8,7 @@ use crate::{Access, AclHandler, ConnectionId, ConnectionSettings};
 
 use flume::{RecvError, SendError, Sender, TrySendError};
 use std::cmp::min;
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::io;
 use std::sync::Arc;
 use std::time::Duration;
@@ -61,6 +61,9 @@ pub struct RemoteLink<P> {
     notifications: VecDeque<Notification>,
     pub(crate) will_delay_interval: u32,
     acl: Option<(AclHandler, String)>,
+    /// MQTT 5 topic aliases this client set, so that a PUBLISH naming only
+    /// its alias is checked against the topic it stands for.
+    aliases: HashMap<u16, String>,
 }
 
 impl<P: Protocol> RemoteLink<P> {
@@ -127,6 +130,7 @@ impl<P: Protocol> RemoteLink<P> {
             notifications: VecDeque::with_capacity(100),
             will_delay_interval,
             acl: acl.map(|a| (a, login.map(|l| l.username).unwrap_or_default())),
+            aliases: HashMap::new(),
         })
     }
 
@@ -144,7 +148,7 @@ impl<P: Protocol> RemoteLink<P> {
                     self.network.readv(&mut incoming)?;
                     if let Some((acl, user)) = &self.acl {
                         for packet in &incoming {
-                            check_acl(acl, &self.connect.client_id, user, packet)?;
+                            check_acl(acl, &self.connect.client_id, user, &mut self.aliases, packet)?;
                         }
                     }
                     let len = {
@@ -181,10 +185,23 @@ impl<P: Protocol> RemoteLink<P> {
     }
 }
 
-fn check_acl(acl: &AclHandler, client_id: &str, user: &str, packet: &Packet) -> Result<(), Error> {
+fn check_acl(acl: &AclHandler, client_id: &str, user: &str, aliases: &mut HashMap<u16, String>, packet: &Packet) -> Result<(), Error> {
     let denied = |access, topic: &str| (!acl(client_id, user, access, topic)).then(|| Error::NotAuthorized(access, topic.to_owned()));
     let refusal = match packet {
-        Packet::Publish(p, _) => denied(Access::Publish, &String::from_utf8_lossy(&p.topic)),
+        Packet::Publish(p, props) => {
+            // MQTT 5: an empty topic names an alias this client set earlier
+            // (an unknown one stays empty: refused here and by the router).
+            let alias = props.as_ref().and_then(|p| p.topic_alias);
+            let mut topic = String::from_utf8_lossy(&p.topic).into_owned();
+            if let (Some(a), true) = (alias, topic.is_empty()) {
+                topic = aliases.get(&a).cloned().unwrap_or_default();
+            }
+            let refusal = denied(Access::Publish, &topic);
+            if let (None, Some(a)) = (&refusal, alias) {
+                aliases.insert(a, topic);
+            }
+            refusal
+        }
         Packet::Subscribe(s, _) => s.filters.iter().find_map(|f| denied(Access::Subscribe, &f.path)),
         _ => None,
     };
