@@ -2,7 +2,7 @@ use crate::link::local::{LinkError, LinkRx, LinkTx};
 use crate::link::network;
 use crate::link::network::Network;
 use crate::local::LinkBuilder;
-use crate::protocol::{ConnAck, Connect, ConnectReturnCode, Login, Packet, Protocol};
+use crate::protocol::{self, ConnAck, Connect, ConnectReturnCode, Login, Packet, Protocol};
 use crate::router::{Event, Notification};
 use crate::{Access, AclHandler, ConnectionId, ConnectionSettings};
 
@@ -221,11 +221,21 @@ where
     // DOS attacks by filling total connections that the server can handle with idle open
     // connections which results in server rejecting new connections
     let connection_timeout_ms = config.connection_timeout_ms.into();
-    let packet = time::timeout(Duration::from_millis(connection_timeout_ms), async {
-        let packet = network.read().await?;
-        Ok::<_, network::Error>(packet)
-    })
-    .await??;
+    let packet = match time::timeout(Duration::from_millis(connection_timeout_ms), network.read()).await? {
+        Ok(packet) => packet,
+        // A CONNECT of a version this listener does not decode gets that
+        // version's "unsupported protocol version" CONNACK before the close,
+        // so the client can tell why (MQTT 3.1.1 section 3.1.2.2, MQTT 5 3.1.2.2).
+        Err(network::Error::Protocol(e @ (protocol::Error::InvalidProtocol | protocol::Error::InvalidProtocolLevel(_)))) => {
+            let refusal: &[u8] = match e {
+                protocol::Error::InvalidProtocolLevel(5) => &[0x20, 3, 0, 0x84, 0],
+                _ => &[0x20, 2, 0, 1],
+            };
+            network.write_raw(refusal).await?;
+            return Err(network::Error::Protocol(e).into());
+        }
+        Err(e) => return Err(e.into()),
+    };
 
     let (connect, _props, login) = match packet {
         Packet::Connect(ref connect, ref props, _, _, ref login) => (connect, props, login),
@@ -317,9 +327,9 @@ async fn handle_auth(
 mod tests {
     use std::{collections::HashMap, sync::Arc};
 
-    use crate::{protocol::Login, ConnectionSettings};
+    use crate::{protocol::Login, protocol::Packet, ConnectionSettings};
 
-    use super::handle_auth;
+    use super::{check_acl, handle_auth};
 
     fn config() -> ConnectionSettings {
         ConnectionSettings {
@@ -413,6 +423,26 @@ mod tests {
 
         let r = handle_auth(Arc::new(cfg), Some(&login), "").await;
         assert!(r.is_err());
+    }
+
+    /// HealthSense patch: an MQTT 5 PUBLISH naming only a topic alias is
+    /// checked against the topic the alias was set to.
+    #[test]
+    fn acl_resolves_topic_aliases() {
+        use crate::protocol::{Publish, PublishProperties};
+        use crate::{Access, AclHandler};
+
+        let acl: AclHandler = Arc::new(|_: &str, _: &str, _: Access, topic: &str| topic == "mine");
+        let publish = |topic: &str, alias| {
+            let props = PublishProperties { topic_alias: Some(alias), ..Default::default() };
+            Packet::Publish(Publish::new(topic.to_owned(), String::new(), false), Some(props))
+        };
+        let mut aliases = std::collections::HashMap::new();
+        assert!(check_acl(&acl, "c", "u", &mut aliases, &publish("mine", 1)).is_ok());
+        assert!(check_acl(&acl, "c", "u", &mut aliases, &publish("", 1)).is_ok(), "alias 1 is `mine`");
+        assert!(check_acl(&acl, "c", "u", &mut aliases, &publish("", 2)).is_err(), "an unknown alias");
+        assert!(check_acl(&acl, "c", "u", &mut aliases, &publish("theirs", 1)).is_err());
+        assert!(check_acl(&acl, "c", "u", &mut aliases, &publish("", 1)).is_ok(), "a refused topic does not rebind the alias");
     }
 
     #[tokio::test]
