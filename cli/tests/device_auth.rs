@@ -1,5 +1,6 @@
-//! Broker authentication and topic ACLs, and oversized messages, end to end:
-//! `healthsense oracle` processes against a real anvil and a real broker
+//! Broker authentication and topic ACLs, MQTT 3.1.1 and 5 devices, and
+//! oversized messages, end to end: `healthsense oracle` processes against a
+//! real anvil and a real broker
 //! (its embedded rumqttd, or a Mosquitto started from the configuration
 //! `healthsense broker mosquitto-config` writes), with bedside devices that
 //! log in as themselves and a provisioned device that tries to speak for
@@ -664,11 +665,12 @@ fn mosquitto_clients_speak_to_the_embedded_broker_in_mqtt_3_1_1_and_5() {
         let vitals = format!("hs/v1/{WARD}/dev/{v5_serial}/vitals");
         let (client, mut ev) = connect();
         client.subscribe(format!("hs/v1/{WARD}/dev/{v5_serial}/status"), Q5::AtLeastOnce).await.unwrap();
-        let reading = |seq| protocol::sign_vitals(v5_key, net.domain, v5_serial, &steady_reading(v5_serial, seq, seq)).unwrap();
-        client.publish_with_properties(vitals.clone(), Q5::AtLeastOnce, false, reading(7), aliased(1)).await.unwrap();
-        client.publish_with_properties("", Q5::AtLeastOnce, false, reading(8), aliased(1)).await.unwrap();
-        // Sequence 8 again, by alias: the hub's 409 comes back on this connection.
-        client.publish_with_properties("", Q5::AtLeastOnce, false, reading(8), aliased(1)).await.unwrap();
+        let reading = |seq, i| protocol::sign_vitals(v5_key, net.domain, v5_serial, &steady_reading(v5_serial, seq, i)).unwrap();
+        client.publish_with_properties(vitals.clone(), Q5::AtLeastOnce, false, reading(7, 7), aliased(1)).await.unwrap();
+        client.publish_with_properties("", Q5::AtLeastOnce, false, reading(8, 8), aliased(1)).await.unwrap();
+        // Another reading under sequence 8 (not a redelivery, which the hub
+        // drops silently), by alias: the hub's 409 comes back on this connection.
+        client.publish_with_properties("", Q5::AtLeastOnce, false, reading(8, 9), aliased(1)).await.unwrap();
         let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
         let reply = loop {
             match tokio::time::timeout_at(deadline, ev.poll()).await.unwrap_or_else(|_| panic!("no status reply over MQTT 5:\n{}", hub.logs())) {
@@ -685,7 +687,7 @@ fn mosquitto_clients_speak_to_the_embedded_broker_in_mqtt_3_1_1_and_5() {
         // An alias never set, and an alias set to another device's topic: refused.
         for (topic, alias) in [(String::new(), 9), (format!("hs/v1/{WARD}/dev/HS-V311/vitals"), 2)] {
             let (client, mut ev) = connect();
-            client.publish_with_properties(topic, Q5::AtLeastOnce, false, reading(100), aliased(alias)).await.unwrap();
+            client.publish_with_properties(topic, Q5::AtLeastOnce, false, reading(100, 100), aliased(alias)).await.unwrap();
             let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
             let dropped = loop {
                 match tokio::time::timeout_at(deadline, ev.poll()).await {

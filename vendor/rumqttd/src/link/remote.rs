@@ -327,9 +327,9 @@ async fn handle_auth(
 mod tests {
     use std::{collections::HashMap, sync::Arc};
 
-    use crate::{protocol::Login, protocol::Packet, ConnectionSettings};
+    use crate::{protocol::Login, ConnectionSettings};
 
-    use super::{check_acl, handle_auth};
+    use super::handle_auth;
 
     fn config() -> ConnectionSettings {
         ConnectionSettings {
@@ -423,26 +423,6 @@ mod tests {
 
         let r = handle_auth(Arc::new(cfg), Some(&login), "").await;
         assert!(r.is_err());
-    }
-
-    /// HealthSense patch: an MQTT 5 PUBLISH naming only a topic alias is
-    /// checked against the topic the alias was set to.
-    #[test]
-    fn acl_resolves_topic_aliases() {
-        use crate::protocol::{Publish, PublishProperties};
-        use crate::{Access, AclHandler};
-
-        let acl: AclHandler = Arc::new(|_: &str, _: &str, _: Access, topic: &str| topic == "mine");
-        let publish = |topic: &str, alias| {
-            let props = PublishProperties { topic_alias: Some(alias), ..Default::default() };
-            Packet::Publish(Publish::new(topic.to_owned(), String::new(), false), Some(props))
-        };
-        let mut aliases = std::collections::HashMap::new();
-        assert!(check_acl(&acl, "c", "u", &mut aliases, &publish("mine", 1)).is_ok());
-        assert!(check_acl(&acl, "c", "u", &mut aliases, &publish("", 1)).is_ok(), "alias 1 is `mine`");
-        assert!(check_acl(&acl, "c", "u", &mut aliases, &publish("", 2)).is_err(), "an unknown alias");
-        assert!(check_acl(&acl, "c", "u", &mut aliases, &publish("theirs", 1)).is_err());
-        assert!(check_acl(&acl, "c", "u", &mut aliases, &publish("", 1)).is_ok(), "a refused topic does not rebind the alias");
     }
 
     #[tokio::test]
