@@ -35,9 +35,13 @@ pub struct Ports {
     /// anvil's JSON-RPC port.
     #[arg(long, default_value_t = 8545)]
     pub rpc_port: u16,
-    /// The MQTT broker's port.
+    /// The MQTT broker's port (MQTT 3.1.1).
     #[arg(long, default_value_t = 1883)]
     pub mqtt_port: u16,
+    /// The MQTT broker's port for MQTT 5 devices (rumqttd takes one version
+    /// per port; unused with --broker).
+    #[arg(long, default_value_t = 1884)]
+    pub mqtt5_port: u16,
     /// The IPFS node's Kubo RPC port.
     #[arg(long, default_value_t = 5001)]
     pub ipfs_port: u16,
@@ -67,6 +71,10 @@ pub struct State {
     pub rpc_url: String,
     /// MQTT broker address (`host:port`).
     pub mqtt: String,
+    /// The embedded broker's MQTT 5 address (`host:port`); none with
+    /// `--broker`, whose own port serves whatever versions it speaks.
+    #[serde(default)]
+    pub mqtt5: Option<String>,
     /// Kubo RPC URL of the IPFS node.
     pub ipfs_api: String,
     /// The contract.
@@ -120,6 +128,7 @@ pub fn up(dir: &Path, deployment: &Path, ports: Ports, options: &Options) -> Res
         .arg("--deployment")
         .arg(deployment)
         .args(["--rpc-port", &ports.rpc_port.to_string(), "--mqtt-port", &ports.mqtt_port.to_string()])
+        .args(["--mqtt5-port", &ports.mqtt5_port.to_string()])
         .args(["--ipfs-port", &ports.ipfs_port.to_string()])
         .args(["--state-interval", &options.state_interval.to_string()])
         .args(options.broker.iter().flat_map(|b| ["--broker", b.as_str()]))
@@ -178,11 +187,15 @@ fn listening(addr: &str) -> bool {
 /// Per service: name, address, whether it answers.
 pub fn services(s: &State) -> Vec<(&'static str, String, bool)> {
     let host_port = |url: &str| url.trim_start_matches("http://").trim_end_matches('/').to_string();
-    vec![
+    let mut services = vec![
         ("anvil", s.rpc_url.clone(), listening(&host_port(&s.rpc_url))),
         ("mqtt", s.mqtt.clone(), listening(&s.mqtt)),
-        ("ipfs", s.ipfs_api.clone(), listening(&host_port(&s.ipfs_api))),
-    ]
+    ];
+    if let Some(v5) = &s.mqtt5 {
+        services.push(("mqtt5", v5.clone(), listening(v5)));
+    }
+    services.push(("ipfs", s.ipfs_api.clone(), listening(&host_port(&s.ipfs_api))));
+    services
 }
 
 /// The environment that points the other commands at a running devnet:
@@ -277,22 +290,27 @@ pub async fn serve(dir: &Path, deployment_path: &Path, ports: Ports, options: &O
         crate::archive::write_private(&mqtt_password, format!("{}\n", alloy::hex::encode(rand::random::<[u8; 24]>())).as_bytes())?;
     }
     let hub_secret = std::fs::read_to_string(&mqtt_password)?.lines().next().unwrap_or_default().to_string();
-    let mqtt = match &options.broker {
+    let (mqtt, mqtt5) = match &options.broker {
         // The operator's broker must admit `hub@ward-1` with the password in
         // mqtt-hub.password (`healthsense broker mosquitto-config` writes both).
         Some(external) => {
             if !listening(external) {
                 tracing::warn!(broker = %external, "nothing answers at --broker yet; hubs will retry");
             }
-            external.clone()
+            (external.clone(), None)
         }
         None => {
             let chain = healthsense_oracle::chain::Chain::connect(&rpc_url, d.address, keys[1].clone(), Some(chain_id)).await?;
             let logins = healthsense_oracle::broker::DeviceLogins::new(chain, None, tokio::runtime::Handle::current());
             let auth = healthsense_oracle::broker::BrokerAuth::new(vec![(DEVNET_HUB.to_string(), hub_secret)], logins)?;
-            healthsense_oracle::broker::start_embedded(([127, 0, 0, 1], ports.mqtt_port).into(), Some(auth))
-                .with_context(|| format!("starting the MQTT broker on port {} (--mqtt-port)", ports.mqtt_port))?
-                .to_string()
+            let listen = healthsense_oracle::broker::Listeners {
+                v311: ([127, 0, 0, 1], ports.mqtt_port).into(),
+                v5: Some(([127, 0, 0, 1], ports.mqtt5_port).into()),
+            };
+            let bound = healthsense_oracle::broker::start_embedded(listen, Some(auth)).with_context(|| {
+                format!("starting the MQTT broker on ports {} and {} (--mqtt-port, --mqtt5-port)", ports.mqtt_port, ports.mqtt5_port)
+            })?;
+            (bound.v311.to_string(), bound.v5.map(|a| a.to_string()))
         }
     };
     let (mqtt_host, mqtt_port) = mqtt.rsplit_once(':').context("--broker must be HOST:PORT")?;
@@ -312,8 +330,13 @@ pub async fn serve(dir: &Path, deployment_path: &Path, ports: Ports, options: &O
     if !archive_key.exists() {
         crate::archive::write_private(&archive_key, healthsense_oracle::archive::seal::Secret::random().to_hex().as_bytes())?;
     }
+    // Devices need the MQTT 5 port; the hub itself speaks MQTT 3.1.1.
+    let devices_line = match &mqtt5 {
+        Some(v5) => format!("# Devices: MQTT 3.1.1 at {mqtt}, MQTT 5 at {v5}.\n"),
+        None => format!("# Devices: the broker at {mqtt}.\n"),
+    };
     let generated = format!(
-        "# Written by `healthsense devnet up`: the hub of ward-1 on this devnet.\n\
+        "# Written by `healthsense devnet up`: the hub of ward-1 on this devnet.\n{devices_line}\
          hub = \"ward-1\"\nward = \"ward-1\"\nstore = \"hub.sqlite\"\n\n[chain]\nrpc_url = \"{rpc_url}\"\ncontract = \"{}\"\n\
          keystore = \"keys/hub.json\"\npassword_file = \"password\"\n\n[mqtt]\nembedded = false\nhost = \"{mqtt_host}\"\nport = {mqtt_port}\n\
          username = \"{}\"\npassword_file = \"mqtt-hub.password\"\n\n\
@@ -328,6 +351,7 @@ pub async fn serve(dir: &Path, deployment_path: &Path, ports: Ports, options: &O
         anvil_pid: anvil.child().id(),
         rpc_url: rpc_url.clone(),
         mqtt: mqtt.clone(),
+        mqtt5: mqtt5.clone(),
         ipfs_api: ipfs.api_url(),
         contract: d.address,
         chain_id,
@@ -339,7 +363,7 @@ pub async fn serve(dir: &Path, deployment_path: &Path, ports: Ports, options: &O
     let tmp = dir.join("state.json.tmp");
     std::fs::write(&tmp, serde_json::to_vec_pretty(&state)?)?;
     std::fs::rename(&tmp, state_path(&dir))?;
-    tracing::info!(rpc = %rpc_url, %mqtt, ipfs = %ipfs.api_url(), contract = %d.address, "devnet up");
+    tracing::info!(rpc = %rpc_url, %mqtt, mqtt5 = mqtt5.as_deref().unwrap_or("-"), ipfs = %ipfs.api_url(), contract = %d.address, "devnet up");
 
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     tokio::select! {

@@ -133,7 +133,7 @@ fn devnet_up_status_down_and_up_again_keeps_the_deployment() {
     let dir = tempfile::tempdir().unwrap();
     let state = dir.path().join("devnet");
     let deployment = dir.path().join("deployment.json");
-    let ports = [free_port(), free_port(), free_port()].map(|p| p.to_string());
+    let ports = [free_port(), free_port(), free_port(), free_port()].map(|p| p.to_string());
     let hs = |args: &[&str]| {
         Command::new(env!("CARGO_BIN_EXE_healthsense"))
             .args(args)
@@ -149,7 +149,7 @@ fn devnet_up_status_down_and_up_again_keeps_the_deployment() {
     assert_eq!(out.status.code(), Some(1), "status says not running");
     assert!(String::from_utf8_lossy(&out.stdout).contains("devnet up"));
 
-    let up = ["devnet", "up", "--dir", dir_arg, "--rpc-port", &ports[0], "--mqtt-port", &ports[1], "--ipfs-port", &ports[2]];
+    let up = ["devnet", "up", "--dir", dir_arg, "--rpc-port", &ports[0], "--mqtt-port", &ports[1], "--ipfs-port", &ports[2], "--mqtt5-port", &ports[3]];
     let out = hs(&[&["--json"], &up[..]].concat());
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let s: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();

@@ -1,6 +1,7 @@
 //! `healthsense devnet` through a hard kill (issue 17): anvil's periodic
 //! state snapshots keep the chain, an operator's `oracle.toml` survives
-//! `devnet up`, and `--broker` runs the devnet without its own broker.
+//! `devnet up`, `--broker` runs the devnet without its own broker, and its
+//! own broker takes MQTT 5 devices on `--mqtt5-port`.
 
 use std::path::Path;
 use std::process::{Command, Output};
@@ -44,11 +45,17 @@ fn the_devnet_keeps_its_chain_through_a_hard_kill_and_the_operators_config() {
     let tmp = tempfile::tempdir().unwrap();
     let (dir, deployment) = (tmp.path().join("devnet"), tmp.path().join("deployment.json"));
     let dir_arg = dir.to_str().unwrap();
-    let ports = [free_port(), free_port(), free_port()].map(|p| p.to_string());
-    let up = ["--json", "devnet", "up", "--dir", dir_arg, "--rpc-port", &ports[0], "--mqtt-port", &ports[1], "--ipfs-port", &ports[2]];
+    let ports = [free_port(), free_port(), free_port(), free_port()].map(|p| p.to_string());
+    let up = ["--json", "devnet", "up", "--dir", dir_arg, "--rpc-port", &ports[0], "--mqtt-port", &ports[1], "--ipfs-port", &ports[2], "--mqtt5-port", &ports[3]];
     let up1 = [&up[..], &["--state-interval", "1"]].concat();
     let s = ok(hs(&root, &deployment, &up1));
     let contract = s["state"]["contract"].clone();
+    // MQTT 5 devices have a port of their own, named in the state, the
+    // status and the hub config.
+    let mqtt5 = format!("127.0.0.1:{}", ports[3]);
+    assert_eq!(s["state"]["mqtt5"], mqtt5.as_str());
+    assert!(s["services"].as_array().unwrap().iter().any(|r| r["service"] == "mqtt5" && r["address"] == mqtt5.as_str() && r["up"] == true), "{s}");
+    assert!(std::fs::read_to_string(dir.join("oracle.generated.toml")).unwrap().contains(&format!("MQTT 5 at {mqtt5}")));
     ok(hs(&root, &deployment, &["device", "provision", "HS-KEEP", "--signer", &contract.as_str().unwrap().to_string(), "--ward", "ward-1"]));
     // The operator edits the hub config.
     let config = dir.join("oracle.toml");
@@ -74,6 +81,7 @@ fn the_devnet_keeps_its_chain_through_a_hard_kill_and_the_operators_config() {
     let theirs = broker.local_addr().unwrap().to_string();
     let s3 = ok(hs(&root, &deployment, &[&up[..], &["--broker", &theirs]].concat()));
     assert_eq!(s3["state"]["mqtt"], theirs.as_str());
+    assert!(s3["state"]["mqtt5"].is_null(), "the operator's broker serves its own versions");
     assert!(std::net::TcpStream::connect(("127.0.0.1", ports[1].parse::<u16>().unwrap())).is_err(), "no broker of its own");
     let generated = std::fs::read_to_string(dir.join("oracle.generated.toml")).unwrap();
     assert!(generated.contains(&format!("port = {}", broker.local_addr().unwrap().port())), "{generated}");

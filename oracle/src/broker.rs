@@ -211,18 +211,63 @@ impl BrokerAuth {
     }
 }
 
-/// Starts rumqttd on `listen` (port 0 picks a free port) in background
-/// threads and returns its address. With `auth`, every client must log in
-/// and stays within its topics; without, anyone may do anything (a warning
-/// says so). Clients connect with retries (the oracle's session reconnects
-/// on its own), so no readiness probe is made: rumqttd logs every probe
-/// connection as an error.
-pub fn start_embedded(listen: SocketAddr, auth: Option<BrokerAuth>) -> Result<SocketAddr> {
-    // Bind here first: a port in use is a clear error now rather than a log
-    // line from the broker's thread later.
-    let probe = TcpListener::bind(listen).with_context(|| format!("the embedded MQTT broker cannot listen on {listen}"))?;
+/// Where the embedded broker listens: MQTT 3.1.1 on `v311`, and MQTT 5 on
+/// `v5` if set. rumqttd speaks one protocol version per listener, so the
+/// two need two ports (docs/PROTOCOL.md, "MQTT versions").
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Listeners {
+    /// MQTT 3.1.1 (`mqtt.listen`).
+    pub v311: SocketAddr,
+    /// MQTT 5 (`mqtt.listen_v5`), if any.
+    pub v5: Option<SocketAddr>,
+}
+
+impl Listeners {
+    /// MQTT 3.1.1 only.
+    pub fn v311(addr: SocketAddr) -> Self {
+        Self { v311: addr, v5: None }
+    }
+}
+
+/// Binds `addr` to check it is free (a port in use is a clear error now
+/// rather than a log line from the broker's thread later) and to resolve
+/// port 0; the broker binds it again once this probe is dropped.
+fn probe(addr: SocketAddr) -> Result<(TcpListener, SocketAddr)> {
+    let probe = TcpListener::bind(addr).with_context(|| format!("the embedded MQTT broker cannot listen on {addr}"))?;
     let addr = probe.local_addr()?;
-    drop(probe);
+    Ok((probe, addr))
+}
+
+/// The settings of one embedded broker listener: the same for both
+/// protocol versions, so the message-size limit and timeouts match.
+fn listener_toml(section: &str, name: &str, addr: SocketAddr) -> String {
+    format!(
+        r#"
+[{section}.1]
+name = "{name}"
+listen = "{addr}"
+next_connection_delay_ms = 0
+[{section}.1.connections]
+connection_timeout_ms = 60000
+max_payload_size = {BROKER_MAX_PAYLOAD}
+max_inflight_count = 5000
+dynamic_filters = true
+"#
+    )
+}
+
+/// Starts rumqttd on `listen` (port 0 picks a free port) in background
+/// threads and returns the addresses it listens on. With `auth`, every
+/// client of either version must log in and stays within its topics;
+/// without, anyone may do anything (a warning says so). Clients connect
+/// with retries (the oracle's session reconnects on its own), so no
+/// readiness probe is made: rumqttd logs every probe connection as an error.
+pub fn start_embedded(listen: Listeners, auth: Option<BrokerAuth>) -> Result<Listeners> {
+    // Both probes held at once: two port-0 listeners get different ports.
+    let (probe_v311, addr) = probe(listen.v311)?;
+    let probe_v5 = listen.v5.map(probe).transpose()?;
+    let addr_v5 = probe_v5.as_ref().map(|(_, a)| *a);
+    drop((probe_v311, probe_v5));
     // rumqttd keeps each subscription filter's messages in memory segments,
     // dropping the oldest beyond the count: a bound on the broker's memory
     // (the hub's RSS target) and on how far a reconnecting hub session may
@@ -231,7 +276,7 @@ pub fn start_embedded(listen: SocketAddr, auth: Option<BrokerAuth>) -> Result<So
     // enough that devices are never starved by a hub mid-commit; the
     // hub-side one is a rumqttd constant, 1,000 in the copy we build
     // (vendor/rumqttd/PATCHES.md).
-    let text = format!(
+    let mut text = format!(
         r#"
 id = 0
 [router]
@@ -240,22 +285,17 @@ max_connections = 10010
 max_outgoing_packet_count = 1000
 max_segment_size = {SEGMENT_BYTES}
 max_segment_count = {SEGMENTS}
-
-[v4.1]
-name = "hs-v4"
-listen = "{addr}"
-next_connection_delay_ms = 0
-[v4.1.connections]
-connection_timeout_ms = 60000
-max_payload_size = {BROKER_MAX_PAYLOAD}
-max_inflight_count = 5000
-dynamic_filters = true
 "#
     );
+    text += &listener_toml("v4", "hs-v4", addr);
+    if let Some(v5) = addr_v5 {
+        text += &listener_toml("v5", "hs-v5", v5);
+    }
     let mut config: rumqttd::Config = toml::from_str(&text).context("embedded broker configuration")?;
     match auth {
         Some(auth) => {
-            for server in config.v4.iter_mut().flat_map(|v| v.values_mut()) {
+            // The same login and ACL on every listener, whatever its version.
+            for server in config.v4.iter_mut().chain(config.v5.iter_mut()).flat_map(|v| v.values_mut()) {
                 let login = auth.clone();
                 server.set_auth_handler(move |client_id, user, password| {
                     let login = login.clone();
@@ -277,8 +317,11 @@ dynamic_filters = true
             tracing::error!(error = %e, "embedded MQTT broker stopped");
         }
     })?;
-    tracing::info!(%addr, "embedded MQTT broker listening");
-    Ok(addr)
+    match addr_v5 {
+        Some(v5) => tracing::info!(%addr, mqtt5 = %v5, "embedded MQTT broker listening (MQTT 3.1.1 and MQTT 5)"),
+        None => tracing::info!(%addr, "embedded MQTT broker listening (MQTT 3.1.1)"),
+    }
+    Ok(Listeners { v311: addr, v5: addr_v5 })
 }
 
 #[cfg(test)]
@@ -298,7 +341,7 @@ mod tests {
     /// of rumqttd stops at 100; the copy in vendor/rumqttd at 1,000.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn the_embedded_broker_sends_a_subscriber_more_than_100_unacknowledged_messages() -> Result<()> {
-        let addr = start_embedded("127.0.0.1:0".parse()?, None)?;
+        let addr = start_embedded(Listeners::v311("127.0.0.1:0".parse()?), None)?.v311;
         let mut opts = MqttOptions::new("window-sub", addr.ip().to_string(), addr.port());
         opts.set_manual_acks(true);
         let (sub, mut sub_loop) = AsyncClient::new(opts, 16);

@@ -110,8 +110,11 @@ impl ChainConfig {
 pub struct MqttConfig {
     /// Start an embedded rumqttd listening on `listen`.
     pub embedded: bool,
-    /// Embedded broker listen address.
+    /// Embedded broker listen address (MQTT 3.1.1).
     pub listen: SocketAddr,
+    /// Embedded broker address for MQTT 5 devices (rumqttd takes one version
+    /// per port); none by default, so no second port opens unasked.
+    pub listen_v5: Option<SocketAddr>,
     /// External broker host (when not embedded).
     pub host: String,
     /// External broker port.
@@ -141,6 +144,7 @@ impl Default for MqttConfig {
         Self {
             embedded: true,
             listen: SocketAddr::from(([127, 0, 0, 1], 1883)),
+            listen_v5: None,
             host: "127.0.0.1".into(),
             port: 1883,
             tls: false,

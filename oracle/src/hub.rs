@@ -155,7 +155,7 @@ pub async fn start(cfg: Config, key: PrivateKeySigner, options: Options) -> Resu
             }
             false => None,
         };
-        let addr = crate::broker::start_embedded(cfg.mqtt.listen, auth)?;
+        let addr = crate::broker::start_embedded(crate::broker::Listeners { v311: cfg.mqtt.listen, v5: cfg.mqtt.listen_v5 }, auth)?.v311;
         (addr.ip().to_string(), addr.port(), Some((crate::broker::hub_username(&cfg.hub), secret)))
     } else {
         (cfg.mqtt.host.clone(), cfg.mqtt.port, cfg.mqtt_credentials()?)

@@ -362,7 +362,7 @@ async fn main() -> Result<()> {
         } else {
             None
         };
-        healthsense_oracle::broker::start_embedded("127.0.0.1:0".parse()?, broker_auth)?.port()
+        healthsense_oracle::broker::start_embedded(healthsense_oracle::broker::Listeners::v311("127.0.0.1:0".parse()?), broker_auth)?.v311.port()
     };
     let mqtt_login = match auth {
         true => format!("username = \"{}\"\npassword_file = \"{}\"\n", healthsense_oracle::broker::hub_username("bench"), hub_password.display()),

@@ -138,6 +138,13 @@ impl<P: Protocol> Network<P> {
         Ok(())
     }
 
+    /// Writes bytes no `Protocol` encodes: a CONNACK in another protocol
+    /// version than this network's.
+    pub async fn write_raw(&mut self, bytes: &[u8]) -> Result<(), Error> {
+        self.socket.write_all(bytes).await?;
+        Ok(())
+    }
+
     pub async fn writev(&mut self, packets: VecDeque<Packet>) -> Result<(), Error> {
         for packet in packets {
             Protocol::write(&self.protocol, packet, &mut self.write)?;

@@ -2,13 +2,13 @@ use crate::link::local::{LinkError, LinkRx, LinkTx};
 use crate::link::network;
 use crate::link::network::Network;
 use crate::local::LinkBuilder;
-use crate::protocol::{ConnAck, Connect, ConnectReturnCode, Login, Packet, Protocol};
+use crate::protocol::{self, ConnAck, Connect, ConnectReturnCode, Login, Packet, Protocol};
 use crate::router::{Event, Notification};
 use crate::{Access, AclHandler, ConnectionId, ConnectionSettings};
 
 use flume::{RecvError, SendError, Sender, TrySendError};
 use std::cmp::min;
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::io;
 use std::sync::Arc;
 use std::time::Duration;
@@ -61,6 +61,9 @@ pub struct RemoteLink<P> {
     notifications: VecDeque<Notification>,
     pub(crate) will_delay_interval: u32,
     acl: Option<(AclHandler, String)>,
+    /// MQTT 5 topic aliases this client set, so that a PUBLISH naming only
+    /// its alias is checked against the topic it stands for.
+    aliases: HashMap<u16, String>,
 }
 
 impl<P: Protocol> RemoteLink<P> {
@@ -127,6 +130,7 @@ impl<P: Protocol> RemoteLink<P> {
             notifications: VecDeque::with_capacity(100),
             will_delay_interval,
             acl: acl.map(|a| (a, login.map(|l| l.username).unwrap_or_default())),
+            aliases: HashMap::new(),
         })
     }
 
@@ -144,7 +148,7 @@ impl<P: Protocol> RemoteLink<P> {
                     self.network.readv(&mut incoming)?;
                     if let Some((acl, user)) = &self.acl {
                         for packet in &incoming {
-                            check_acl(acl, &self.connect.client_id, user, packet)?;
+                            check_acl(acl, &self.connect.client_id, user, &mut self.aliases, packet)?;
                         }
                     }
                     let len = {
@@ -181,10 +185,23 @@ impl<P: Protocol> RemoteLink<P> {
     }
 }
 
-fn check_acl(acl: &AclHandler, client_id: &str, user: &str, packet: &Packet) -> Result<(), Error> {
+fn check_acl(acl: &AclHandler, client_id: &str, user: &str, aliases: &mut HashMap<u16, String>, packet: &Packet) -> Result<(), Error> {
     let denied = |access, topic: &str| (!acl(client_id, user, access, topic)).then(|| Error::NotAuthorized(access, topic.to_owned()));
     let refusal = match packet {
-        Packet::Publish(p, _) => denied(Access::Publish, &String::from_utf8_lossy(&p.topic)),
+        Packet::Publish(p, props) => {
+            // MQTT 5: an empty topic names an alias this client set earlier
+            // (an unknown one stays empty: refused here and by the router).
+            let alias = props.as_ref().and_then(|p| p.topic_alias);
+            let mut topic = String::from_utf8_lossy(&p.topic).into_owned();
+            if let (Some(a), true) = (alias, topic.is_empty()) {
+                topic = aliases.get(&a).cloned().unwrap_or_default();
+            }
+            let refusal = denied(Access::Publish, &topic);
+            if let (None, Some(a)) = (&refusal, alias) {
+                aliases.insert(a, topic);
+            }
+            refusal
+        }
         Packet::Subscribe(s, _) => s.filters.iter().find_map(|f| denied(Access::Subscribe, &f.path)),
         _ => None,
     };
@@ -204,11 +221,21 @@ where
     // DOS attacks by filling total connections that the server can handle with idle open
     // connections which results in server rejecting new connections
     let connection_timeout_ms = config.connection_timeout_ms.into();
-    let packet = time::timeout(Duration::from_millis(connection_timeout_ms), async {
-        let packet = network.read().await?;
-        Ok::<_, network::Error>(packet)
-    })
-    .await??;
+    let packet = match time::timeout(Duration::from_millis(connection_timeout_ms), network.read()).await? {
+        Ok(packet) => packet,
+        // A CONNECT of a version this listener does not decode gets that
+        // version's "unsupported protocol version" CONNACK before the close,
+        // so the client can tell why (MQTT 3.1.1 section 3.1.2.2, MQTT 5 3.1.2.2).
+        Err(network::Error::Protocol(e @ (protocol::Error::InvalidProtocol | protocol::Error::InvalidProtocolLevel(_)))) => {
+            let refusal: &[u8] = match e {
+                protocol::Error::InvalidProtocolLevel(5) => &[0x20, 3, 0, 0x84, 0],
+                _ => &[0x20, 2, 0, 1],
+            };
+            network.write_raw(refusal).await?;
+            return Err(network::Error::Protocol(e).into());
+        }
+        Err(e) => return Err(e.into()),
+    };
 
     let (connect, _props, login) = match packet {
         Packet::Connect(ref connect, ref props, _, _, ref login) => (connect, props, login),
