@@ -22,6 +22,9 @@
 //!   `TxProcessor` rule), and a trap (`unreachable`, out of ink, a bad
 //!   pointer) as a revert with empty return data.
 //!
+//! Status: executing the shipped programs currently crashes the process
+//! (SIGSEGV, under investigation; docs/ARCHITECTURE.md).
+//!
 //! [`Artifacts`] loads the two HealthSense programs from `target/stylus/`
 //! (or `HEALTHSENSE_STYLUS_DIR`).
 
