@@ -11,8 +11,8 @@ use wasmer::{
     AsStoreMut, Engine, Function, FunctionEnv, FunctionEnvMut, Global, Imports, Instance, Memory, Module, Store,
     StoreMut, Type,
 };
-use wasmer_middlewares::Metering;
 
+use crate::meter::{self, InkMeter, INK_LEFT, INK_STATUS};
 use crate::pricing::{self, gas_to_ink};
 use crate::world::{Code, Log, NativeCtx, Outcome, Tx, World};
 
@@ -69,21 +69,23 @@ pub(crate) fn check_import(import: &Import) -> Result<(), String> {
     }
 }
 
-/// Compiles `bytes` with singlepass and an ink meter of its own (Wasmer's
-/// metering middleware keeps per-module state, so each program gets its
-/// own engine).
-pub(crate) fn compile(bytes: &[u8], type_params: Vec<usize>) -> Result<Module, String> {
-    let mut compiler = Singlepass::new();
-    let cost = move |op: &wasmer::wasmparser::Operator| pricing::op_ink(op, &type_params);
-    compiler.push_middleware(Arc::new(Metering::new(0, cost)));
-    let engine: Engine = EngineBuilder::new(compiler).into();
-    Module::from_binary(&engine, bytes).map_err(|e| e.to_string())
+/// Compiles `bytes` with the host's engine (singlepass and the ink meter).
+pub(crate) fn compile(bytes: &[u8]) -> Result<Module, String> {
+    // The meter's per-module state lives in the engine's one middleware.
+    let _serial = meter::compile_lock();
+    Module::from_binary(engine(), bytes).map_err(|e| e.to_string())
 }
 
-/// The engine the per-transaction stores are made from.
-fn store_engine() -> &'static Engine {
+/// The one engine every program is compiled with and every store is made
+/// from: a Wasmer module must be instantiated in a store of the engine that
+/// compiled it (their signature registries and trampolines differ).
+fn engine() -> &'static Engine {
     static ENGINE: OnceLock<Engine> = OnceLock::new();
-    ENGINE.get_or_init(|| EngineBuilder::new(Singlepass::new()).into())
+    ENGINE.get_or_init(|| {
+        let mut compiler = Singlepass::new();
+        compiler.push_middleware(Arc::new(InkMeter::default()));
+        EngineBuilder::new(compiler).into()
+    })
 }
 
 /// A host function's failure: traps the program, which reverts.
@@ -200,7 +202,7 @@ impl Env {
 
 /// Runs `tx` against `world`; `discard` drops its effects even on success.
 pub(crate) fn run_tx(world: &mut World, tx: &Tx, discard: bool) -> Outcome {
-    let mut store = Store::new(store_engine().clone());
+    let mut store = Store::new(engine().clone());
     let env = FunctionEnv::new(
         &mut store,
         Env {
@@ -305,8 +307,8 @@ fn run_program(store: &mut StoreMut<'_>, env: &FunctionEnv<Env>, program: &crate
     };
     let globals = (
         instance.exports.get_memory("memory").cloned(),
-        instance.exports.get_global("wasmer_metering_remaining_points").cloned(),
-        instance.exports.get_global("wasmer_metering_points_exhausted").cloned(),
+        instance.exports.get_global(INK_LEFT).cloned(),
+        instance.exports.get_global(INK_STATUS).cloned(),
         instance.exports.get_typed_function::<i32, i32>(store, "user_entrypoint"),
     );
     let (Ok(memory), Ok(remaining), Ok(exhausted), Ok(entrypoint)) = globals else {

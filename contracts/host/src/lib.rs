@@ -30,6 +30,7 @@
 
 pub mod pricing;
 mod exec;
+mod meter;
 mod world;
 
 use std::path::{Path, PathBuf};
@@ -118,7 +119,7 @@ impl Program {
                 detail,
             })?;
         }
-        let module = exec::compile(bytes, report.type_params.clone())
+        let module = exec::compile(bytes)
             .map_err(|message| HostError::Compile { name: name.into(), message })?;
         Ok(Arc::new(Self { name: name.into(), module, footprint: report.footprint, len: bytes.len() }))
     }
