@@ -5,7 +5,9 @@
 //! program's delegate call to the records program runs the records program's
 //! router on the same storage, as on chain).
 
-use alloy::primitives::{Address, Bytes, Signature, B256, U256};
+use std::collections::BTreeMap;
+
+use alloy::primitives::{Address, Bytes, B256, U256};
 use alloy::sol_types::SolCall;
 use healthsense_abi::bindings::HealthSense as Abi;
 use healthsense_abi::rules::eip712;
@@ -28,32 +30,7 @@ pub struct StylusEdition {
     chain_id: u64,
 }
 
-/// `ecrecover` precompile semantics: 32-byte left-padded signer, or empty
-/// output when the input does not recover.
-pub fn native_ecrecover(input: &[u8]) -> Vec<u8> {
-    if input.len() < 128 {
-        return vec![];
-    }
-    let digest = B256::from_slice(&input[..32]);
-    let v = U256::from_be_slice(&input[32..64]);
-    let r = U256::from_be_slice(&input[64..96]);
-    let s = U256::from_be_slice(&input[96..128]);
-    let parity = if v == U256::from(27) {
-        false
-    } else if v == U256::from(28) {
-        true
-    } else {
-        return vec![];
-    };
-    match Signature::new(r, s, parity).recover_address_from_prehash(&digest) {
-        Ok(addr) => {
-            let mut out = vec![0u8; 32];
-            out[12..].copy_from_slice(addr.as_slice());
-            out
-        }
-        Err(_) => vec![],
-    }
-}
+pub use healthsense_stylus_host::native_ecrecover;
 
 impl StylusEdition {
     /// A contract at `address` on chain `chain_id` (copy the EVM edition's so
@@ -67,6 +44,17 @@ impl StylusEdition {
         calldata.extend(alloy::sol_types::SolValue::abi_encode_params(&(admin, RECORDS_PROGRAM)));
         let out = me.call(deployer, &calldata, false, time);
         (me, out)
+    }
+
+    /// The contract's non-zero storage slots, keyed as on chain.
+    pub fn storage(&self) -> BTreeMap<B256, B256> {
+        self.vm
+            .snapshot()
+            .storage
+            .into_iter()
+            .filter(|(_, v)| !v.is_zero())
+            .map(|(k, v)| (B256::from(k), v))
+            .collect()
     }
 
     /// Runs `calldata` in the records program on this contract's storage,
