@@ -7,6 +7,7 @@
 //! ([`evm::EvmEdition`]).
 
 pub mod evm;
+pub mod fuzz;
 pub mod stylus;
 pub mod twin;
 
