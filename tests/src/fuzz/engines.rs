@@ -49,6 +49,7 @@ pub struct AnvilEngine {
     rt: tokio::runtime::Runtime,
     provider: RootProvider,
     snapshot: Option<U256>,
+    resets: u64,
 }
 
 impl AnvilEngine {
@@ -57,7 +58,7 @@ impl AnvilEngine {
         let evm = EvmEdition::start(0)?;
         let provider = ProviderBuilder::new().disable_recommended_fillers().connect_http(evm.anvil.endpoint_url());
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-        let me = Self { evm, rt, provider, snapshot: None };
+        let me = Self { evm, rt, provider, snapshot: None, resets: 0 };
         ensure!(me.evm.accounts().len() >= 10, "anvil has fewer than ten dev accounts");
         Ok(me)
     }
@@ -78,6 +79,15 @@ impl AnvilEngine {
             // A snapshot is used up by reverting to it: take a new one.
             let id: U256 = self.provider.raw_request("evm_snapshot".into(), ()).await.context("evm_snapshot")?;
             self.snapshot = Some(id);
+            // After a revert the same call from the same nonce would have the
+            // hash of a transaction mined (and rewound) before, and alloy's
+            // receipt watcher answers from what it saw then. A fresh nonce
+            // range per reset keeps every transaction hash new.
+            self.resets += 1;
+            let nonce = U256::from(self.resets * 10_000);
+            for a in &self.evm.accounts()[..10] {
+                let _: () = self.provider.raw_request("anvil_setNonce".into(), (*a, nonce)).await.context("anvil_setNonce")?;
+            }
             Ok(())
         })
     }
