@@ -9,6 +9,7 @@
 //! also compared slot by slot.
 
 pub mod evm;
+pub mod fuzz;
 pub mod stylus;
 pub mod twin;
 pub mod wasm;
