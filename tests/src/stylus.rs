@@ -30,8 +30,6 @@ pub const RECORDS_PROGRAM: Address = Address::new([0x5e; 20]);
 /// The Stylus edition on a `TestVM`.
 pub struct StylusEdition {
     vm: TestVM,
-    address: Address,
-    chain_id: u64,
 }
 
 pub use healthsense_stylus_host::native_ecrecover;
@@ -43,7 +41,7 @@ impl StylusEdition {
         let vm = TestVM::new();
         vm.set_contract_address(address);
         vm.set_chain_id(chain_id);
-        let mut me = Self { vm, address, chain_id };
+        let mut me = Self { vm };
         let mut calldata = CONSTRUCTOR_SELECTOR.to_be_bytes().to_vec();
         calldata.extend(alloy::sol_types::SolValue::abi_encode_params(&(admin, RECORDS_PROGRAM)));
         let out = me.call(deployer, &calldata, false, time);

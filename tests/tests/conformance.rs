@@ -577,3 +577,32 @@ fn test_swapped_artifacts_make_the_suite_fail() {
     }));
     assert!(run.is_err(), "the suite passed on swapped programs: it is not running the artifacts it is given");
 }
+
+/// One `postReadings` batch signed by two devices' keys: every signature is
+/// recovered by its own `ecrecover` call. (Regression: the fuzzer found that
+/// TestVM answered every mocked precompile call of a transaction with the
+/// last registered answer, so mixed-signer batches diverged; the harness now
+/// answers each call natively.) Also a batch whose second signer is wrong
+/// reverts naming that reading.
+#[test]
+fn test_a_batch_signed_by_several_devices_recovers_each_signer() {
+    let mut t = Twin::new();
+    grant_all(&mut t);
+    let w = t.who;
+    let a = device(&mut t, "MX-1", "ward-m", true);
+    let b = device(&mut t, "MX-2", "ward-m", true);
+    let batch = [reading(&a, 1), reading(&b, 1), reading(&a, 2), reading(&b, 2)];
+    let sigs: Vec<Bytes> = batch.iter().zip([&a, &b, &a, &b]).map(|(r, d)| sign(d, &t, r)).collect();
+    let out = t.ok_logs(w.hub, H::postReadingsCall { readings: batch.iter().cloned().map(Into::into).collect(), signatures: sigs });
+    assert_eq!(out.logs.len(), 4);
+    assert_eq!(t.ok(w.stranger, H::getDeviceCall { deviceId: a.id }).lastSeq, 2);
+    assert_eq!(t.ok(w.stranger, H::getDeviceCall { deviceId: b.id }).lastSeq, 2);
+
+    let next = [reading(&a, 3), reading(&b, 3)];
+    let crossed = vec![sign(&a, &t, &next[0]), sign(&a, &t, &next[1])];
+    t.fails(
+        w.hub,
+        H::postReadingsCall { readings: next.iter().cloned().map(Into::into).collect(), signatures: crossed },
+        H::InvalidSignature { deviceId: b.id, seq: 3 },
+    );
+}

@@ -1,7 +1,9 @@
 //! The engines the fuzzer compares, each able to start a sequence from a
 //! fresh deployment at the shared [`Env`].
 
-use alloy::primitives::{Address, U256};
+use std::collections::BTreeMap;
+
+use alloy::primitives::{Address, B256, U256};
 use alloy::providers::{Provider, ProviderBuilder, RootProvider};
 use anyhow::{ensure, Context, Result};
 
@@ -39,6 +41,10 @@ impl Engine for TestVmEngine {
 
     fn call(&mut self, from: Address, calldata: &[u8], view: bool, time: u64) -> Outcome {
         self.edition.as_mut().expect("reset() deploys before the first call").call(from, calldata, view, time)
+    }
+
+    fn storage(&self) -> Option<BTreeMap<B256, B256>> {
+        Some(self.edition.as_ref()?.storage())
     }
 }
 
@@ -145,6 +151,10 @@ impl Engine for WasmEngine {
 
     fn last_gas(&self) -> Option<u64> {
         self.edition.as_ref()?.last_cost().map(|c| c.gas)
+    }
+
+    fn storage(&self) -> Option<BTreeMap<B256, B256>> {
+        Some(self.edition.as_ref()?.storage())
     }
 }
 

@@ -112,6 +112,11 @@ pub trait Engine {
     fn last_gas(&self) -> Option<u64> {
         None
     }
+    /// The contract's non-zero storage slots, for engines that can list
+    /// them (the Stylus engines, whose layouts are the same program's).
+    fn storage(&self) -> Option<BTreeMap<B256, B256>> {
+        None
+    }
 }
 
 /// Where two engines first disagreed.
@@ -234,6 +239,9 @@ impl Fuzzer {
         if let Some(i) = outs.iter().position(|o| !same(o, &outs[0])) {
             return Err(format!("{name} differs:\n{}", self.describe(&[(0, &outs[0]), (i, &outs[i])])));
         }
+        if !view {
+            self.same_storage(name)?;
+        }
         if record {
             if view {
                 self.coverage.views += 1;
@@ -248,6 +256,26 @@ impl Fuzzer {
             }
         }
         Ok(outs.swap_remove(0))
+    }
+
+    /// The storage of every engine that lists it must agree slot by slot.
+    fn same_storage(&self, after: &str) -> Result<(), String> {
+        let listed: Vec<(&'static str, BTreeMap<B256, B256>)> =
+            self.engines.iter().filter_map(|e| Some((e.name(), e.storage()?))).collect();
+        let Some((first, reference)) = listed.first() else { return Ok(()) };
+        for (name, storage) in &listed[1..] {
+            if storage == reference {
+                continue;
+            }
+            let keys: std::collections::BTreeSet<&B256> = reference.keys().chain(storage.keys()).collect();
+            let slot = keys.into_iter().find(|k| reference.get(*k) != storage.get(*k));
+            return Err(format!(
+                "storage after {after} differs between {first} and {name} at slot {slot:?}: {:?} vs {:?}",
+                slot.and_then(|k| reference.get(k)),
+                slot.and_then(|k| storage.get(k)),
+            ));
+        }
+        Ok(())
     }
 
     /// Generates sequence `seed` of `calls` state-changing calls (plus the
