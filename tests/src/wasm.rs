@@ -38,6 +38,8 @@ pub struct Cost {
     pub ink: u64,
     /// `ink / 10,000`, rounded up.
     pub gas: u64,
+    /// Where the ink went.
+    pub profile: host::InkProfile,
 }
 
 /// The Stylus edition's WASM on the Stylus host.
@@ -106,7 +108,7 @@ impl WasmEdition {
     pub fn call_at(&mut self, to: Address, from: Address, calldata: &[u8], view: bool, time: u64) -> Outcome {
         let tx = Tx::new(from, to, calldata.to_vec(), time);
         let out = if view { self.world.simulate(&tx) } else { self.world.transact(&tx) };
-        self.last = Some(Cost { ink: out.ink_used, gas: out.gas_used() });
+        self.last = Some(Cost { ink: out.ink_used, gas: out.gas_used(), profile: out.profile });
         self.last_trap = out.trap.clone();
         for log in &out.logs {
             assert_eq!(log.address, to, "a log was emitted from {} during a call to {to}", log.address);

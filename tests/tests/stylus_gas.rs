@@ -21,6 +21,8 @@ use healthsense_tests::twin::Twin;
 /// Figures of one measured call.
 struct Row {
     what: String,
+    /// Stylus gas by part: instructions, hostio, EVM-side, memory.
+    parts: [u64; 4],
     stylus: u64,
     evm: u64,
     per: u64,
@@ -36,9 +38,11 @@ impl Bench {
     /// its gas; `per` divides it for a per-item figure.
     fn measure<C: SolCall>(&mut self, what: &str, from: Address, call: C, per: u64) {
         self.t.ok_logs(from, call);
-        let stylus = self.t.wasm.last_cost().map(|c| c.gas).unwrap_or_default();
+        let cost = self.t.wasm.last_cost().expect("the WASM engine ran the call");
+        let p = cost.profile;
+        let parts = [p.instructions, p.hostio, p.evm, p.memory].map(|ink| ink.div_ceil(10_000));
         let evm = self.t.evm.last_gas.unwrap_or_default();
-        self.rows.push(Row { what: what.into(), stylus, evm, per });
+        self.rows.push(Row { what: what.into(), parts, stylus: cost.gas, evm, per });
     }
 }
 
@@ -108,8 +112,8 @@ fn stylus_gas_figures() {
     b.measure("unpause", w.admin, H::unpauseCall {}, 1);
     b.measure("renounceRole", w.insurer, H::renounceRoleCall { role: ids::INSURER_ROLE, callerConfirmation: w.insurer }, 1);
 
-    println!("| call | Stylus gas (WASM on the host) | EVM gas (anvil) | Stylus / EVM | Stylus per reading | EVM per reading |");
-    println!("| --- | ---: | ---: | ---: | ---: | ---: |");
+    println!("| call | Stylus gas (WASM on the host) | EVM gas (anvil) | Stylus / EVM | Stylus per reading | EVM per reading | Stylus: instructions / hostio / EVM-side / memory |");
+    println!("| --- | ---: | ---: | ---: | ---: | ---: | --- |");
     for r in &b.rows {
         let ratio = if r.evm == 0 { 0.0 } else { r.stylus as f64 / r.evm as f64 };
         let per = if r.per > 1 || r.what.starts_with("postReadings") {
@@ -117,7 +121,8 @@ fn stylus_gas_figures() {
         } else {
             " | ".into()
         };
-        println!("| {} | {} | {} | {ratio:.2} | {per} |", r.what, r.stylus, r.evm);
+        let [i, h, e, m] = r.parts;
+        println!("| {} | {} | {} | {ratio:.2} | {per} | {i} / {h} / {e} / {m} |", r.what, r.stylus, r.evm);
     }
 
     // Typical and max over a differential-fuzzing run on the Stylus engines.

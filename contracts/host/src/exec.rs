@@ -14,7 +14,7 @@ use wasmer::{
 
 use crate::meter::{self, InkMeter, INK_LEFT, INK_STATUS};
 use crate::pricing::{self, gas_to_ink};
-use crate::world::{Code, Log, NativeCtx, Outcome, Tx, World};
+use crate::world::{Code, InkProfile, Log, NativeCtx, Outcome, Tx, World};
 
 /// Deepest call stack, as in the EVM.
 const MAX_DEPTH: usize = 1024;
@@ -174,6 +174,7 @@ pub(crate) struct Env {
     pages_open: u16,
     pages_ever: u16,
     imports: Option<Imports>,
+    profile: InkProfile,
 }
 
 impl Env {
@@ -219,6 +220,7 @@ pub(crate) fn run_tx(world: &mut World, tx: &Tx, discard: bool) -> Outcome {
             pages_open: 0,
             pages_ever: 0,
             imports: None,
+            profile: InkProfile::default(),
         },
     );
     let imports = host_imports(&mut store, &env);
@@ -240,7 +242,10 @@ pub(crate) fn run_tx(world: &mut World, tx: &Tx, discard: bool) -> Outcome {
     }
     *world = std::mem::take(&mut state.world);
     let logs = if result.success { std::mem::take(&mut state.logs) } else { Vec::new() };
-    Outcome { success: result.success, data: result.data, logs, ink_used: result.ink, trap: result.trap }
+    let mut profile = state.profile;
+    profile.instructions =
+        result.ink.saturating_sub(profile.hostio).saturating_sub(profile.evm).saturating_sub(profile.memory);
+    Outcome { success: result.success, data: result.data, logs, ink_used: result.ink, trap: result.trap, profile }
 }
 
 /// Runs one call frame (program, native, precompile or empty account),
@@ -269,12 +274,12 @@ pub(crate) fn run_call(store: &mut StoreMut<'_>, env: &FunctionEnv<Env>, spec: C
             let used = ink - ctx.ink;
             CallResult { success, data, ink: used, trap: None }
         }
-        Code::None if spec.code == Address::with_last_byte(1) => CallResult {
-            success: true,
-            data: native_ecrecover(&spec.input),
-            ink: gas_to_ink(pricing::ECRECOVER_GAS),
-            trap: None,
-        },
+        Code::None if spec.code == Address::with_last_byte(1) => {
+            let ink = gas_to_ink(pricing::ECRECOVER_GAS);
+            let profile = &mut env.as_mut(store).profile;
+            profile.evm = profile.evm.saturating_add(ink);
+            CallResult { success: true, data: native_ecrecover(&spec.input), ink, trap: None }
+        }
         // An account without code: the call succeeds and returns nothing.
         Code::None => CallResult { success: true, data: Vec::new(), ink: 0, trap: None },
     };
@@ -295,6 +300,7 @@ fn run_program(store: &mut StoreMut<'_>, env: &FunctionEnv<Env>, program: &crate
         return fail(spec.ink, "out of ink opening the program's memory".into());
     }
     let pages_before = state.pages_open;
+    state.profile.memory = state.profile.memory.saturating_add(entry);
     state.pages_open = state.pages_open.saturating_add(program.footprint);
     state.pages_ever = state.pages_ever.max(state.pages_open);
     let budget = spec.ink - entry;
@@ -353,6 +359,7 @@ fn run_program(store: &mut StoreMut<'_>, env: &FunctionEnv<Env>, program: &crate
     let grown = u16::try_from(pages_now).unwrap_or(u16::MAX).saturating_sub(program.footprint);
     let state = env.as_mut(store);
     let grow_ink = gas_to_ink(pricing::memory_gas(grown, state.pages_open, state.pages_ever));
+    state.profile.memory = state.profile.memory.saturating_add(grow_ink);
     state.pages_open = state.pages_open.saturating_add(grown);
     state.pages_ever = state.pages_ever.max(state.pages_open);
     let frame = state.frames.pop();
@@ -405,8 +412,8 @@ pub fn native_ecrecover(input: &[u8]) -> Vec<u8> {
 
 type Ctx<'a> = FunctionEnvMut<'a, Env>;
 
-/// Buys `ink` from the running frame's meter; traps when it runs out.
-fn buy_ink(ctx: &mut Ctx<'_>, ink: u64) -> Result<(), Trap> {
+/// Takes `ink` from the running frame's meter; traps when it runs out.
+fn charge(ctx: &mut Ctx<'_>, ink: u64) -> Result<(), Trap> {
     let (state, mut store) = ctx.data_and_store_mut();
     let frame = state.frame()?;
     let (remaining, exhausted) = (frame.remaining.clone(), frame.exhausted.clone());
@@ -424,8 +431,19 @@ fn buy_ink(ctx: &mut Ctx<'_>, ink: u64) -> Result<(), Trap> {
         .map_err(|e| Trap(format!("ink meter: {e}")))
 }
 
+/// Buys hostio ink.
+fn buy_ink(ctx: &mut Ctx<'_>, ink: u64) -> Result<(), Trap> {
+    let profile = &mut ctx.data_mut().profile;
+    profile.hostio = profile.hostio.saturating_add(ink);
+    charge(ctx, ink)
+}
+
+/// Buys EVM-side gas (storage, logs, account access), as ink.
 fn buy_gas(ctx: &mut Ctx<'_>, gas: u64) -> Result<(), Trap> {
-    buy_ink(ctx, gas_to_ink(gas))
+    let ink = gas_to_ink(gas);
+    let profile = &mut ctx.data_mut().profile;
+    profile.evm = profile.evm.saturating_add(ink);
+    charge(ctx, ink)
 }
 
 fn ink_left(ctx: &mut Ctx<'_>) -> Result<u64, Trap> {
@@ -608,7 +626,8 @@ fn do_call(
     } else {
         CallResult { success: false, data: Vec::new(), ink: 0, trap: None }
     };
-    buy_ink(&mut ctx, result.ink)?;
+    // The callee's ink is already profiled by its own parts.
+    charge(&mut ctx, result.ink)?;
     let out_len = result.data.len() as u32;
     ctx.data_mut().frame()?.return_data = result.data;
     write(&mut ctx, ret_len, &out_len.to_le_bytes())?;
@@ -696,7 +715,8 @@ fn pay_for_memory_grow(mut ctx: Ctx<'_>, pages: i32) -> Result<(), Trap> {
     let gas = pricing::memory_gas(pages, state.pages_open, state.pages_ever);
     state.pages_open = state.pages_open.saturating_add(pages);
     state.pages_ever = state.pages_ever.max(state.pages_open);
-    buy_gas(&mut ctx, gas)
+    state.profile.memory = state.profile.memory.saturating_add(gas_to_ink(gas));
+    charge(&mut ctx, gas_to_ink(gas))
 }
 
 fn host_imports(store: &mut Store, env: &FunctionEnv<Env>) -> Imports {

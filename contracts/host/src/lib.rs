@@ -22,8 +22,11 @@
 //!   `TxProcessor` rule), and a trap (`unreachable`, out of ink, a bad
 //!   pointer) as a revert with empty return data.
 //!
-//! Status: executing the shipped programs currently crashes the process
-//! (SIGSEGV, under investigation; docs/ARCHITECTURE.md).
+//! Status: executes both shipped programs; the conformance suite and the
+//! differential fuzzer run them beside the TestVM build and the EVM edition
+//! with no divergence. All programs share one Wasmer engine (a module must
+//! be instantiated in a store of the engine that compiled it), metered by
+//! this crate's own ink middleware (`meter`).
 //!
 //! [`Artifacts`] loads the two HealthSense programs from `target/stylus/`
 //! (or `HEALTHSENSE_STYLUS_DIR`).
@@ -38,7 +41,7 @@ use std::sync::Arc;
 
 pub use alloy_primitives::{Address, B256, U256};
 pub use exec::{native_ecrecover, HOSTIOS};
-pub use world::{Log, Native, NativeCtx, Outcome, Tx, World, DEFAULT_GAS_LIMIT};
+pub use world::{InkProfile, Log, Native, NativeCtx, Outcome, Tx, World, DEFAULT_GAS_LIMIT};
 
 /// File the main program is built to, in the Stylus artifact directory.
 pub const MAIN_FILE: &str = "healthsense_main.wasm";

@@ -64,6 +64,25 @@ pub struct Outcome {
     /// Why the outermost program trapped, when it did (for diagnostics; a
     /// trap is an ordinary revert with empty data to the caller).
     pub trap: Option<String>,
+    /// Where `ink_used` went.
+    pub profile: InkProfile,
+}
+
+/// A transaction's ink by what paid for it (every frame, nested ones
+/// included). Approximate where a frame ran out of ink: the hostio that
+/// could not be paid is counted whole.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct InkProfile {
+    /// Metered WebAssembly instructions (the rest of `ink_used`).
+    pub instructions: u64,
+    /// Hostio ink: base costs and the bytes read, written and hashed.
+    pub hostio: u64,
+    /// EVM-side gas, as ink: storage reads and flushed writes, logs,
+    /// account access, precompiles.
+    pub evm: u64,
+    /// Nitro's memory model: the programs' footprints on entry and pages
+    /// grown.
+    pub memory: u64,
 }
 
 impl Outcome {
