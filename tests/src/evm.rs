@@ -25,6 +25,15 @@ pub struct EvmEdition {
     pub constructor: Outcome,
     /// Timestamp of the deployment block.
     pub deployed_at: u64,
+    /// Execution gas of the last state-changing call: the receipt's gas
+    /// less the 21,000 intrinsic gas and the calldata's (4 a zero byte, 16
+    /// any other), so it compares with the Stylus host's figures.
+    pub last_gas: Option<u64>,
+}
+
+/// Intrinsic gas of a call transaction with `calldata` (no access list).
+pub fn intrinsic_gas(calldata: &[u8]) -> u64 {
+    21_000 + calldata.iter().map(|b| if *b == 0 { 4 } else { 16 }).sum::<u64>()
 }
 
 impl EvmEdition {
@@ -61,7 +70,7 @@ impl EvmEdition {
             let logs = receipt.inner.logs().iter().map(|l| (l.topics().to_vec(), l.data().data.clone())).collect();
             anyhow::Ok((Outcome { success: receipt.status(), data: Bytes::new(), logs }, block.header.timestamp))
         })?;
-        Ok(Self { rt, provider, address: d.address, anvil, constructor, deployed_at })
+        Ok(Self { rt, provider, address: d.address, anvil, constructor, deployed_at, last_gas: None })
     }
 
     /// anvil's unlocked dev accounts.
@@ -81,10 +90,12 @@ impl Edition for EvmEdition {
             .with_to(self.address)
             .with_input(Bytes::copy_from_slice(calldata))
             .with_gas_limit(25_000_000);
-        self.rt.block_on(async {
+        self.last_gas = None;
+        let (rt, provider, last_gas) = (&self.rt, &self.provider, &mut self.last_gas);
+        rt.block_on(async {
             // The dry run gives return or revert data; the transaction then
             // gives the logs (a reverted call has none to compare).
-            let dry = self.provider.call(tx.clone()).await;
+            let dry = provider.call(tx.clone()).await;
             let data = match dry {
                 Ok(data) => data,
                 Err(e) => {
@@ -98,18 +109,17 @@ impl Edition for EvmEdition {
             if view {
                 return Outcome { success: true, data, logs: vec![] };
             }
-            self.provider
+            provider
                 .raw_request::<_, ()>("evm_setNextBlockTimestamp".into(), (time,))
                 .await
                 .expect("anvil accepts the next block time");
-            let nonce = self.provider.get_transaction_count(from).await.expect("anvil gives the nonce");
+            let nonce = provider.get_transaction_count(from).await.expect("anvil gives the nonce");
             let tx = tx
                 .with_nonce(nonce)
                 .with_chain_id(CHAIN_ID)
                 .with_max_fee_per_gas(10_000_000_000)
                 .with_max_priority_fee_per_gas(0);
-            let receipt = self
-                .provider
+            let receipt = provider
                 .send_transaction(tx)
                 .await
                 .expect("anvil accepts the transaction")
@@ -117,6 +127,7 @@ impl Edition for EvmEdition {
                 .await
                 .expect("anvil mines the transaction");
             assert!(receipt.status(), "transaction reverted although its dry run succeeded");
+            *last_gas = Some(receipt.gas_used.saturating_sub(intrinsic_gas(calldata)));
             let logs = receipt
                 .inner
                 .logs()

@@ -1,14 +1,18 @@
 //! Harness for the workspace-level tests.
 //!
-//! [`twin::Twin`] runs every contract call twice, once per edition, and
-//! fails on any difference in success, return data, revert data or logs:
-//! the Stylus edition in-process through its router on `TestVM`
-//! ([`stylus::StylusEdition`]), the EVM edition on a real anvil over JSON-RPC
-//! ([`evm::EvmEdition`]).
+//! [`twin::Twin`] runs every contract call on three engines and fails on
+//! any difference in success, return data, revert data or logs: the Stylus
+//! edition's Rust source in-process through its router on `TestVM`
+//! ([`stylus::StylusEdition`]), the Stylus edition's WASM artifacts on the
+//! Stylus host ([`wasm::WasmEdition`]), and the EVM edition on a real anvil
+//! over JSON-RPC ([`evm::EvmEdition`]). The two Stylus engines' storage is
+//! also compared slot by slot.
 
 pub mod evm;
+pub mod fuzz;
 pub mod stylus;
 pub mod twin;
+pub mod wasm;
 
 use alloy::primitives::{Address, Bytes, B256};
 

@@ -1,12 +1,13 @@
-//! Conformance: every scenario runs on the Stylus edition (TestVM, through
-//! its router) and the EVM edition (real anvil) with identical calldata;
+//! Conformance: every scenario runs on three engines with identical
+//! calldata: the Stylus edition's source (TestVM, through its router), its
+//! WASM artifacts (the Stylus host) and the EVM edition (real anvil);
 //! `Twin` fails on any difference in success, return data, revert data or
-//! logs. The assertions here additionally pin each result to the spec
+//! logs, and on any difference in the two Stylus engines' storage. The assertions here additionally pin each result to the spec
 //! (docs/CONTRACT.md) and to the shared rules in `healthsense-abi`.
 
 use alloy::primitives::{Address, Bytes, B256, U256};
 use alloy::signers::{local::PrivateKeySigner, SignerSync};
-use alloy::sol_types::SolEvent;
+use alloy::sol_types::{SolCall, SolError, SolEvent};
 use healthsense_abi::bindings::HealthSense as H;
 use healthsense_abi::bindings::IHealthSense::BillInfo;
 use healthsense_abi::rules::{billing, eip712, ids, merkle::StandardTree, reading::reading_leaf};
@@ -497,4 +498,111 @@ fn test_readings_mode_signatures_and_sequences() {
     let ro = reading(&other, 1);
     let so = sign(&other, &t, &ro);
     t.fails(w.hub, H::postReadingsCall { readings: vec![ro.into()], signatures: vec![so] }, H::InvalidDeviceStatus { deviceId: other.id, status: 3 });
+}
+
+/// A selector neither program routes: the main program's fallback hands it
+/// to the records program, which reverts with empty data, as the EVM
+/// edition's missing fallback does; with or without arguments, as a
+/// transaction or a view.
+#[test]
+fn test_a_selector_neither_program_routes_reverts_with_empty_data() {
+    let mut t = Twin::new();
+    let w = t.who;
+    for (calldata, view) in [
+        (vec![0xde, 0xad, 0xbe, 0xef], false),
+        ([vec![0x12, 0x34, 0x56, 0x78], vec![7u8; 64]].concat(), false),
+        (vec![0xde, 0xad, 0xbe, 0xef], true),
+        (vec![0x01], false),
+    ] {
+        let out = t.call_raw("unrouted selector", w.admin, &calldata, view);
+        assert!(!out.success && out.data.is_empty() && out.logs.is_empty());
+    }
+}
+
+/// The records program at its own address sees only its own (empty)
+/// storage: nobody holds a role there, so every state change reverts, views
+/// read zeros, and nothing of the main contract changes.
+#[test]
+fn test_the_records_program_called_directly_changes_nothing_of_the_main_contract() {
+    use healthsense_tests::stylus::RECORDS_PROGRAM;
+    let mut t = Twin::new();
+    grant_all(&mut t);
+    let w = t.who;
+    t.ok(w.admin, H::setBillingRulesCall { cid: "bafkrules".into() });
+    let main_before = t.wasm.storage();
+    let records_before = t.wasm.world_mut().storage(RECORDS_PROGRAM);
+    let time = t.time;
+    let direct = |t: &mut Twin, from: Address, data: Vec<u8>, view: bool| t.wasm.call_at(RECORDS_PROGRAM, from, &data, view, time);
+
+    let out = direct(&mut t, w.admin, H::setBillingRulesCall { cid: "bafkevil".into() }.abi_encode(), false);
+    assert!(!out.success);
+    assert_eq!(out.data.as_ref(), unauthorized(w.admin, ids::ADMIN_ROLE).abi_encode().as_slice());
+    let out = direct(&mut t, w.hub, H::postReadingsCall { readings: vec![], signatures: vec![] }.abi_encode(), false);
+    assert_eq!(out.data.as_ref(), unauthorized(w.hub, ids::HUB_ROLE).abi_encode().as_slice());
+    let out = direct(&mut t, w.hub, H::setArchiveCall { patientId: B256::repeat_byte(1), cid: "x".into(), recordHash: B256::ZERO }.abi_encode(), false);
+    assert_eq!(out.data.as_ref(), unauthorized(w.hub, ids::HUB_ROLE).abi_encode().as_slice());
+    let out = direct(&mut t, w.stranger, H::billingRulesCall {}.abi_encode(), true);
+    let rules = H::billingRulesCall::abi_decode_returns(&out.data).expect("billingRules decodes");
+    assert_eq!((rules.cid.as_str(), rules.version), ("", 0));
+    // Its EIP-712 domain is its own address's, not the contract's.
+    let out = direct(&mut t, w.stranger, H::DOMAIN_SEPARATORCall {}.abi_encode(), true);
+    assert_eq!(B256::from_slice(&out.data), eip712::domain_separator(CHAIN_ID, RECORDS_PROGRAM));
+    // A main-program selector is not routed there at all.
+    let out = direct(&mut t, w.admin, H::pauseCall {}.abi_encode(), false);
+    assert!(!out.success && out.data.is_empty());
+
+    assert_eq!(t.wasm.storage(), main_before);
+    assert_eq!(t.wasm.world_mut().storage(RECORDS_PROGRAM), records_before);
+    let r = t.ok(w.stranger, H::billingRulesCall {});
+    assert_eq!((r.cid.as_str(), r.version), ("bafkrules", 1));
+}
+
+/// The suite runs the artifacts it is given: with the two programs swapped
+/// in a copy of the artifact directory (what `HEALTHSENSE_STYLUS_DIR` would
+/// point at), the first calls already diverge from the other engines.
+#[test]
+fn test_swapped_artifacts_make_the_suite_fail() {
+    use healthsense_stylus_host::{Artifacts, MAIN_FILE, RECORDS_FILE};
+    let real = healthsense_tests::wasm::artifacts();
+    let dir = std::env::temp_dir().join(format!("hs-swapped-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::copy(real.dir.join(MAIN_FILE), dir.join(RECORDS_FILE)).unwrap();
+    std::fs::copy(real.dir.join(RECORDS_FILE), dir.join(MAIN_FILE)).unwrap();
+    let swapped = Artifacts::load(&dir).expect("both swapped programs still load");
+    let _ = std::fs::remove_dir_all(&dir);
+    let run = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        let mut t = Twin::with_artifacts(&swapped);
+        grant_all(&mut t);
+        let _ = device(&mut t, "SW-1", "w", true);
+    }));
+    assert!(run.is_err(), "the suite passed on swapped programs: it is not running the artifacts it is given");
+}
+
+/// One `postReadings` batch signed by two devices' keys: every signature is
+/// recovered by its own `ecrecover` call. (Regression: the fuzzer found that
+/// TestVM answered every mocked precompile call of a transaction with the
+/// last registered answer, so mixed-signer batches diverged; the harness now
+/// answers each call natively.) Also a batch whose second signer is wrong
+/// reverts naming that reading.
+#[test]
+fn test_a_batch_signed_by_several_devices_recovers_each_signer() {
+    let mut t = Twin::new();
+    grant_all(&mut t);
+    let w = t.who;
+    let a = device(&mut t, "MX-1", "ward-m", true);
+    let b = device(&mut t, "MX-2", "ward-m", true);
+    let batch = [reading(&a, 1), reading(&b, 1), reading(&a, 2), reading(&b, 2)];
+    let sigs: Vec<Bytes> = batch.iter().zip([&a, &b, &a, &b]).map(|(r, d)| sign(d, &t, r)).collect();
+    let out = t.ok_logs(w.hub, H::postReadingsCall { readings: batch.iter().cloned().map(Into::into).collect(), signatures: sigs });
+    assert_eq!(out.logs.len(), 4);
+    assert_eq!(t.ok(w.stranger, H::getDeviceCall { deviceId: a.id }).lastSeq, 2);
+    assert_eq!(t.ok(w.stranger, H::getDeviceCall { deviceId: b.id }).lastSeq, 2);
+
+    let next = [reading(&a, 3), reading(&b, 3)];
+    let crossed = vec![sign(&a, &t, &next[0]), sign(&a, &t, &next[1])];
+    t.fails(
+        w.hub,
+        H::postReadingsCall { readings: next.iter().cloned().map(Into::into).collect(), signatures: crossed },
+        H::InvalidSignature { deviceId: b.id, seq: 3 },
+    );
 }
