@@ -970,7 +970,7 @@ fn dashboard_in_headless_chromium() {
 /// headless Chromium: time to the drawn charts and JSON bytes, against the
 /// same history fetched raw from `/vitals` in the same run.
 #[test]
-#[ignore = "benchmark: cargo test -p healthsense-cli --test api -- --ignored trend_24h --nocapture"]
+#[ignore = "benchmark: cargo test --workspace --locked --test api -- --ignored trend_24h_first_render --nocapture"]
 fn trend_24h_first_render() {
     const READINGS: u64 = 86_400;
     let root = tools::project_root().unwrap();
@@ -979,6 +979,8 @@ fn trend_24h_first_render() {
         let now_s = healthsense_oracle::ingest::now_ms() / 1_000;
         let net = Devnet::new_at(Some(now_s - 25 * 3_600)).await;
         let bed = provision(&net, "HS-24H", "ward-3").await;
+        // Active, as its hub would have made it at its first hello.
+        net.send(HUB, H::activateDeviceCall { deviceId: ids::device_id(&bed.serial) }).await;
         let wallet = PrivateKeySigner::random();
         let patient = ids::patient_id(wallet.address(), 1);
         net.send(DOCTOR, H::admitPatientCall { patientId: patient, deviceId: ids::device_id(&bed.serial) }).await;
