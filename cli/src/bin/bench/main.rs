@@ -342,8 +342,12 @@ async fn main() -> Result<()> {
                 passwords.insert(b.serial.clone(), healthsense_cli::broker::add_device(&conf_dir, &b.serial)?);
             }
         } else {
+            // Open: anonymous clients, no password or ACL file, and no
+            // username as client id (Mosquitto refuses a client without a
+            // username when that is on).
             text = text
                 .replace("allow_anonymous false", "allow_anonymous true")
+                .replace("use_username_as_clientid true", "")
                 .replace(&format!("password_file {}", g.password_file.display()), "")
                 .replace(&format!("acl_file {}", g.acl_file.display()), "");
         }
