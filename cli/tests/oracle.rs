@@ -831,14 +831,16 @@ impl Ipfs {
     async fn start(dir: &Path) -> Ipfs {
         // A free port can be taken by a parallel test before the node binds
         // it: try a few.
+        let mut last = None;
         for _ in 0..5 {
             let port = free_port();
             let cfg = healthsense_ipfs::node::NodeConfig::new(dir.join("ipfs"), ([127, 0, 0, 1], port).into());
-            if let Ok(node) = healthsense_ipfs::node::start(cfg).await {
-                return Ipfs { repo: dir.join("ipfs"), port, node: Some(node) };
+            match healthsense_ipfs::node::start(cfg).await {
+                Ok(node) => return Ipfs { repo: dir.join("ipfs"), port, node: Some(node) },
+                Err(e) => last = Some(e),
             }
         }
-        panic!("no free port for the IPFS node after 5 tries");
+        panic!("the IPFS node did not start on any of 5 free ports: {last:?}");
     }
 
     fn api(&self) -> String {

@@ -15,6 +15,25 @@ pub mod twin;
 pub mod wasm;
 
 use alloy::primitives::{Address, Bytes, B256};
+use healthsense_abi::Reading;
+
+/// A plausible reading of device `device_id` with sequence number `seq`,
+/// one second after the previous one: the fixture the conformance suite and
+/// the gas figures share.
+pub fn sample_reading(device_id: B256, seq: u64) -> Reading {
+    Reading {
+        deviceId: device_id,
+        seq,
+        timestamp: 1_764_000_000_000 + seq * 1_000,
+        heartRate: 60 + (seq % 40) as u16,
+        respRate: 14 + (seq % 6) as u16,
+        spo2: 95 + (seq % 4) as u16,
+        systolic: 118,
+        diastolic: 76,
+        temperature: 3_690 + (seq % 30) as u16,
+        consciousness: 1,
+    }
+}
 
 /// What one call did, in the terms both editions share.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -56,18 +56,7 @@ fn grant_all(t: &mut Twin) {
 }
 
 fn reading(dev: &Device, seq: u64) -> Reading {
-    Reading {
-        deviceId: dev.id,
-        seq,
-        timestamp: 1_764_000_000_000 + seq * 1_000,
-        heartRate: 60 + (seq % 40) as u16,
-        respRate: 14 + (seq % 6) as u16,
-        spo2: 95 + (seq % 4) as u16,
-        systolic: 118,
-        diastolic: 76,
-        temperature: 3_690 + (seq % 30) as u16,
-        consciousness: 1,
-    }
+    healthsense_tests::sample_reading(dev.id, seq)
 }
 
 fn sign(dev: &Device, twin: &Twin, r: &Reading) -> Bytes {

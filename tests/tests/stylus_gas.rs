@@ -17,6 +17,7 @@ use healthsense_tests::evm::CHAIN_ID;
 use healthsense_tests::fuzz::engines::stylus_engines;
 use healthsense_tests::fuzz::{Env, Fuzzer};
 use healthsense_tests::twin::Twin;
+use healthsense_tests::sample_reading as reading;
 
 /// Figures of one measured call.
 struct Row {
@@ -43,21 +44,6 @@ impl Bench {
         let parts = [p.instructions, p.hostio, p.evm, p.memory].map(|ink| ink.div_ceil(10_000));
         let evm = self.t.evm.last_gas.unwrap_or_default();
         self.rows.push(Row { what: what.into(), parts, stylus: cost.gas, evm, per });
-    }
-}
-
-fn reading(id: B256, seq: u64) -> Reading {
-    Reading {
-        deviceId: id,
-        seq,
-        timestamp: 1_764_000_000_000 + seq * 1_000,
-        heartRate: 60 + (seq % 40) as u16,
-        respRate: 14 + (seq % 6) as u16,
-        spo2: 95 + (seq % 4) as u16,
-        systolic: 118,
-        diastolic: 76,
-        temperature: 3_690 + (seq % 30) as u16,
-        consciousness: 1,
     }
 }
 
