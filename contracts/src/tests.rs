@@ -1,6 +1,6 @@
 //! Unit tests on the SDK's TestVM, calling methods directly. The router-level
 //! scenarios (every function, the role matrix, billing edge cases, anchoring,
-//! readings) run in the conformance suite (`tests/tests/conformance.rs`),
+//! readings) run in the conformance suite (`tests/tests/contracts/conformance.rs`),
 //! which drives this edition through its router on TestVM and compares it
 //! call by call with the EVM edition on anvil.
 

@@ -1,5 +1,5 @@
 // The dashboard in headless Chromium (playwright-core over Debian's chromium),
-// driven by cli/tests/api.rs, which runs the devnet, the hub and the beds.
+// driven by cli/tests/cli/api.rs, which runs the devnet, the hub and the beds.
 //
 // The page signs in through window.ethereum, the path a browser wallet
 // extension takes; the "extension" here is a stub whose personal_sign runs
@@ -14,7 +14,7 @@ import { join } from 'node:path';
 
 const env = name => {
   const v = process.env[name];
-  if (!v) throw new Error(`${name} is not set (run through cargo test -p healthsense-cli --test api)`);
+  if (!v) throw new Error(`${name} is not set (run through cargo test --workspace --locked --test cli -- api::)`);
   return v;
 };
 const require = createRequire(import.meta.url);

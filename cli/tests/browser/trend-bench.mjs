@@ -1,6 +1,6 @@
 // Benchmark (docs/BENCHMARKS.md, "Dashboard: 24-hour trend"): the dashboard's
 // first render of a patient's 24-hour trend in headless Chromium, run by
-// cli/tests/api.rs `trend_24h_first_render` against a hub whose store holds
+// cli/tests/cli/api.rs `trend_24h_first_render` against a hub whose store holds
 // 86,400 readings of the stay. Five cold page loads each: time from
 // navigation to every chart drawn with all readings behind it, and the JSON
 // bytes the page fetched; then, as the same run's baseline, the same history
@@ -9,7 +9,7 @@ import { createRequire } from 'node:module';
 
 const env = name => {
   const v = process.env[name];
-  if (!v) throw new Error(`${name} is not set (run through cargo test --workspace --locked --test api -- --ignored trend_24h_first_render)`);
+  if (!v) throw new Error(`${name} is not set (run through cargo test --workspace --locked --test cli -- --ignored api::trend_24h_first_render)`);
   return v;
 };
 const require = createRequire(import.meta.url);

@@ -970,7 +970,7 @@ fn dashboard_in_headless_chromium() {
 /// headless Chromium: time to the drawn charts and JSON bytes, against the
 /// same history fetched raw from `/vitals` in the same run.
 #[test]
-#[ignore = "benchmark: cargo test --workspace --locked --test api -- --ignored trend_24h_first_render --nocapture"]
+#[ignore = "benchmark: cargo test --workspace --locked --test cli -- --ignored api::trend_24h_first_render --nocapture"]
 fn trend_24h_first_render() {
     const READINGS: u64 = 86_400;
     let root = tools::project_root().unwrap();

@@ -5,7 +5,7 @@
 //! Stylus gas per function over a differential-fuzzing run (typical and
 //! max of successful calls).
 //!
-//! `cargo test --workspace --locked --test stylus_gas -- --ignored --nocapture`
+//! `cargo test --workspace --locked --test contracts -- --ignored --nocapture stylus_gas::`
 
 use alloy::primitives::{Address, Bytes, B256};
 use alloy::signers::{local::PrivateKeySigner, SignerSync};

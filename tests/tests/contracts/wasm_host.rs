@@ -199,7 +199,7 @@ fn median(mut xs: Vec<f64>) -> f64 {
 /// Host-call timing for docs/BENCHMARKS.md (module compiled once per
 /// process; a fresh store and instance per call), against the TestVM
 /// engine in the same run:
-/// `cargo test --workspace --locked --test wasm_host -- --ignored --nocapture`.
+/// `cargo test --workspace --locked --test contracts -- --ignored --nocapture wasm_host::`.
 #[test]
 #[ignore = "benchmark: prints figures"]
 fn bench_host_call() {
