@@ -120,6 +120,8 @@ interface IHealthSense {
     error StaleSequence(bytes32 deviceId, uint64 seq, uint64 lastSeq);
     error InvalidSignature(bytes32 deviceId, uint64 seq);
     error EmptyCid();
+    error WardHasNoTariff(bytes32 ward);
+    error ZeroTariff(bytes32 ward);
 
     event RoleGranted(bytes32 indexed role, address indexed account, address indexed sender);
     event RoleRevoked(bytes32 indexed role, address indexed account, address indexed sender);

@@ -254,7 +254,7 @@ contract HealthSense is IHealthSense {
     }
 
     // ------------------------------------------------------------- patients
-    /// @notice Admits a stay on an active, free device; the ward is the device's.
+    /// @notice Admits a stay on an active, free device; the ward is the device's and must have a bed rate.
     function admitPatient(bytes32 patientId, bytes32 deviceId) external only(DOCTOR) {
         if (patientId == bytes32(0)) revert ZeroId();
         Patient storage p = _patients[patientId];
@@ -262,6 +262,8 @@ contract HealthSense is IHealthSense {
         Device storage d = _existingDevice(deviceId);
         if (d.status != DEVICE_ACTIVE) revert InvalidDeviceStatus(deviceId, d.status);
         if (d.patientId != bytes32(0)) revert DeviceInUse(deviceId, d.patientId);
+        // No stay starts unpriced: discharge bills bed days at the ward's rate.
+        if (_tariffs[d.ward] == 0) revert WardHasNoTariff(d.ward);
         d.patientId = patientId;
         p.deviceId = deviceId;
         p.ward = d.ward;
@@ -308,14 +310,16 @@ contract HealthSense is IHealthSense {
     }
 
     // ------------------------------------------------- tariffs and policies
-    /// @notice Sets a ward's bed rate per day (minor units).
+    /// @notice Sets a ward's bed rate per day (minor units, non-zero).
     function setTariff(bytes32 ward, uint64 dailyRate) external only(ADMIN) {
         if (ward == bytes32(0)) revert ZeroId();
+        // Zero is how storage says "no tariff"; a set rate never reads as unset.
+        if (dailyRate == 0) revert ZeroTariff(ward);
         _tariffs[ward] = dailyRate;
         emit TariffSet(ward, dailyRate);
     }
 
-    /// @notice A ward's bed rate per day.
+    /// @notice A ward's bed rate per day; zero if it has none.
     function tariff(bytes32 ward) external view returns (uint64) {
         return _tariffs[ward];
     }

@@ -265,7 +265,8 @@ impl HealthSense {
 
     // ---------------------------------------------------------- patients
 
-    /// Admits a stay on an active, free device; the ward is the device's.
+    /// Admits a stay on an active, free device; the ward is the device's and
+    /// must have a bed rate.
     pub fn admit_patient(&mut self, patientId: B256, deviceId: B256) -> Result<(), Error> {
         self.guard(ids::DOCTOR_ROLE)?;
         if patientId.is_zero() {
@@ -284,6 +285,10 @@ impl HealthSense {
         };
         if !current.is_zero() {
             return Err(Error::DeviceInUse(DeviceInUse { deviceId, patientId: current }));
+        }
+        // No stay starts unpriced: discharge bills bed days at the ward's rate.
+        if self.tariffs.get(ward).is_zero() {
+            return Err(Error::WardHasNoTariff(WardHasNoTariff { ward }));
         }
         let now = self.vm().block_timestamp();
         self.devices.setter(deviceId).patient.set(patientId);
@@ -365,18 +370,22 @@ impl HealthSense {
         })
     }
 
-    /// Sets a ward's bed rate per day (minor units).
+    /// Sets a ward's bed rate per day (minor units, non-zero).
     pub fn set_tariff(&mut self, ward: B256, dailyRate: u64) -> Result<(), Error> {
         self.guard(ids::ADMIN_ROLE)?;
         if ward.is_zero() {
             return Err(Error::ZeroId(ZeroId {}));
+        }
+        // Zero is how storage says "no tariff"; a set rate never reads as unset.
+        if dailyRate == 0 {
+            return Err(Error::ZeroTariff(ZeroTariff { ward }));
         }
         self.tariffs.setter(ward).set(U64::from(dailyRate));
         self.vm().log(TariffSet { ward, dailyRate });
         Ok(())
     }
 
-    /// A ward's bed rate per day.
+    /// A ward's bed rate per day; zero if it has none.
     pub fn tariff(&self, ward: B256) -> u64 {
         self.tariffs.get(ward).to()
     }

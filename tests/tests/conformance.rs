@@ -115,6 +115,7 @@ fn test_pause_blocks_state_changes_but_not_role_management() {
     let w = t.who;
     let dev = device(&mut t, "HS-1", "ward-1", true);
     let p = B256::repeat_byte(0x11);
+    t.ok(w.admin, H::setTariffCall { ward: ward("ward-1"), dailyRate: 30_000 });
     t.ok(w.doctor, H::admitPatientCall { patientId: p, deviceId: dev.id });
 
     t.fails(w.hub, H::pauseCall {}, unauthorized(w.hub, ids::ADMIN_ROLE));
@@ -244,6 +245,7 @@ fn test_admission_charges_policy_and_status_transitions() {
     let dev = device(&mut t, "HS-2", "ward-2", true);
     let pending = device(&mut t, "HS-3", "ward-2", false);
     let p = B256::repeat_byte(0x31);
+    t.ok(w.admin, H::setTariffCall { ward: ward("ward-2"), dailyRate: 30_000 });
 
     t.fails(w.doctor, H::admitPatientCall { patientId: B256::ZERO, deviceId: dev.id }, H::ZeroId {});
     t.fails(w.doctor, H::admitPatientCall { patientId: p, deviceId: pending.id }, H::InvalidDeviceStatus { deviceId: pending.id, status: 1 });
@@ -303,6 +305,43 @@ fn test_admission_charges_policy_and_status_transitions() {
     t.ok(w.admin, H::setBillingRulesCall { cid: "bafkrules2".into() });
     let r = t.ok(w.stranger, H::billingRulesCall {});
     assert_eq!((r.cid.as_str(), r.version), ("bafkrules2", 2));
+}
+
+/// Issue 20: no stay starts in a ward without a bed rate, and a rate is
+/// never zero, so no bill counts bed days at a rate nobody set. The refusal
+/// comes last in the check order (after every device check); an operator
+/// who must admit before the price is known sets a provisional rate and
+/// updates it: the bill uses the rate in force at discharge.
+#[test]
+fn test_admission_needs_a_ward_tariff_and_the_bill_uses_the_rate_at_discharge() {
+    let mut t = Twin::new();
+    grant_all(&mut t);
+    let w = t.who;
+    let unpriced = ward("ward-new");
+    let dev = device(&mut t, "HS-N1", "ward-new", true);
+    let pending = device(&mut t, "HS-N2", "ward-new", false);
+    let p = B256::repeat_byte(0x71);
+    assert_eq!(t.ok(w.stranger, H::tariffCall { ward: unpriced }), 0);
+    // Device checks come first.
+    t.fails(w.doctor, H::admitPatientCall { patientId: p, deviceId: pending.id }, H::InvalidDeviceStatus { deviceId: pending.id, status: 1 });
+    t.fails(w.doctor, H::admitPatientCall { patientId: p, deviceId: dev.id }, H::WardHasNoTariff { ward: unpriced });
+    assert_eq!(t.ok(w.stranger, H::getPatientCall { patientId: p }).status, 0);
+    assert_eq!(t.ok(w.stranger, H::getDeviceCall { deviceId: dev.id }).patientId, B256::ZERO);
+    // A zero rate is refused, after the ward argument's own check.
+    t.fails(w.admin, H::setTariffCall { ward: B256::ZERO, dailyRate: 0 }, H::ZeroId {});
+    t.fails(w.admin, H::setTariffCall { ward: unpriced, dailyRate: 0 }, H::ZeroTariff { ward: unpriced });
+    t.fails(w.doctor, H::admitPatientCall { patientId: p, deviceId: dev.id }, H::WardHasNoTariff { ward: unpriced });
+
+    // Admit first, price later: a provisional rate, then the real one.
+    t.ok(w.admin, H::setTariffCall { ward: unpriced, dailyRate: 1 });
+    t.ok(w.doctor, H::admitPatientCall { patientId: p, deviceId: dev.id });
+    let admitted = t.ok(w.stranger, H::getPatientCall { patientId: p }).admittedAt;
+    t.ok(w.admin, H::setTariffCall { ward: unpriced, dailyRate: 42_000 });
+    t.fails(w.admin, H::setTariffCall { ward: unpriced, dailyRate: 0 }, H::ZeroTariff { ward: unpriced });
+    t.time = admitted + 2 * DAY;
+    t.ok(w.doctor, H::dischargeCall { patientId: p });
+    let bill = t.ok(w.stranger, H::getBillCall { patientId: p });
+    assert_eq!((bill.bedDays, bill.total), (2, U256::from(2 * 42_000)));
 }
 
 /// Admits, charges, insures and discharges a patient after `stay` seconds,

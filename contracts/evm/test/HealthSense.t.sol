@@ -219,6 +219,29 @@ contract HealthSenseTest is Fixture {
         vm.assertEq(hs.getDevice(device).patientId, bytes32(0), "device freed");
     }
 
+    /// Issue 20: no stay starts in a ward without a bed rate, and no rate is zero.
+    function test_admission_to_a_ward_without_a_tariff_is_refused() public {
+        bytes32 w = keccak256("ward-new");
+        bytes32 d = keccak256("HS-N");
+        vm.prank(admin);
+        hs.provisionDevice(d, address(7), w);
+        vm.prank(hub);
+        hs.activateDevice(d);
+        vm.prank(doctor);
+        vm.expectRevert(abi.encodeWithSelector(IHealthSense.WardHasNoTariff.selector, w));
+        hs.admitPatient(patient, d);
+        vm.assertEq(hs.getPatient(patient).status, 0, "not admitted");
+        vm.assertEq(hs.getDevice(d).patientId, bytes32(0), "device still free");
+        vm.prank(admin);
+        vm.expectRevert(abi.encodeWithSelector(IHealthSense.ZeroTariff.selector, w));
+        hs.setTariff(w, 0);
+        vm.prank(admin);
+        hs.setTariff(w, 1);
+        vm.prank(doctor);
+        hs.admitPatient(patient, d);
+        vm.assertEq(hs.getPatient(patient).status, 1, "admitted once priced");
+    }
+
     function test_bill_with_policy_cap_and_rounding() public {
         admit();
         vm.startPrank(doctor);
@@ -301,6 +324,7 @@ contract HealthSenseFuzzTest is Fixture {
         uint8 cats,
         uint32 stay
     ) public {
+        rate = uint64(bound(rate, 1, type(uint64).max));
         bps = uint16(bound(bps, 0, 10_000));
         q1 = uint32(bound(q1, 1, type(uint32).max));
         q2 = uint32(bound(q2, 1, type(uint32).max));
