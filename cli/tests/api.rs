@@ -582,7 +582,7 @@ fn rest_api_serves_each_role_its_records_and_nothing_else() {
             consciousness: n("consciousness") as u8,
         };
         assert_eq!(reading_leaf(&r), leaf);
-        assert!(merkle::verify(&path, net.view(H::getBatchCall { batchId: batch_id }).await.root, leaf));
+        assert!(merkle::verify(&path, net.view(H::batchRootCall { batchId: batch_id }).await, leaf));
         let domain = eip712::domain_separator(
             proof["domain"]["chainId"].as_u64().unwrap(),
             serde_json::from_value(proof["domain"]["verifyingContract"].clone()).unwrap(),

@@ -158,8 +158,10 @@ fn anchoring_rejects_repeats_and_verifies_proofs() {
     let leaves: Vec<B256> = (0u64..9).map(|i| reading_leaf(&healthsense_abi::Reading { seq: i, ..Default::default() })).collect();
     let tree = StandardTree::new(leaves).unwrap();
     vm.set_sender(HUB);
+    assert!(c.batch_root(ids::batch_id(HUB, 3)).is_zero());
     let id = c.anchor_batch(3, tree.root(), 9).must();
     assert_eq!(id, ids::batch_id(HUB, 3));
+    assert_eq!(c.batch_root(id), tree.root());
     let err = revert_data(c.anchor_batch(3, tree.root(), 9).unwrap_err());
     assert_eq!(err, BatchAlreadyAnchored { batchId: id }.abi_encode());
     for (leaf, proof) in tree.proofs() {

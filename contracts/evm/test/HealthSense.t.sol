@@ -286,6 +286,33 @@ contract HealthSenseTest is Fixture {
         vm.assertFalse(hs.verifyReading(id, l[0], proof), "altered proof");
     }
 
+    /// Issue 22: an anchor writes one storage slot, the root; hub, seq, leaf
+    /// count and time are in the event.
+    function test_anchor_stores_the_root_alone_and_the_rest_in_the_event() public {
+        bytes32 root = keccak256("root");
+        bytes32 id = hs.batchIdOf(hub, 5);
+        vm.assertEq(hs.batchRoot(id), bytes32(0), "no root before");
+        vm.record();
+        vm.recordLogs();
+        vm.prank(hub);
+        hs.anchorBatch(5, root, 2_000);
+        (, bytes32[] memory writes) = vm.accesses(address(hs));
+        vm.assertEq(writes.length, 1, "one slot written");
+        vm.assertEq(hs.batchRoot(id), root, "the root is stored");
+        Vm.Log[] memory logs = vm.getRecordedLogs();
+        vm.assertEq(logs.length, 1, "one event");
+        vm.assertEq(logs[0].topics[1], id, "batch id topic");
+        vm.assertEq(logs[0].topics[2], bytes32(uint256(uint160(hub))), "hub topic");
+        (uint64 seq, bytes32 r, uint32 leaves, uint64 at) = abi.decode(logs[0].data, (uint64, bytes32, uint32, uint64));
+        vm.assertEq(seq, 5, "seq");
+        vm.assertEq(r, root, "root");
+        vm.assertEq(leaves, 2_000, "leaf count");
+        vm.assertEq(at, block.timestamp, "anchoring time");
+        vm.prank(hub);
+        vm.expectRevert(abi.encodeWithSelector(IHealthSense.BatchAlreadyAnchored.selector, id));
+        hs.anchorBatch(5, keccak256("other root"), 1);
+    }
+
     // ------------------------------------------------------ readings mode
     function test_post_signed_readings_and_reject_replays() public {
         IHealthSense.Reading[] memory rs = new IHealthSense.Reading[](2);
