@@ -57,7 +57,7 @@ interface IHealthSense {
 
     function anchorBatch(uint64 seq, bytes32 root, uint32 leafCount) external returns (bytes32);
 
-    function getBatch(bytes32 batchId) external view returns (BatchInfo memory);
+    function batchRoot(bytes32 batchId) external view returns (bytes32);
 
     function batchIdOf(address hub, uint64 seq) external pure returns (bytes32);
 
@@ -89,8 +89,6 @@ interface IHealthSense {
 
     struct BillInfo {uint256 total;uint256 covered;uint256 due;uint64 bedDays;uint32 rulesVersion;}
 
-    struct BatchInfo {bytes32 root;address hub;uint64 seq;uint32 leafCount;uint64 anchoredAt;}
-
     struct ArchiveInfo {string cid;bytes32 recordHash;}
 
     struct BillingRulesInfo {string cid;uint32 version;}
@@ -120,6 +118,8 @@ interface IHealthSense {
     error StaleSequence(bytes32 deviceId, uint64 seq, uint64 lastSeq);
     error InvalidSignature(bytes32 deviceId, uint64 seq);
     error EmptyCid();
+    error WardHasNoTariff(bytes32 ward);
+    error ZeroTariff(bytes32 ward);
 
     event RoleGranted(bytes32 indexed role, address indexed account, address indexed sender);
     event RoleRevoked(bytes32 indexed role, address indexed account, address indexed sender);
@@ -135,6 +135,6 @@ interface IHealthSense {
     event PatientDischarged(bytes32 indexed patientId, bytes32 indexed deviceId, uint64 dischargedAt, uint64 bedDays, uint256 total, uint256 covered, uint256 due);
     event RecordArchived(bytes32 indexed patientId, string cid, bytes32 recordHash);
     event BillingRulesSet(uint32 indexed version, string cid);
-    event BatchAnchored(bytes32 indexed batchId, address indexed hub, uint64 seq, bytes32 root, uint32 leafCount);
+    event BatchAnchored(bytes32 indexed batchId, address indexed hub, uint64 seq, bytes32 root, uint32 leafCount, uint64 anchoredAt);
     event ReadingPosted(bytes32 indexed deviceId, uint64 indexed seq, uint64 timestamp, uint16 heartRate, uint16 respRate, uint16 spo2, uint16 systolic, uint16 diastolic, uint16 temperature, uint8 consciousness);
 }

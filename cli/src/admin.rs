@@ -112,6 +112,16 @@ fn explain(err: &E) -> String {
         E::InvalidDeviceStatus(e) => format!("device {} is {}, which does not allow this", e.deviceId, device_status(e.status)),
         E::InvalidPatientStatus(e) => format!("patient {} is {}, which does not allow this", e.patientId, patient_status(e.status)),
         E::DeviceInUse(e) => format!("device {} is assigned to patient {}; discharge first", e.deviceId, e.patientId),
+        E::WardHasNoTariff(e) => format!(
+            "ward {} has no bed rate, so no stay can start there: an admin sets one with `healthsense tariff set WARD RATE` \
+             (WARD as the device was provisioned, RATE in minor units a day), then admit again; a provisional rate may be \
+             changed until discharge, which bills at the rate then in force",
+            e.ward
+        ),
+        E::ZeroTariff(e) => format!(
+            "a bed rate of 0 for ward {} is refused (it would read as no tariff): give the rate in minor units a day, e.g. 45000 for 450.00",
+            e.ward
+        ),
         other => format!("{other:?}"),
     }
 }

@@ -83,21 +83,14 @@ contract HealthSense is IHealthSense {
         bytes32 recordHash;
     }
 
-    struct Batch {
-        bytes32 root;
-        address hub;
-        uint64 seq;
-        uint32 leafCount;
-        uint64 anchoredAt;
-    }
-
     mapping(bytes32 role => mapping(address account => bool)) internal _roles;
     uint256 internal _adminCount;
     bool internal _paused;
     mapping(bytes32 => Device) internal _devices;
     mapping(bytes32 => Patient) internal _patients;
     mapping(bytes32 => uint64) internal _tariffs;
-    mapping(bytes32 => Batch) internal _batches;
+    /// @dev Merkle root per batch id: the one slot an anchor writes (the rest is in `BatchAnchored`).
+    mapping(bytes32 => bytes32) internal _batchRoots;
     string internal _rulesCid;
     uint32 internal _rulesVersion;
 
@@ -254,7 +247,7 @@ contract HealthSense is IHealthSense {
     }
 
     // ------------------------------------------------------------- patients
-    /// @notice Admits a stay on an active, free device; the ward is the device's.
+    /// @notice Admits a stay on an active, free device; the ward is the device's and must have a bed rate.
     function admitPatient(bytes32 patientId, bytes32 deviceId) external only(DOCTOR) {
         if (patientId == bytes32(0)) revert ZeroId();
         Patient storage p = _patients[patientId];
@@ -262,6 +255,8 @@ contract HealthSense is IHealthSense {
         Device storage d = _existingDevice(deviceId);
         if (d.status != DEVICE_ACTIVE) revert InvalidDeviceStatus(deviceId, d.status);
         if (d.patientId != bytes32(0)) revert DeviceInUse(deviceId, d.patientId);
+        // No stay starts unpriced: discharge bills bed days at the ward's rate.
+        if (_tariffs[d.ward] == 0) revert WardHasNoTariff(d.ward);
         d.patientId = patientId;
         p.deviceId = deviceId;
         p.ward = d.ward;
@@ -308,14 +303,16 @@ contract HealthSense is IHealthSense {
     }
 
     // ------------------------------------------------- tariffs and policies
-    /// @notice Sets a ward's bed rate per day (minor units).
+    /// @notice Sets a ward's bed rate per day (minor units, non-zero).
     function setTariff(bytes32 ward, uint64 dailyRate) external only(ADMIN) {
         if (ward == bytes32(0)) revert ZeroId();
+        // Zero is how storage says "no tariff"; a set rate never reads as unset.
+        if (dailyRate == 0) revert ZeroTariff(ward);
         _tariffs[ward] = dailyRate;
         emit TariffSet(ward, dailyRate);
     }
 
-    /// @notice A ward's bed rate per day.
+    /// @notice A ward's bed rate per day; zero if it has none.
     function tariff(bytes32 ward) external view returns (uint64) {
         return _tariffs[ward];
     }
@@ -423,6 +420,8 @@ contract HealthSense is IHealthSense {
 
     // ------------------------------------------------ readings: hash mode
     /// @notice Anchors a Merkle root of readings as the calling hub's batch `seq`.
+    /// @dev Stores the root alone (one slot, keyed by the batch id, which already
+    /// encodes hub and seq); hub, seq, leaf count and time go in the event.
     function anchorBatch(uint64 seq, bytes32 root, uint32 leafCount)
         external
         only(HUB)
@@ -430,17 +429,15 @@ contract HealthSense is IHealthSense {
     {
         if (root == bytes32(0) || leafCount == 0) revert EmptyBatch();
         bytes32 batchId = batchIdOf(msg.sender, seq);
-        Batch storage b = _batches[batchId];
-        if (b.root != bytes32(0)) revert BatchAlreadyAnchored(batchId);
-        _batches[batchId] = Batch(root, msg.sender, seq, leafCount, uint64(block.timestamp));
-        emit BatchAnchored(batchId, msg.sender, seq, root, leafCount);
+        if (_batchRoots[batchId] != bytes32(0)) revert BatchAlreadyAnchored(batchId);
+        _batchRoots[batchId] = root;
+        emit BatchAnchored(batchId, msg.sender, seq, root, leafCount, uint64(block.timestamp));
         return batchId;
     }
 
-    /// @notice An anchored batch; zeros if unknown.
-    function getBatch(bytes32 batchId) external view returns (BatchInfo memory) {
-        Batch storage b = _batches[batchId];
-        return BatchInfo(b.root, b.hub, b.seq, b.leafCount, b.anchoredAt);
+    /// @notice The Merkle root anchored as `batchId`; zero if none.
+    function batchRoot(bytes32 batchId) external view returns (bytes32) {
+        return _batchRoots[batchId];
     }
 
     /// @notice `keccak256(abi.encode(hub, seq))`.
@@ -450,7 +447,7 @@ contract HealthSense is IHealthSense {
 
     /// @notice Whether `leaf` with `proof` is in the batch (OpenZeppelin sorted-pair proofs).
     function verifyReading(bytes32 batchId, bytes32 leaf, bytes32[] calldata proof) external view returns (bool) {
-        bytes32 root = _batches[batchId].root;
+        bytes32 root = _batchRoots[batchId];
         if (root == bytes32(0)) return false;
         bytes32 node = leaf;
         for (uint256 i = 0; i < proof.length; i++) {

@@ -30,6 +30,8 @@ sol! {
     error StaleSequence(bytes32 deviceId, uint64 seq, uint64 lastSeq);
     error InvalidSignature(bytes32 deviceId, uint64 seq);
     error EmptyCid();
+    error WardHasNoTariff(bytes32 ward);
+    error ZeroTariff(bytes32 ward);
 }
 
 /// Every way a HealthSense call can fail.
@@ -85,4 +87,8 @@ pub enum Error {
     InvalidSignature(InvalidSignature),
     /// Empty CID.
     EmptyCid(EmptyCid),
+    /// Admission to a ward whose bed rate was never set.
+    WardHasNoTariff(WardHasNoTariff),
+    /// A bed rate of zero (a ward has a non-zero rate or none).
+    ZeroTariff(ZeroTariff),
 }

@@ -17,6 +17,6 @@ sol! {
     event PatientDischarged(bytes32 indexed patientId, bytes32 indexed deviceId, uint64 dischargedAt, uint64 bedDays, uint256 total, uint256 covered, uint256 due);
     event RecordArchived(bytes32 indexed patientId, string cid, bytes32 recordHash);
     event BillingRulesSet(uint32 indexed version, string cid);
-    event BatchAnchored(bytes32 indexed batchId, address indexed hub, uint64 seq, bytes32 root, uint32 leafCount);
+    event BatchAnchored(bytes32 indexed batchId, address indexed hub, uint64 seq, bytes32 root, uint32 leafCount, uint64 anchoredAt);
     event ReadingPosted(bytes32 indexed deviceId, uint64 indexed seq, uint64 timestamp, uint16 heartRate, uint16 respRate, uint16 spo2, uint16 systolic, uint16 diastolic, uint16 temperature, uint8 consciousness);
 }

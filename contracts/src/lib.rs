@@ -48,7 +48,7 @@ use stylus_sdk::storage::{
 
 use errors::*;
 use events::*;
-use state::{Batch, Device, Patient};
+use state::{Device, Patient};
 use types::*;
 
 pub use records::HealthSenseRecords;
@@ -64,7 +64,9 @@ pub struct HealthSense {
     devices: StorageMap<B256, Device>,
     patients: StorageMap<B256, Patient>,
     tariffs: StorageMap<B256, StorageU64>,
-    batches: StorageMap<B256, Batch>,
+    /// Merkle root per batch id: the one slot an anchor writes (the rest of
+    /// the batch is in its `BatchAnchored` event).
+    batches: StorageMap<B256, StorageB256>,
     rules_cid: StorageString,
     rules_version: StorageU32,
     /// The records program this contract delegates to; fixed at construction.
@@ -265,7 +267,8 @@ impl HealthSense {
 
     // ---------------------------------------------------------- patients
 
-    /// Admits a stay on an active, free device; the ward is the device's.
+    /// Admits a stay on an active, free device; the ward is the device's and
+    /// must have a bed rate.
     pub fn admit_patient(&mut self, patientId: B256, deviceId: B256) -> Result<(), Error> {
         self.guard(ids::DOCTOR_ROLE)?;
         if patientId.is_zero() {
@@ -284,6 +287,10 @@ impl HealthSense {
         };
         if !current.is_zero() {
             return Err(Error::DeviceInUse(DeviceInUse { deviceId, patientId: current }));
+        }
+        // No stay starts unpriced: discharge bills bed days at the ward's rate.
+        if self.tariffs.get(ward).is_zero() {
+            return Err(Error::WardHasNoTariff(WardHasNoTariff { ward }));
         }
         let now = self.vm().block_timestamp();
         self.devices.setter(deviceId).patient.set(patientId);
@@ -365,18 +372,22 @@ impl HealthSense {
         })
     }
 
-    /// Sets a ward's bed rate per day (minor units).
+    /// Sets a ward's bed rate per day (minor units, non-zero).
     pub fn set_tariff(&mut self, ward: B256, dailyRate: u64) -> Result<(), Error> {
         self.guard(ids::ADMIN_ROLE)?;
         if ward.is_zero() {
             return Err(Error::ZeroId(ZeroId {}));
+        }
+        // Zero is how storage says "no tariff"; a set rate never reads as unset.
+        if dailyRate == 0 {
+            return Err(Error::ZeroTariff(ZeroTariff { ward }));
         }
         self.tariffs.setter(ward).set(U64::from(dailyRate));
         self.vm().log(TariffSet { ward, dailyRate });
         Ok(())
     }
 
-    /// A ward's bed rate per day.
+    /// A ward's bed rate per day; zero if it has none.
     pub fn tariff(&self, ward: B256) -> u64 {
         self.tariffs.get(ward).to()
     }
@@ -500,37 +511,28 @@ impl HealthSense {
     // --------------------------------------------- hash-mode anchoring
 
     /// Anchors a Merkle root of readings as the calling hub's batch `seq`.
+    /// Stores the root alone (one slot, keyed by the batch id, which already
+    /// encodes hub and seq); hub, seq, leaf count and time go in the event.
     pub fn anchor_batch(&mut self, seq: u64, root: B256, leafCount: u32) -> Result<B256, Error> {
         self.guard(ids::HUB_ROLE)?;
         if root.is_zero() || leafCount == 0 {
             return Err(Error::EmptyBatch(EmptyBatch {}));
         }
         let hub = self.vm().msg_sender();
-        let now = self.vm().block_timestamp();
+        let anchoredAt = self.vm().block_timestamp();
         let batchId = ids::batch_id(hub, seq);
-        let mut b = self.batches.setter(batchId);
-        if !b.root.get().is_zero() {
+        let mut slot = self.batches.setter(batchId);
+        if !slot.get().is_zero() {
             return Err(Error::BatchAlreadyAnchored(BatchAlreadyAnchored { batchId }));
         }
-        b.root.set(root);
-        b.hub.set(hub);
-        b.seq.set(U64::from(seq));
-        b.leaf_count.set(U32::from(leafCount));
-        b.anchored_at.set(U64::from(now));
-        self.vm().log(BatchAnchored { batchId, hub, seq, root, leafCount });
+        slot.set(root);
+        self.vm().log(BatchAnchored { batchId, hub, seq, root, leafCount, anchoredAt });
         Ok(batchId)
     }
 
-    /// An anchored batch; zeros if unknown.
-    pub fn get_batch(&self, batchId: B256) -> BatchInfo {
-        let b = self.batches.getter(batchId);
-        BatchInfo {
-            root: b.root.get(),
-            hub: b.hub.get(),
-            seq: b.seq.get().to(),
-            leafCount: b.leaf_count.get().to(),
-            anchoredAt: b.anchored_at.get().to(),
-        }
+    /// The Merkle root anchored as `batchId`; zero if none.
+    pub fn batch_root(&self, batchId: B256) -> B256 {
+        self.batches.get(batchId)
     }
 
     /// `keccak256(abi.encode(hub, seq))`.
@@ -540,7 +542,7 @@ impl HealthSense {
 
     /// Whether `leaf` with `proof` is in the batch (OpenZeppelin sorted-pair proofs).
     pub fn verify_reading(&self, batchId: B256, leaf: B256, proof: Vec<B256>) -> bool {
-        let root = self.batches.getter(batchId).root.get();
+        let root = self.batches.get(batchId);
         !root.is_zero() && merkle::verify(&proof, root, leaf)
     }
 }

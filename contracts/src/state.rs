@@ -94,18 +94,3 @@ pub struct Patient {
     /// Archive record hash.
     pub record_hash: StorageB256,
 }
-
-/// An anchored Merkle batch.
-#[storage]
-pub struct Batch {
-    /// Merkle root.
-    pub root: StorageB256,
-    /// Hub that anchored it.
-    pub hub: StorageAddress,
-    /// The hub's batch counter.
-    pub seq: StorageU64,
-    /// Number of readings.
-    pub leaf_count: StorageU32,
-    /// Block time of anchoring.
-    pub anchored_at: StorageU64,
-}

@@ -119,6 +119,28 @@ fn discharge_bills_with_the_shared_rule_and_frees_the_device() {
 }
 
 #[test]
+fn admission_to_a_ward_without_a_tariff_is_refused_until_one_is_set() {
+    let (vm, mut c) = deployed();
+    let (ward, device, p) = (ids::ward_id("ward-new"), ids::device_id("HS-N"), B256::repeat_byte(0x4e));
+    vm.set_sender(ADMIN);
+    c.provision_device(device, address!("0000000000000000000000000000000000000007"), ward).must();
+    let err = revert_data(c.set_tariff(ward, 0).unwrap_err());
+    assert_eq!(err, ZeroTariff { ward }.abi_encode());
+    vm.set_sender(HUB);
+    c.activate_device(device).must();
+    vm.set_sender(DOCTOR);
+    let err = revert_data(c.admit_patient(p, device).unwrap_err());
+    assert_eq!(err, WardHasNoTariff { ward }.abi_encode());
+    assert_eq!(c.get_patient(p).status, 0);
+    assert!(c.get_device(device).patientId.is_zero());
+    vm.set_sender(ADMIN);
+    c.set_tariff(ward, 1).must();
+    vm.set_sender(DOCTOR);
+    c.admit_patient(p, device).must();
+    assert_eq!(c.get_patient(p).status, 1);
+}
+
+#[test]
 fn fallback_delegates_to_the_records_program_and_relays_its_answer() {
     let (vm, mut c) = deployed();
     let leaf = ids::device_id("any answer");
@@ -136,8 +158,10 @@ fn anchoring_rejects_repeats_and_verifies_proofs() {
     let leaves: Vec<B256> = (0u64..9).map(|i| reading_leaf(&healthsense_abi::Reading { seq: i, ..Default::default() })).collect();
     let tree = StandardTree::new(leaves).unwrap();
     vm.set_sender(HUB);
+    assert!(c.batch_root(ids::batch_id(HUB, 3)).is_zero());
     let id = c.anchor_batch(3, tree.root(), 9).must();
     assert_eq!(id, ids::batch_id(HUB, 3));
+    assert_eq!(c.batch_root(id), tree.root());
     let err = revert_data(c.anchor_batch(3, tree.root(), 9).unwrap_err());
     assert_eq!(err, BatchAlreadyAnchored { batchId: id }.abi_encode());
     for (leaf, proof) in tree.proofs() {

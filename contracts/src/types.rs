@@ -75,15 +75,6 @@ sol! {
         string cid;
         uint32 version;
     }
-
-    #[derive(AbiType)]
-    struct BatchInfo {
-        bytes32 root;
-        address hub;
-        uint64 seq;
-        uint32 leafCount;
-        uint64 anchoredAt;
-    }
 }
 
 impl Reading {

@@ -110,7 +110,7 @@ impl Anchorer {
         }
         let taken = |seq: u64| {
             let chain = self.chain.clone();
-            async move { chain.batch(seq).await.map(|b| b.root != B256::ZERO) }
+            async move { chain.batch_root(seq).await.map(|root| root != B256::ZERO) }
         };
         if !taken(1).await? {
             return Ok(1);
@@ -213,15 +213,16 @@ impl Anchorer {
     async fn on_chain(&mut self, batch: &Batch) -> Result<OnChain, ChainError> {
         match batch.mode {
             Mode::Hash => {
-                let info = self.chain.batch(batch.seq).await?;
-                if info.root == B256::ZERO {
+                // The chain keeps only the root; it fixes the leaves, and so their count.
+                let root = self.chain.batch_root(batch.seq).await?;
+                if root == B256::ZERO {
                     return Ok(OnChain::Absent);
                 }
-                if info.root != batch.root || info.leafCount != batch.leaf_count {
+                if root != batch.root {
                     let msg = format!(
-                        "batch {} is anchored on chain with root {} ({} leaves) but the store has {} ({}): \
+                        "batch {} is anchored on chain with root {} but the store has {} ({} leaves): \
                          this hub key is used by another store",
-                        batch.seq, info.root, info.leafCount, batch.root, batch.leaf_count
+                        batch.seq, root, batch.root, batch.leaf_count
                     );
                     tracing::error!("{msg}");
                     let _ = block_in_place(|| self.store.mark_failed(batch.seq, &msg));

@@ -11,7 +11,7 @@ use alloy::rpc::types::{Filter, TransactionReceipt, TransactionRequest};
 use alloy::signers::local::PrivateKeySigner;
 use alloy::sol_types::{SolCall, SolEvent, SolInterface};
 use healthsense_abi::bindings::HealthSense::{self as H, HealthSenseErrors};
-use healthsense_abi::bindings::IHealthSense::{BatchInfo, DeviceInfo};
+use healthsense_abi::bindings::IHealthSense::DeviceInfo;
 use healthsense_abi::rules::{eip712, ids};
 use healthsense_abi::Reading;
 
@@ -174,9 +174,10 @@ impl Chain {
         self.view(H::getDeviceCall { deviceId: id }).await
     }
 
-    /// A batch's record (zero root when not anchored).
-    pub async fn batch(&self, seq: u64) -> Result<BatchInfo, ChainError> {
-        self.view(H::getBatchCall { batchId: ids::batch_id(self.hub, seq) }).await
+    /// The root this hub anchored as batch `seq` (zero when not anchored);
+    /// the rest of the batch is in its `BatchAnchored` event.
+    pub async fn batch_root(&self, seq: u64) -> Result<B256, ChainError> {
+        self.view(H::batchRootCall { batchId: ids::batch_id(self.hub, seq) }).await
     }
 
     /// Whether the hub holds HUB_ROLE.

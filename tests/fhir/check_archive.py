@@ -19,7 +19,7 @@ Two modes:
       chain (getArchive), validates it as above, and re-checks the first
       reading of the full series: its leaf (OpenZeppelin StandardMerkleTree
       leaf of the ABI-encoded reading) and Merkle proof against the root the
-      chain holds for its batch (getBatch), and the contract's own
+      chain holds for its batch (batchRoot), and the contract's own
       verifyReading.
 
 Exit 0 when everything holds; 1 with the reasons otherwise.
@@ -202,7 +202,7 @@ def check_sealed(a):
 
     r = first_reading(bundle)
     leaf = leaf_of(r)
-    root = rpc(a.rpc, a.contract, selector("getBatch(bytes32)") + r["batchId"])[:32]
+    root = rpc(a.rpc, a.contract, selector("batchRoot(bytes32)") + r["batchId"])[:32]
     if root == bytes(32):
         problems.append(f"reading {r['seq']}: batch 0x{r['batchId'].hex()} is not anchored")
     elif process_proof(leaf, r["proof"]) != root:

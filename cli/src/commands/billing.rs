@@ -129,7 +129,12 @@ pub async fn tariff(cmd: TariffCmd, g: &Global) -> Result<()> {
         }
         TariffCmd::Show { ward } => {
             let r = c.view(H::tariffCall { ward: ids::ward_id(&ward) }).await?;
-            show(j, json!({ "ward": ward, "dailyRate": r }), format!("{ward}: {} a day", money(r)));
+            let text = if r == 0 {
+                format!("{ward}: no bed rate; admissions to it are refused until an admin sets one with `healthsense tariff set {ward} RATE`")
+            } else {
+                format!("{ward}: {} a day", money(r))
+            };
+            show(j, json!({ "ward": ward, "dailyRate": r, "priced": r != 0 }), text);
         }
     }
     Ok(())

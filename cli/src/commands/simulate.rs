@@ -51,6 +51,10 @@ pub struct SimulateArgs {
     /// $HEALTHSENSE_PASSWORD].
     #[arg(long, value_name = "FILE", env = "HEALTHSENSE_DOCTOR_PASSWORD_FILE")]
     doctor_password_file: Option<PathBuf>,
+    /// With --admit, the bed rate (minor units a day) set for --ward if it has none yet:
+    /// the contract admits no one to a ward without a tariff. An existing rate is kept.
+    #[arg(long, default_value_t = 45_000, value_parser = clap::value_parser!(u64).range(1..))]
+    bed_rate: u64,
     /// At the end, each device sends a signed discharge signal (the hub bills and archives).
     #[arg(long)]
     discharge: bool,
@@ -64,7 +68,8 @@ pub struct SimulateArgs {
 pub async fn run(args: SimulateArgs, g: &Global) -> Result<()> {
     let c = g.client(Access::Write)?;
     let j = g.json;
-    let SimulateArgs { hub, ward, broker, beds, rate, seconds, speed, seed, admit, doctor_keystore, doctor_password_file, discharge, wait } = args;
+    let SimulateArgs { hub, ward, broker, beds, rate, seconds, speed, seed, admit, doctor_keystore, doctor_password_file, bed_rate, discharge, wait } =
+        args;
     let (host, port) = broker
         .rsplit_once(':')
         .and_then(|(h, p)| Some((h.to_string(), p.parse::<u16>().ok()?)))
@@ -99,6 +104,15 @@ pub async fn run(args: SimulateArgs, g: &Global) -> Result<()> {
             .into());
         }
     }
+    let ward_id = ids::ward_id(&ward);
+    // The provisioning key (an admin) prices the ward first when it has no
+    // bed rate, since the contract refuses admission to an unpriced ward.
+    if doctor.is_some() && c.view(H::tariffCall { ward: ward_id }).await? == 0 {
+        c.send(H::setTariffCall { ward: ward_id, dailyRate: bed_rate }).await?;
+        if !j {
+            eprintln!("{ward} had no bed rate: set it to {} a day (--bed-rate)", super::output::money(bed_rate));
+        }
+    }
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
     let tag = format!("{:06x}", rand::rng().random::<u32>() & 0xff_ffff);
     let mut ward_beds: Vec<Bed> = (0..beds)
@@ -107,7 +121,6 @@ pub async fn run(args: SimulateArgs, g: &Global) -> Result<()> {
             Bed::new(format!("SIM-{tag}-{i:03}"), patient, &mut rng)
         })
         .collect();
-    let ward_id = ids::ward_id(&ward);
     for b in &ward_beds {
         c.send(H::provisionDeviceCall { deviceId: b.device_id(), signer: b.key.address(), ward: ward_id }).await?;
     }

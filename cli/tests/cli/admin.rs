@@ -210,6 +210,18 @@ fn refusals_say_who_refused_and_name_statuses() {
     assert!(err.contains("is pending") && !err.contains("status 1"), "{err}");
 
     w.ok(HUB, &["device", "activate", "HS-20"]);
+    // Issue 20: the ward has no bed rate, so the contract refuses the stay
+    // and healthsense says how to price the ward; a zero rate is refused too.
+    assert!(w.ok(STRANGER, &["tariff", "show", "ward-20"]).contains("no bed rate"));
+    let out = w.run(DOCTOR, &["patient", "admit", "stay-20", "--device", "HS-20"]);
+    assert_eq!(out.status.code(), Some(4), "{}", stderr(&out));
+    let err = stderr(&out);
+    assert!(err.contains("the contract refused admitPatient(") && err.contains("with WardHasNoTariff"), "{err}");
+    assert!(err.contains("healthsense tariff set WARD RATE") && err.contains("then admit again"), "{err}");
+    let out = w.run(ADMIN, &["tariff", "set", "ward-20", "0"]);
+    assert_eq!(out.status.code(), Some(4), "{}", stderr(&out));
+    assert!(stderr(&out).contains("with ZeroTariff") && stderr(&out).contains("minor units a day"), "{}", stderr(&out));
+    w.ok(ADMIN, &["tariff", "set", "ward-20", "30000"]);
     w.ok(DOCTOR, &["patient", "admit", "stay-20", "--device", "HS-20"]);
     // A bill before discharge: healthsense refuses, the contract was never asked.
     let out = w.run(STRANGER, &["bill", "stay-20"]);

@@ -84,6 +84,10 @@ impl Devnet {
         for (role, who) in [(ids::HUB_ROLE, HUB), (ids::HUB_ROLE, HUB9), (ids::DOCTOR_ROLE, DOCTOR), (ids::INSURER_ROLE, INSURER)] {
             net.send(ADMIN, H::grantRoleCall { role, account: net.addr(who) }).await;
         }
+        // The contract admits no one to a ward without a bed rate.
+        for ward in ["ward-3", "ward-9"] {
+            net.send(ADMIN, H::setTariffCall { ward: ids::ward_id(ward), dailyRate: 50_000 }).await;
+        }
         net
     }
 
@@ -329,7 +333,6 @@ fn rest_api_serves_each_role_its_records_and_nothing_else() {
         let pc = ids::patient_id(carol.address(), 2);
         net.send(DOCTOR, H::admitPatientCall { patientId: pb, deviceId: ids::device_id("HS-B") }).await;
         net.send(DOCTOR, H::admitPatientCall { patientId: pc, deviceId: ids::device_id("HS-C") }).await;
-        net.send(ADMIN, H::setTariffCall { ward: ids::ward_id("ward-3"), dailyRate: 50_000 }).await;
         net.send(DOCTOR, H::addChargeCall { patientId: pa, code: ids::charge_code("99213").unwrap(), category: 1, quantity: 2, unitPrice: 12_500 }).await;
         net.send(INSURER, H::setPolicyCall { patientId: pa, coverageBps: 8_000, deductible: 0, cap: u64::MAX, coveredCategories: 0xff }).await;
 
@@ -579,7 +582,7 @@ fn rest_api_serves_each_role_its_records_and_nothing_else() {
             consciousness: n("consciousness") as u8,
         };
         assert_eq!(reading_leaf(&r), leaf);
-        assert!(merkle::verify(&path, net.view(H::getBatchCall { batchId: batch_id }).await.root, leaf));
+        assert!(merkle::verify(&path, net.view(H::batchRootCall { batchId: batch_id }).await, leaf));
         let domain = eip712::domain_separator(
             proof["domain"]["chainId"].as_u64().unwrap(),
             serde_json::from_value(proof["domain"]["verifyingContract"].clone()).unwrap(),

@@ -865,6 +865,7 @@ fn archiving_net(ipfs_api: &str, hubs: &[usize]) -> (Net, PathBuf) {
     let mut net = Net::new(hubs);
     net.cli(ADMIN, &["roles", "grant", "doctor", &net.anvil.addresses()[DOCTOR].to_string()]);
     net.cli(ADMIN, &["roles", "grant", "insurer", &net.anvil.addresses()[INSURER].to_string()]);
+    net.cli(ADMIN, &["tariff", "set", "ward-3", "45000"]);
     let key_file = net.dir.path().join("archive.key");
     std::fs::write(&key_file, healthsense_oracle::archive::seal::Secret::random().to_hex()).unwrap();
     let rules = net.dir.path().join("billing-rules.md");
@@ -963,11 +964,11 @@ fn a_discharge_signal_bills_archives_and_every_archive_verifies() {
         cid
     });
 
-    // The bill came from the contract: 1 bed day (no tariff) + 25000 + 3 x 1999.
+    // The bill came from the contract: 1 bed day at ward-3's 45000 + 25000 + 3 x 1999.
     let bill: serde_json::Value = serde_json::from_str(&net.cli(ADMIN, &["--json", "bill", "stay-d1"])).unwrap();
-    assert_eq!(bill["total"], "30997");
+    assert_eq!(bill["total"], "75997");
     // Covered: 80% of what is above the 5000 deductible, rounded down.
-    assert_eq!((bill["covered"].as_str(), bill["due"].as_str()), (Some("20797"), Some("10200")));
+    assert_eq!((bill["covered"].as_str(), bill["due"].as_str()), (Some("56797"), Some("19200")));
 
     let verify = net.cli(ADMIN, &["--ipfs-api", &ipfs.api(), "archive", "verify", "stay-d1", "--oracle-config", &config]);
     assert!(verify.contains("45/45") && verify.trim_end().ends_with("verified"), "{verify}\n{}", hub.logs());
@@ -1049,7 +1050,7 @@ fn a_discharge_signal_bills_archives_and_every_archive_verifies() {
             format!("{}{}{}", &j[..hr], v + 1, &j[end..])
         })),
         ("charge 1", Box::new(|j: String| j.replacen("{\"url\":\"unitPrice\",\"valueString\":\"1999\"}", "{\"url\":\"unitPrice\",\"valueString\":\"1899\"}", 1))),
-        ("bill", Box::new(|j: String| j.replacen("{\"url\":\"total\",\"valueString\":\"30997\"}", "{\"url\":\"total\",\"valueString\":\"30897\"}", 1))),
+        ("bill", Box::new(|j: String| j.replacen("{\"url\":\"total\",\"valueString\":\"75997\"}", "{\"url\":\"total\",\"valueString\":\"75897\"}", 1))),
     ];
     for (item, edit) in cases {
         let forged = tmp.path().join("forged.hsa");

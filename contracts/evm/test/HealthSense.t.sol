@@ -219,6 +219,29 @@ contract HealthSenseTest is Fixture {
         vm.assertEq(hs.getDevice(device).patientId, bytes32(0), "device freed");
     }
 
+    /// Issue 20: no stay starts in a ward without a bed rate, and no rate is zero.
+    function test_admission_to_a_ward_without_a_tariff_is_refused() public {
+        bytes32 w = keccak256("ward-new");
+        bytes32 d = keccak256("HS-N");
+        vm.prank(admin);
+        hs.provisionDevice(d, address(7), w);
+        vm.prank(hub);
+        hs.activateDevice(d);
+        vm.prank(doctor);
+        vm.expectRevert(abi.encodeWithSelector(IHealthSense.WardHasNoTariff.selector, w));
+        hs.admitPatient(patient, d);
+        vm.assertEq(hs.getPatient(patient).status, 0, "not admitted");
+        vm.assertEq(hs.getDevice(d).patientId, bytes32(0), "device still free");
+        vm.prank(admin);
+        vm.expectRevert(abi.encodeWithSelector(IHealthSense.ZeroTariff.selector, w));
+        hs.setTariff(w, 0);
+        vm.prank(admin);
+        hs.setTariff(w, 1);
+        vm.prank(doctor);
+        hs.admitPatient(patient, d);
+        vm.assertEq(hs.getPatient(patient).status, 1, "admitted once priced");
+    }
+
     function test_bill_with_policy_cap_and_rounding() public {
         admit();
         vm.startPrank(doctor);
@@ -263,6 +286,33 @@ contract HealthSenseTest is Fixture {
         vm.assertFalse(hs.verifyReading(id, l[0], proof), "altered proof");
     }
 
+    /// Issue 22: an anchor writes one storage slot, the root; hub, seq, leaf
+    /// count and time are in the event.
+    function test_anchor_stores_the_root_alone_and_the_rest_in_the_event() public {
+        bytes32 root = keccak256("root");
+        bytes32 id = hs.batchIdOf(hub, 5);
+        vm.assertEq(hs.batchRoot(id), bytes32(0), "no root before");
+        vm.record();
+        vm.recordLogs();
+        vm.prank(hub);
+        hs.anchorBatch(5, root, 2_000);
+        (, bytes32[] memory writes) = vm.accesses(address(hs));
+        vm.assertEq(writes.length, 1, "one slot written");
+        vm.assertEq(hs.batchRoot(id), root, "the root is stored");
+        Vm.Log[] memory logs = vm.getRecordedLogs();
+        vm.assertEq(logs.length, 1, "one event");
+        vm.assertEq(logs[0].topics[1], id, "batch id topic");
+        vm.assertEq(logs[0].topics[2], bytes32(uint256(uint160(hub))), "hub topic");
+        (uint64 seq, bytes32 r, uint32 leaves, uint64 at) = abi.decode(logs[0].data, (uint64, bytes32, uint32, uint64));
+        vm.assertEq(seq, 5, "seq");
+        vm.assertEq(r, root, "root");
+        vm.assertEq(leaves, 2_000, "leaf count");
+        vm.assertEq(at, block.timestamp, "anchoring time");
+        vm.prank(hub);
+        vm.expectRevert(abi.encodeWithSelector(IHealthSense.BatchAlreadyAnchored.selector, id));
+        hs.anchorBatch(5, keccak256("other root"), 1);
+    }
+
     // ------------------------------------------------------ readings mode
     function test_post_signed_readings_and_reject_replays() public {
         IHealthSense.Reading[] memory rs = new IHealthSense.Reading[](2);
@@ -301,6 +351,7 @@ contract HealthSenseFuzzTest is Fixture {
         uint8 cats,
         uint32 stay
     ) public {
+        rate = uint64(bound(rate, 1, type(uint64).max));
         bps = uint16(bound(bps, 0, 10_000));
         q1 = uint32(bound(q1, 1, type(uint32).max));
         q2 = uint32(bound(q2, 1, type(uint32).max));

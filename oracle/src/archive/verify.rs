@@ -126,7 +126,7 @@ pub async fn verify<P: Provider>(
     let mut roots: HashMap<B256, B256> = HashMap::new();
     for a in &parsed.readings {
         if let std::collections::hash_map::Entry::Vacant(slot) = roots.entry(a.batch_id) {
-            slot.insert(h.getBatch(a.batch_id).call().await.map_err(rpc)?.root);
+            slot.insert(h.batchRoot(a.batch_id).call().await.map_err(rpc)?);
         }
     }
     let mut device = h.getDevice(on_chain.deviceId).call().await.map_err(rpc)?;

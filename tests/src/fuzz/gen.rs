@@ -36,6 +36,7 @@ const SECP256K1_N: U256 = U256::from_limbs([0xbfd25e8cd0364141, 0xbaaedce6af48a0
 struct Dev {
     id: B256,
     signer: Address,
+    ward: B256,
     status: u8,
     patient: Option<B256>,
     last_seq: u64,
@@ -84,6 +85,8 @@ pub struct Generator {
     devices: Vec<Dev>,
     patients: Vec<Pat>,
     wards: Vec<B256>,
+    /// Wards with a bed rate (admission to any other is refused).
+    priced: HashSet<B256>,
     keys: HashMap<Address, PrivateKeySigner>,
     /// Anchored (hub, seq) pairs and each hub's next sequence number.
     anchored: Vec<(Address, u64)>,
@@ -110,6 +113,7 @@ impl Generator {
             devices: Vec::new(),
             patients: Vec::new(),
             wards: ["fz-ward-1", "fz-ward-2", "fz-ward-3"].iter().map(|w| ids::ward_id(w)).collect(),
+            priced: HashSet::new(),
             keys: HashMap::new(),
             anchored: Vec::new(),
             next_batch: HashMap::new(),
@@ -277,7 +281,8 @@ impl Generator {
         let has = |g: &Self, role: B256| !g.holders(role).is_empty();
         let missing_roles = [ids::HUB_ROLE, ids::DOCTOR_ROLE, ids::INSURER_ROLE].iter().any(|r| !has(self, *r));
         let pending = self.devices.iter().any(|d| d.status == 1);
-        let free_active = self.devices.iter().any(|d| d.status == 2 && d.patient.is_none());
+        let free_active = self.devices.iter().any(|d| d.status == 2 && d.patient.is_none() && self.priced.contains(&d.ward));
+        let unpriced = self.devices.iter().any(|d| d.status == 2 && d.patient.is_none() && !self.priced.contains(&d.ward));
         let active = self.devices.iter().any(|d| d.status == 2);
         let admitted = self.patients.iter().any(|p| p.status == 1);
         let discharged = self.patients.iter().any(|p| p.status == 2);
@@ -293,7 +298,7 @@ impl Generator {
             (RevokeDevice, 2),
             (AdmitPatient, w(free_active, 12, 2)),
             (AddCharge, w(admitted, 10, 1)),
-            (SetTariff, 4),
+            (SetTariff, w(unpriced, 10, 3)),
             (SetPolicy, w(admitted, 8, 1)),
             (Discharge, w(admitted, 6, 1)),
             (SetArchive, w(discharged, 10, 1)),
@@ -385,7 +390,9 @@ impl Generator {
                     1..=2 if !self.patients.is_empty() => self.patient_id(|_| true),
                     _ => self.fresh_b256(),
                 };
-                let deviceId = self.device_id(|d| d.status == 2 && d.patient.is_none());
+                // Mostly a device in a priced ward; the others meet WardHasNoTariff.
+                let priced = self.priced.clone();
+                let deviceId = self.device_id(|d| d.status == 2 && d.patient.is_none() && priced.contains(&d.ward));
                 (self.sender(&[doctor]), C::admitPatient(H::admitPatientCall { patientId, deviceId }))
             }
             Kind::AddCharge => {
@@ -409,7 +416,9 @@ impl Generator {
                 (self.sender(&[doctor]), C::addCharge(H::addChargeCall { patientId, code, category, quantity, unitPrice }))
             }
             Kind::SetTariff => {
-                let ward = self.ward();
+                // Mostly the ward of a device waiting for a bed rate.
+                let waiting: Vec<B256> = self.devices.iter().filter(|d| d.status == 2 && !self.priced.contains(&d.ward)).map(|d| d.ward).collect();
+                let ward = if !waiting.is_empty() && self.chance(0.7) { self.pick(&waiting) } else { self.ward() };
                 let dailyRate = self.u64_edge(10_000..=90_000);
                 (self.sender(&[admin]), C::setTariff(H::setTariffCall { ward, dailyRate }))
             }
@@ -630,12 +639,15 @@ impl Generator {
             }
             C::pause(_) => self.paused = true,
             C::unpause(_) => self.paused = false,
-            C::provisionDevice(c) => self.devices.push(Dev { id: c.deviceId, signer: c.signer, status: 1, patient: None, last_seq: 0 }),
+            C::provisionDevice(c) => self.devices.push(Dev { id: c.deviceId, signer: c.signer, ward: c.ward, status: 1, patient: None, last_seq: 0 }),
             C::activateDevice(c) => self.device_mut(c.deviceId, |d| d.status = 2),
             C::revokeDevice(c) => self.device_mut(c.deviceId, |d| d.status = 3),
             C::admitPatient(c) => {
                 self.device_mut(c.deviceId, |d| d.patient = Some(c.patientId));
                 self.patients.push(Pat { id: c.patientId, status: 1, admitted_at: time, insurer: None });
+            }
+            C::setTariff(c) => {
+                self.priced.insert(c.ward);
             }
             C::setPolicy(c) => {
                 let from = step.from;

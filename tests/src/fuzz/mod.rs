@@ -431,7 +431,7 @@ pub fn probes(steps: &[Step]) -> Vec<Step> {
     for (hub, seq, root) in batches {
         let batchId = ids::batch_id(hub, seq);
         out.push(v(C::batchIdOf(H::batchIdOfCall { hub, seq })));
-        out.push(v(C::getBatch(H::getBatchCall { batchId })));
+        out.push(v(C::batchRoot(H::batchRootCall { batchId })));
         out.push(v(C::verifyReading(H::verifyReadingCall { batchId, leaf: root, proof: vec![] })));
     }
     for reading in readings {

@@ -17,6 +17,8 @@ interface Vm {
     function warp(uint256 timestamp) external;
     function expectRevert(bytes calldata revertData) external;
     function recordLogs() external;
+    function record() external;
+    function accesses(address target) external returns (bytes32[] memory reads, bytes32[] memory writes);
     function getRecordedLogs() external returns (Log[] memory);
     function sign(uint256 privateKey, bytes32 digest) external pure returns (uint8 v, bytes32 r, bytes32 s);
     function addr(uint256 privateKey) external pure returns (address);
