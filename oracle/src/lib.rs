@@ -28,6 +28,7 @@ pub mod metrics;
 pub mod news2;
 pub mod protocol;
 pub mod store;
+pub mod trend;
 
 pub use config::Config;
 pub use hub::{run, start, Options, RunningHub};

@@ -260,6 +260,7 @@ impl Store {
         conn.pragma_update(None, "synchronous", "FULL")?;
         conn.busy_handler(Some(wait_for_lock))?;
         conn.execute_batch(SCHEMA)?;
+        crate::trend::init(&conn)?;
         let expected = binding.to_string();
         let found: Option<String> =
             conn.query_row("SELECT value FROM meta WHERE key = 'binding'", [], |r| r.get(0)).optional()?;
@@ -508,15 +509,22 @@ impl Store {
             }
             {
                 let mut upd = tx.prepare_cached(
-                    "UPDATE readings SET batch_seq = ?1, leaf_index = ?2, proof = ?3
-                     WHERE id = ?4 AND (batch_seq IS NULL OR batch_seq = ?1)",
+                    "UPDATE readings SET batch_seq = ?1, leaf_index = ?2, proof = ?3 WHERE id = ?4 AND batch_seq IS NULL",
                 )?;
-                for (i, ((id, _), proof)) in chunk.iter().zip(chunk_proofs).enumerate() {
+                let mut stamped = tx.prepare_cached("SELECT batch_seq FROM readings WHERE id = ?1")?;
+                // The trend rollup takes each reading in the transaction that
+                // batches it: once, as a reading is batched once. A reading
+                // this batch already holds (a cut a crash interrupted) is in.
+                let mut newly = Vec::with_capacity(chunk.len());
+                for (i, ((id, r), proof)) in chunk.iter().zip(chunk_proofs).enumerate() {
                     let proof = (!proof.is_empty()).then_some(proof.as_slice());
-                    if upd.execute(params![seq as i64, (k * CUT_CHUNK + i) as i64, proof, id])? != 1 {
+                    if upd.execute(params![seq as i64, (k * CUT_CHUNK + i) as i64, proof, id])? == 1 {
+                        newly.push(r);
+                    } else if stamped.query_row([id], |r| r.get::<_, Option<i64>>(0)).optional()? != Some(Some(seq as i64)) {
                         return Err(StoreError::Corrupt(format!("reading {id} changed while batch {seq} was cut")));
                     }
                 }
+                crate::trend::add(&tx, newly.into_iter())?;
             }
             if k + 1 == total {
                 tx.execute("UPDATE batches SET state = 'pending' WHERE seq = ?1", [seq as i64])?;

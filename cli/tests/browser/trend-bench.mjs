@@ -27,11 +27,6 @@ try {
     const context = await browser.newContext({ viewport: { width: 1280, height: 900 } });
     await context.addCookies([{ name: 'hs_session', value: env('HS_TOKEN'), url: URL_ }]);
     const page = await context.newPage();
-    let json = 0;
-    page.on('response', async res => {
-      if (!res.url().includes('/api/v1/') || res.url().endsWith('/events')) return;
-      try { json += (await res.body()).length; } catch (_) { /* the page went on */ }
-    });
     await page.goto(`${URL_}#/patient/${PATIENT}/24h`);
     // Every chart drawn, the NEWS2 one last, with the day's readings behind
     // it (the window ends now, so the first seconds of the day have left it).
@@ -47,8 +42,12 @@ try {
       const rs = performance.getEntriesByType('resource').filter(e => e.name.includes('/trend'));
       return { n: rs.length, ms: rs.reduce((t, e) => t + e.duration, 0), end: Math.max(0, ...rs.map(e => e.responseEnd)) };
     });
-    await page.waitForTimeout(300); // let the response sizes be counted
-    const trendJson = json;
+    await page.waitForTimeout(300); // the page's last requests (bill, charges) end
+    // The JSON the page fetched, as its resource timing counts it (bodies
+    // decoded; the event stream left out).
+    const trendJson = await page.evaluate(() => performance.getEntriesByType('resource')
+      .filter(e => e.name.includes('/api/v1/') && !e.name.endsWith('/events'))
+      .reduce((n, e) => n + e.decodedBodySize, 0));
     render.push(ms);
     bytes.push(trendJson);
     // Baseline: the raw history, as the dashboard fetched it before.

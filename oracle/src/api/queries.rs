@@ -86,24 +86,6 @@ pub fn vitals(
     Ok(out)
 }
 
-/// Calls `f` on each reading of `device` with a timestamp in
-/// `from_ms..=to_ms`, in no particular order (the trend aggregates them).
-pub fn each_reading(store: &Store, device: B256, from_ms: u64, to_ms: u64, mut f: impl FnMut(&Reading)) -> Result<(), StoreError> {
-    let clamp = |v: u64| v.min(i64::MAX as u64) as i64;
-    let tx = store.conn().unchecked_transaction()?;
-    for part in ["batch_seq IS NOT NULL", "batch_seq IS NULL"] {
-        let mut stmt = tx.prepare_cached(&format!(
-            "SELECT {READING_COLUMNS} FROM readings WHERE {part} AND device_id = ?1 AND ts BETWEEN ?2 AND ?3"
-        ))?;
-        let mut rows = stmt.query(params![device.as_slice(), clamp(from_ms), clamp(to_ms)])?;
-        while let Some(r) = rows.next()? {
-            f(&reading_row(r, 0)?);
-        }
-    }
-    tx.finish()?;
-    Ok(())
-}
-
 /// The latest reading (highest sequence number) of every device.
 pub fn latest_readings(store: &Store) -> Result<Vec<Latest>, StoreError> {
     let mut stmt = store.conn().prepare(&format!(

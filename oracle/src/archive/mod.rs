@@ -14,6 +14,7 @@
 pub mod fhir;
 pub mod job;
 pub mod seal;
+pub mod sigs;
 pub mod verify;
 
 use alloy::primitives::{B256, U256};

@@ -5,7 +5,7 @@
 
 use std::collections::HashMap;
 
-use alloy::primitives::{keccak256, Address, B256};
+use alloy::primitives::{keccak256, Address, Signature, B256};
 use alloy::providers::Provider;
 use healthsense_abi::bindings::HealthSense::HealthSenseInstance;
 use healthsense_abi::rules::reading::{self, reading_leaf};
@@ -88,6 +88,99 @@ fn stay_findings(parsed: &ParsedBundle, admitted_at: u64, discharged_at: u64) ->
     out
 }
 
+/// Each reading's problems: not anchored, another device's, values that
+/// do not match the anchored root, or a signature that is not the device's.
+///
+/// Proofs are checked once per tree node: per batch, a node already proven
+/// to lead to the anchored root ends the walk of every later proof that
+/// reaches it with the same path above it (a walk that disagrees is checked
+/// in full, so the findings are those of one full check per reading).
+/// Signatures are checked on every core in weighted sums against the
+/// device's key ([`super::sigs`]); a chunk whose sum fails is checked one
+/// signature at a time with the hub's own check, which names each bad one.
+fn reading_findings(
+    parsed: &ParsedBundle,
+    roots: &HashMap<B256, B256>,
+    device: B256,
+    domain: B256,
+    signer: &crate::devices::Device,
+) -> Vec<Finding> {
+    let mut found: Vec<Option<Finding>> = vec![None; parsed.readings.len()];
+    let mut by_batch: HashMap<B256, Vec<usize>> = HashMap::new();
+    for (i, a) in parsed.readings.iter().enumerate() {
+        let why = match roots.get(&a.batch_id) {
+            None => Some(format!("batch {} is not anchored", a.batch_id)),
+            Some(root) if root.is_zero() => Some(format!("batch {} is not anchored", a.batch_id)),
+            _ if a.reading.deviceId != device => Some("taken by another device".into()),
+            _ => {
+                by_batch.entry(a.batch_id).or_default().push(i);
+                None
+            }
+        };
+        found[i] = why.map(|why| Finding { item: format!("reading {}", a.reading.seq), why });
+    }
+    let unproven: Vec<usize> = by_batch
+        .par_iter()
+        .flat_map_iter(|(batch, members)| unproven_in_batch(parsed, roots[batch], members))
+        .collect();
+    for i in unproven {
+        let a = &parsed.readings[i];
+        found[i] = Some(Finding { item: format!("reading {}", a.reading.seq), why: format!("values do not match the root anchored in batch {}", a.batch_seq) });
+    }
+    // Signatures of the readings with nothing else wrong.
+    let todo: Vec<usize> = (0..found.len()).filter(|&i| found[i].is_none()).collect();
+    let digests: Vec<(B256, &[u8])> = todo
+        .par_iter()
+        .map(|&i| (eip712::reading_digest(domain, &parsed.readings[i].reading), parsed.readings[i].signature.as_slice()))
+        .collect();
+    let single = |digest: &B256, sig: &[u8]| Signature::from_raw(sig).is_ok_and(|s| signer.check(digest, &s).is_ok());
+    // The device's key, from the first signature that recovers to its signer.
+    let key = digests.iter().find_map(|(digest, sig)| {
+        let k = Signature::from_raw(sig).ok()?.recover_from_prehash(digest).ok()?;
+        (Address::from_public_key(&k) == signer.signer).then(|| *k.as_affine())
+    });
+    let signed = match key {
+        Some(key) => super::sigs::verify_all(&key, &digests, single),
+        None => digests.par_iter().map(|(d, s)| single(d, *s)).collect(),
+    };
+    for (&i, ok) in todo.iter().zip(signed) {
+        if !ok {
+            found[i] = Some(Finding { item: format!("reading {}", parsed.readings[i].reading.seq), why: "signature is not the device's".into() });
+        }
+    }
+    found.into_iter().flatten().collect()
+}
+
+/// The readings of one batch (`members`, indices into `parsed.readings`)
+/// whose proof does not lead from their leaf to `root`.
+fn unproven_in_batch(parsed: &ParsedBundle, root: B256, members: &[usize]) -> Vec<usize> {
+    // Node -> the proof path above it, for nodes proven to reach the root.
+    let mut proven: HashMap<B256, &[B256]> = HashMap::with_capacity(members.len() * 2);
+    proven.insert(root, &[]);
+    let mut bad = Vec::new();
+    for &i in members {
+        let a = &parsed.readings[i];
+        let leaf = reading_leaf(&a.reading);
+        let (mut node, mut walked) = (leaf, Vec::with_capacity(a.proof.len()));
+        let ok = loop {
+            if let Some(above) = proven.get(&node) {
+                break *above == &a.proof[walked.len()..] || merkle::verify(&a.proof, root, leaf);
+            }
+            let Some(sibling) = a.proof.get(walked.len()) else { break false };
+            walked.push(node);
+            node = merkle::hash_pair(&node, sibling);
+        };
+        if ok {
+            for (level, n) in walked.into_iter().enumerate() {
+                proven.entry(n).or_insert(&a.proof[level..]);
+            }
+        } else {
+            bad.push(i);
+        }
+    }
+    bad
+}
+
 /// Verifies `bundle` (the decrypted, decompressed JSON) of `patient`
 /// against the contract at `contract`. `record_hash` is `keccak256(bundle)`.
 pub async fn verify<P: Provider>(
@@ -130,33 +223,11 @@ pub async fn verify<P: Provider>(
         }
     }
     let mut device = h.getDevice(on_chain.deviceId).call().await.map_err(rpc)?;
-    // The ingest path's check: the first signature is recovered against the
-    // registered signer, the rest verified against its cached public key
-    // with ecrecover's acceptance rule (half the work of recovering each).
     // The device may be revoked by now; what counts is who signed.
     device.status = DeviceStatus::Active as u8;
     let signer = crate::devices::Device::from_info(&device);
     let domain = eip712::domain_separator(chain_id, contract);
-    let problems: Vec<Finding> = parsed
-        .readings
-        .par_iter()
-        .filter_map(|a| {
-            let item = format!("reading {}", a.reading.seq);
-            let root = roots.get(&a.batch_id).copied().unwrap_or_default();
-            if root.is_zero() {
-                return Some(Finding { item, why: format!("batch {} is not anchored", a.batch_id) });
-            }
-            if a.reading.deviceId != on_chain.deviceId {
-                return Some(Finding { item, why: "taken by another device".into() });
-            }
-            if !merkle::verify(&a.proof, root, reading_leaf(&a.reading)) {
-                return Some(Finding { item, why: format!("values do not match the root anchored in batch {}", a.batch_seq) });
-            }
-            let digest = eip712::reading_digest(domain, &a.reading);
-            let signed = alloy::primitives::Signature::from_raw(&a.signature).is_ok_and(|s| signer.check(&digest, &s).is_ok());
-            (!signed).then(|| Finding { item, why: "signature is not the device's".into() })
-        })
-        .collect();
+    let problems = reading_findings(parsed, &roots, on_chain.deviceId, domain, &signer);
     let readings_verified = parsed.readings.len() - problems.len();
     tampered.extend(problems);
     tampered.extend(stay_findings(parsed, on_chain.admittedAt, on_chain.dischargedAt));

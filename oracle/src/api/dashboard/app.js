@@ -45,7 +45,7 @@ const LIVE_MAX = 5000; // live points kept before the trend is reloaded
 
 const state = {
   me: null, view: null, patient: null, events: null, updates: 0,
-  range: 3600e3, trend: null, trendToken: 0, live: new Map(), drawQueued: false,
+  range: 3600e3, trend: null, held: null, trendToken: 0, live: new Map(), drawQueued: false,
   ward: null, current: new Map(), wardReload: null, unknown: new Set(),
 };
 
@@ -169,6 +169,7 @@ function counted() {
 
 function onReading(r) {
   counted();
+  if (state.held && state.held.length < LIVE_MAX) state.held.push(r); // a patient record on its way (showPatient)
   if (state.view === 'ward') {
     const row = findRow(r.serial);
     if (!row) {
@@ -415,22 +416,38 @@ function windowOf() {
   return [start, Math.max(end, start + 60e3)];
 }
 
-async function loadTrend() {
-  const token = ++state.trendToken;
-  const id = state.patient.id;
-  const [start, to] = windowOf();
-  const bucket = Math.max(1000, Math.ceil((to - start) / BUCKETS));
-  const from = Math.max(start, state.patient.admittedAt * 1000);
+// The bucket width for a window of `span` ms: about BUCKETS buckets, past
+// 10 s in whole minutes, which the hub answers from its per-minute rollup.
+function bucketFor(span) {
+  const w = Math.ceil(span / BUCKETS);
+  return w > 10e3 ? Math.ceil(w / 60e3) * 60e3 : Math.max(1000, w);
+}
+
+// Every page of a trend; null once `stale()` says a newer load won.
+async function trendItems(id, from, bucket, stale = () => false) {
   const items = [];
   let cursor = null;
-  $('#charts').setAttribute('aria-busy', 'true');
   do {
     const q = `from=${from}&bucket=${bucket}` + (cursor !== null ? `&cursor=${cursor}` : '');
     const page = await api(`/api/v1/patients/${id}/trend?${q}`);
-    if (token !== state.trendToken) return; // a newer load (range change) won
+    if (stale()) return null;
     items.push(...page.items);
     cursor = page.next;
   } while (cursor !== null);
+  return items;
+}
+
+// `early`: the trend asked for together with the patient record (showPatient).
+async function loadTrend(early) {
+  const token = ++state.trendToken;
+  const id = state.patient.id;
+  const [start, to] = windowOf();
+  const bucket = bucketFor(to - start);
+  const from = Math.max(start, state.patient.admittedAt * 1000);
+  $('#charts').setAttribute('aria-busy', 'true');
+  const stale = () => token !== state.trendToken; // a newer load (range change) won
+  const items = await (early && early.bucket === bucket ? early.items : trendItems(id, from, bucket, stale));
+  if (!items || stale()) return;
   const maxSeq = items.reduce((m, b) => Math.max(m, b.seq[1]), -1);
   state.trend = { from, bucket, items, maxSeq };
   for (const s of Array.from(state.live.keys())) if (s <= maxSeq) state.live.delete(s);
@@ -636,13 +653,29 @@ function dl(box, pairs) {
 }
 
 async function showPatient(id) {
-  const p = await api(`/api/v1/patients/${id}`);
+  // The trend and the alerts are asked for with the patient record, not
+  // after it: a live stay's fixed window (1 h, 8 h, 24 h) needs only the
+  // range. Live readings are held meanwhile, until the record names the
+  // stay's device.
+  const span = typeof state.range === 'number' ? state.range : null;
+  const early = span && { bucket: bucketFor(span), items: trendItems(id, Date.now() - span, bucketFor(span)) };
+  const alertsReq = api(`/api/v1/patients/${id}/alerts?limit=20`);
+  for (const req of [alertsReq, early && early.items]) if (req) req.catch(() => {}); // awaited below
+  state.held = [];
+  let p, held;
+  try {
+    p = await api(`/api/v1/patients/${id}`);
+  } finally {
+    held = state.held;
+    state.held = null;
+  }
   // Live readings of this stay are kept from here on, before the history
   // arrives; the two are merged by sequence number.
   state.view = 'patient';
   state.patient = p;
   state.trend = null;
   state.live = new Map();
+  for (const r of held) if (r.deviceId === p.deviceId) state.live.set(r.seq, point(r));
   show('patient');
   text($('#p-id'), p.id);
   text($('#p-status'), p.status);
@@ -651,14 +684,14 @@ async function showPatient(id) {
   setNews2(p.latest);
   $('#charts').replaceChildren();
   rangeButtons();
-  const alerts = await api(`/api/v1/patients/${id}/alerts?limit=20`);
+  const alerts = await alertsReq;
   const list = $('#p-alerts');
   list.replaceChildren();
   for (const a of alerts.items) list.append(alertItem(a));
   if (alerts.items[0]) state.current.set(p.deviceId, alerts.items[0]); else state.current.delete(p.deviceId);
   patientBanner();
   wardBanner();
-  await loadTrend();
+  await loadTrend(p.dischargedAt ? null : early);
   const bill = await api(`/api/v1/patients/${id}/bill`);
   const charges = await api(`/api/v1/patients/${id}/charges`);
   text($('#p-amount-head'), `Amount (${bill.currency})`);

@@ -3,12 +3,11 @@
 //! of a NEWS2 alert (the API's one write, to the hub store only) and the
 //! chain's clock for the bill estimate. `docs/API.md` describes each.
 
-use std::collections::BTreeMap;
-
 use alloy::eips::BlockNumberOrTag;
 
 use super::*;
 use crate::alerts::{AckRefusal, Alert};
+use crate::trend;
 
 /// The header a dashboard request that changes something must carry. A
 /// cross-site form cannot set it, and a cross-site `fetch` that sets it
@@ -71,50 +70,27 @@ pub(super) async fn ward(State(ctx): Ax, caller: Caller) -> ApiResult {
     }))
 }
 
-/// Min, sum and max of one vital in a bucket (0 = not measured, skipped).
-#[derive(Default, Clone, Copy)]
-struct Agg {
-    n: u64,
-    min: u16,
-    max: u16,
-    sum: u64,
-}
-
-impl Agg {
-    fn add(&mut self, v: u16) {
-        if v == 0 {
-            return;
-        }
-        (self.min, self.max) = if self.n == 0 { (v, v) } else { (self.min.min(v), self.max.max(v)) };
-        self.n += 1;
-        self.sum += u64::from(v);
+/// The default bucket width for a range of `span` ms: the range in about
+/// [`TREND_BUCKETS`]; past 10 s rounded up to whole minutes, so every
+/// bucket is whole minutes of the rollup (`crate::trend`).
+fn default_width(span: u64) -> u64 {
+    let w = span / TREND_BUCKETS;
+    if w > 10_000 {
+        w.div_ceil(trend::MINUTE_MS) * trend::MINUTE_MS
+    } else {
+        w.max(1_000)
     }
-    /// `[min, mean, max]`, the mean rounded half up; `null` when unmeasured.
-    fn json(&self, scale: impl Fn(u64) -> Value) -> Value {
-        if self.n == 0 {
-            return Value::Null;
-        }
-        let mean = (self.sum * 2 + self.n) / (self.n * 2);
-        json!([scale(u64::from(self.min)), scale(mean), scale(u64::from(self.max))])
-    }
-}
-
-/// One trend bucket: what the dashboard draws as a min-max band and a mean.
-#[derive(Default)]
-struct Bucket {
-    n: u64,
-    seq: (u64, u64),
-    vitals: [Agg; 6],
-    news2: (u8, u8),
 }
 
 /// `GET /patients/{id}/trend?from&to&bucket&limit&cursor`: the stay's
-/// readings in time buckets of `bucket` ms (default: the range in about 600),
-/// each with its reading count, sequence range, and per vital the minimum,
-/// mean and maximum (so a spike is never averaged away), NEWS2 min and max.
-/// Temperature in °C to 0.1 (the charted rounding), the rest whole units.
-/// Pages of `limit` buckets (default and most 1,000); `next` is the next
-/// page's `cursor`.
+/// readings in time buckets of `bucket` ms (default: the range in about 600,
+/// whole minutes past 10 s), aligned to multiples of the width since the
+/// epoch; each with its reading count, sequence range, and per vital the
+/// minimum, mean and maximum (so a spike is never averaged away), NEWS2 min
+/// and max. Temperature in °C to 0.1 (the charted rounding), the rest whole
+/// units. Pages of `limit` buckets (default and most 1,000); `next` is the
+/// next page's `cursor`. Whole minutes come from the store's per-minute
+/// rollup, so a 24-hour trend reads about 1,440 rows.
 pub(super) async fn trend(State(ctx): Ax, caller: Caller, Path(id): Path<String>, RawQuery(q): RawQuery) -> ApiResult {
     let q = Params::new(q);
     let limit = q.limit_or(MAX_LIMIT)? as u64;
@@ -129,43 +105,32 @@ pub(super) async fn trend(State(ctx): Ax, caller: Caller, Path(id): Path<String>
     let width = match q.u64("bucket")? {
         Some(0) => return Err(ApiError::bad_request("bucket must be at least 1 (ms)")),
         Some(w) => w,
-        None => ((to - from) / TREND_BUCKETS).max(1_000),
+        None => default_width(to - from),
     };
+    let first = from - from % width;
     let start = match q.u64("cursor")? {
-        Some(c) if c < from || (c - from) % width != 0 => {
+        Some(c) if c < first || c > to || c % width != 0 => {
             return Err(ApiError::bad_request(format!("cursor {c} is not one this API returned")));
         }
         Some(c) => c,
-        None => from,
+        None => first,
     };
     let end = start.saturating_add(width.saturating_mul(limit)).saturating_sub(1).min(to);
-    let mut buckets: BTreeMap<u64, Bucket> = BTreeMap::new();
-    ctx.store(|s| {
-        queries::each_reading(s, p.deviceId, start, end, |r| {
-            let b = buckets.entry((r.timestamp - from) / width).or_default();
-            let score = news2::score(r).total;
-            (b.seq, b.news2) = if b.n == 0 {
-                ((r.seq, r.seq), (score, score))
-            } else {
-                ((b.seq.0.min(r.seq), b.seq.1.max(r.seq)), (b.news2.0.min(score), b.news2.1.max(score)))
-            };
-            b.n += 1;
-            let temp = if r.temperature == 0 { 0 } else { news2::temperature_tenths(r.temperature) };
-            for (agg, v) in b.vitals.iter_mut().zip([r.heartRate, r.respRate, r.spo2, r.systolic, r.diastolic, temp]) {
-                agg.add(v);
-            }
-        })
-    })?;
+    let buckets = ctx.store(|s| trend::trend(s, p.deviceId, start.max(from), end, width, trend::Source::Rollup))?;
     let whole = |v: u64| json!(v);
     let tenths = |v: u64| json!(v as f64 / 10.0);
+    let show = |a: &trend::Agg, scale: &dyn Fn(u64) -> Value| {
+        a.min_mean_max().map_or(Value::Null, |(lo, mean, hi)| json!([scale(lo), scale(mean), scale(hi)]))
+    };
     let items: Vec<Value> = buckets
         .iter()
-        .map(|(i, b)| {
+        .map(|(&t, b)| {
             let [hr, rr, spo2, sys, dia, temp] = &b.vitals;
             json!({
-                "t": from + i * width, "n": b.n, "seq": [b.seq.0, b.seq.1],
-                "heartRate": hr.json(whole), "respRate": rr.json(whole), "spo2": spo2.json(whole),
-                "systolic": sys.json(whole), "diastolic": dia.json(whole), "temperature": temp.json(tenths),
+                // A first bucket that began before `from` starts, as shown, there.
+                "t": t.max(from), "n": b.n, "seq": [b.seq.0, b.seq.1],
+                "heartRate": show(hr, &whole), "respRate": show(rr, &whole), "spo2": show(spo2, &whole),
+                "systolic": show(sys, &whole), "diastolic": show(dia, &whole), "temperature": show(temp, &tenths),
                 "news2": [b.news2.0, b.news2.1],
             })
         })
