@@ -37,15 +37,33 @@ impl AckGate {
     /// Marks `ticket` handled and sends every acknowledgement now due. The
     /// lock is held while sending, so two callers cannot interleave.
     pub async fn done(&self, ticket: u64, publish: Publish) {
+        self.done_many([(ticket, publish)]).await;
+    }
+
+    /// Marks a group of tickets handled (the writer's committed group) under
+    /// one lock, and sends every acknowledgement now due.
+    pub async fn done_many(&self, handled: impl IntoIterator<Item = (u64, Publish)>) {
         let mut gate = self.state.lock().await;
-        gate.done.insert(ticket, publish);
+        for (ticket, publish) in handled {
+            // In order and nothing held back: send it without parking it.
+            if ticket == gate.next && gate.done.is_empty() {
+                gate.next += 1;
+                self.ack(&publish).await;
+            } else {
+                gate.done.insert(ticket, publish);
+            }
+        }
         loop {
             let next = gate.next;
             let Some(p) = gate.done.remove(&next) else { break };
             gate.next += 1;
-            if let Err(e) = self.client.ack(&p).await {
-                tracing::warn!(error = %e, "acknowledgement not sent (the broker will redeliver)");
-            }
+            self.ack(&p).await;
+        }
+    }
+
+    async fn ack(&self, publish: &Publish) {
+        if let Err(e) = self.client.ack(publish).await {
+            tracing::warn!(error = %e, "acknowledgement not sent (the broker will redeliver)");
         }
     }
 }

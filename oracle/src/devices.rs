@@ -1,11 +1,18 @@
 //! Device registry cache and signature checks.
 //!
 //! Each device's on-chain record is read once and kept until a device event
-//! invalidates it. The first valid signature of a device is checked by
-//! recovery against the registered signer address; its public key is then
-//! cached and later readings are verified against it directly. The cached
-//! check also requires the recovery parity `v` to match, so a reading the hub
-//! accepts is exactly one that `ecrecover` on chain accepts (readings mode).
+//! invalidates it. A reading's signature is checked as `ecrecover` checks
+//! it: the public key is recovered from the digest, `r`, `s` and the parity
+//! `v`, and must be the device's. The first valid signature of a device is
+//! matched against the registered signer address; its public key is then
+//! cached, and later readings compare the recovered key with it (no hash).
+//!
+//! Recovery runs on libsecp256k1 (the `secp256k1` crate), not k256: it is
+//! the hub's hot loop, and libsecp256k1's hand-tuned field arithmetic and
+//! precomputed tables are the fastest well-kept secp256k1 code there is
+//! (`healthsense-bench oracle` prints its rate beside k256's, "hub
+//! signature check"; docs/BENCHMARKS.md, "Issue 22"). Device keys, signing
+//! and the benchmark's baseline stay on k256.
 
 use std::collections::HashMap;
 use std::sync::{Arc, OnceLock, RwLock};
@@ -13,10 +20,8 @@ use std::sync::{Arc, OnceLock, RwLock};
 use alloy::primitives::{Address, Signature, B256};
 use healthsense_abi::bindings::IHealthSense::DeviceInfo;
 use healthsense_abi::rules::status::DeviceStatus;
-use k256::elliptic_curve::ops::{Invert, LinearCombination, Reduce};
-use k256::elliptic_curve::point::AffineCoordinates;
-use k256::elliptic_curve::PrimeField;
-use k256::{AffinePoint, ProjectivePoint, Scalar, U256 as KU256};
+use secp256k1::ecdsa::{RecoverableSignature, RecoveryId};
+use secp256k1::{Message, PublicKey, SECP256K1};
 
 use crate::protocol::Code;
 
@@ -29,18 +34,18 @@ pub struct Device {
     pub ward: B256,
     /// Lifecycle status.
     pub status: DeviceStatus,
-    key: OnceLock<AffinePoint>,
+    key: OnceLock<PublicKey>,
 }
 
 impl Device {
     /// From the contract's `DeviceInfo`.
     pub fn from_info(info: &DeviceInfo) -> Self {
-        Self {
-            signer: info.signer,
-            ward: info.ward,
-            status: DeviceStatus::from_code(info.status).unwrap_or(DeviceStatus::None),
-            key: OnceLock::new(),
-        }
+        Self::new(info.signer, info.ward, DeviceStatus::from_code(info.status).unwrap_or(DeviceStatus::None))
+    }
+
+    /// A record with no key cached yet.
+    pub fn new(signer: Address, ward: B256, status: DeviceStatus) -> Self {
+        Self { signer, ward, status, key: OnceLock::new() }
     }
 
     /// Checks that `sig` over `digest` is by this device and the device may
@@ -54,52 +59,36 @@ impl Device {
             }
             DeviceStatus::Active => {}
         }
-        if let Some(key) = self.key.get() {
-            if verify_exact(key, digest, sig) {
-                return Ok(());
-            }
+        let recovered =
+            recover(digest, sig).ok_or_else(|| (Code::BadSignature, "the signature recovers to no key".to_string()))?;
+        if self.key.get() == Some(&recovered) {
+            return Ok(());
         }
-        // First reading, or a failure: recover to say which failure it is.
-        let recovered = sig
-            .recover_from_prehash(digest)
-            .map_err(|_| (Code::BadSignature, "the signature recovers to no key".to_string()))?;
-        let address = Address::from_public_key(&recovered);
+        // First reading, or not the cached key: compare addresses.
+        let address = address_of(&recovered);
         if address != self.signer {
             return Err((Code::WrongSigner, format!("signed by {address}, registered signer is {}", self.signer)));
         }
-        let _ = self.key.set(*recovered.as_affine());
+        let _ = self.key.set(recovered);
         Ok(())
     }
 }
 
-/// ECDSA verification with ecrecover's exact acceptance rule: low `s`
-/// (checked by the parser), `r` the x of `R = u1·G + u2·Q`, and `R`'s y
-/// parity equal to the signature's `v`.
-fn verify_exact(key: &AffinePoint, digest: &B256, sig: &Signature) -> bool {
-    let (Some(r), Some(s)) = (scalar(&sig.r().to_be_bytes::<32>()), scalar(&sig.s().to_be_bytes::<32>())) else {
-        return false;
-    };
-    // Signatures are public: the variable-time inverse is safe and faster.
-    let Some(s_inv) = Option::<Scalar>::from(Invert::invert_vartime(&s)) else { return false };
-    let z = <Scalar as Reduce<KU256>>::reduce_bytes(&k256::FieldBytes::from(digest.0));
-    let big_r = ProjectivePoint::lincomb(
-        &ProjectivePoint::GENERATOR,
-        &(z * s_inv),
-        &ProjectivePoint::from(*key),
-        &(r * s_inv),
-    )
-    .to_affine();
-    if big_r == AffinePoint::IDENTITY {
-        return false;
-    }
-    // ecrecover takes r as x itself (v only selects the parity); x mod n
-    // differs from x only when x >= n, with probability about 2^-128.
-    let x = <Scalar as Reduce<KU256>>::reduce_bytes(&big_r.x());
-    x == r && bool::from(big_r.y_is_odd()) == sig.v()
+/// `ecrecover` on libsecp256k1: the key that signed `digest` with `sig`
+/// (`r`, `s`, and `v` as the parity of `R`'s y), or `None` where
+/// `ecrecover` returns nothing. High `s` is refused by the parser (EIP-2).
+fn recover(digest: &B256, sig: &Signature) -> Option<PublicKey> {
+    let mut compact = [0u8; 64];
+    compact[..32].copy_from_slice(&sig.r().to_be_bytes::<32>());
+    compact[32..].copy_from_slice(&sig.s().to_be_bytes::<32>());
+    let id = RecoveryId::try_from(i32::from(sig.v())).ok()?;
+    let sig = RecoverableSignature::from_compact(&compact, id).ok()?;
+    SECP256K1.recover_ecdsa(Message::from_digest(digest.0), &sig).ok()
 }
 
-fn scalar(bytes: &[u8; 32]) -> Option<Scalar> {
-    Option::<Scalar>::from(Scalar::from_repr((*bytes).into())).filter(|s| !bool::from(s.is_zero()))
+/// The Ethereum address of a public key.
+fn address_of(key: &PublicKey) -> Address {
+    Address::from_raw_public_key(&key.serialize_uncompressed()[1..])
 }
 
 /// The cache of device records, keyed by device id.
@@ -147,25 +136,41 @@ mod tests {
     use alloy::signers::{local::PrivateKeySigner, SignerSync};
 
     fn active(signer: Address) -> Device {
-        Device { signer, ward: B256::ZERO, status: DeviceStatus::Active, key: OnceLock::new() }
+        Device::new(signer, B256::ZERO, DeviceStatus::Active)
     }
 
     #[test]
-    fn exact_verification_agrees_with_recovery() {
+    fn recovery_agrees_with_k256_and_the_cached_key_is_exact() {
         let key = PrivateKeySigner::random();
         let dev = active(key.address());
         for i in 0..32u8 {
             let digest = B256::repeat_byte(i);
             let sig = key.sign_hash_sync(&digest).unwrap();
+            assert_eq!(address_of(&recover(&digest, &sig).unwrap()), sig.recover_address_from_prehash(&digest).unwrap());
             assert_eq!(dev.check(&digest, &sig), Ok(()));
-            let point = *dev.key.get().unwrap();
-            assert!(verify_exact(&point, &digest, &sig));
-            // Flipping v makes ecrecover return another address: reject.
+            assert!(dev.key.get().is_some());
+            // Flipping v makes ecrecover return another address: reject,
+            // cached key or not, and agree with k256 on which address.
             let flipped = Signature::new(sig.r(), sig.s(), !sig.v());
-            assert!(!verify_exact(&point, &digest, &flipped));
+            let other = sig_address(&digest, &flipped);
+            assert_eq!(address_of(&recover(&digest, &flipped).unwrap()), other);
+            assert_ne!(other, key.address());
             assert_eq!(dev.check(&digest, &flipped).unwrap_err().0, Code::WrongSigner);
-            assert!(!verify_exact(&point, &B256::repeat_byte(i.wrapping_add(1)), &sig));
+            // Another digest recovers to another key.
+            let next = B256::repeat_byte(i.wrapping_add(1));
+            assert_eq!(dev.check(&next, &sig).unwrap_err().0, Code::WrongSigner);
         }
+        // r = 0 or s = 0 recover to nothing, as ecrecover's do.
+        let digest = B256::repeat_byte(1);
+        let sig = key.sign_hash_sync(&digest).unwrap();
+        for bad in [Signature::new(sig.r(), alloy::primitives::U256::ZERO, sig.v()), Signature::new(alloy::primitives::U256::ZERO, sig.s(), sig.v())] {
+            assert!(recover(&digest, &bad).is_none());
+            assert_eq!(dev.check(&digest, &bad).unwrap_err().0, Code::BadSignature);
+        }
+    }
+
+    fn sig_address(digest: &B256, sig: &Signature) -> Address {
+        sig.recover_address_from_prehash(digest).unwrap()
     }
 
     #[test]

@@ -361,21 +361,24 @@ fn writer(
                 None => break,
             }
         }
-        let mut accepted = Vec::new();
+        let handled = group.items.len() as u64;
+        let mut accepted = Vec::with_capacity(group.items.len());
+        let mut acks = Vec::with_capacity(group.items.len());
         let mut rejected = Vec::new();
         let mut replies = Vec::new();
         let mut tentative: HashMap<B256, u64> = HashMap::new();
         let at_ms = now_ms();
-        for (msg, verdict) in &group.items {
+        for (msg, verdict) in group.items {
+            acks.push((msg.ticket, msg.publish));
             let rejection = match verdict {
                 Verdict::Accept(n) => {
                     let id = n.reading.deviceId;
                     let last = tentative.get(&id).or_else(|| last_seqs.get(&id)).copied();
                     let stored = || store.reading(id, n.reading.seq).ok().flatten().map(|r| r.signature);
-                    match sequence(n, last, &accepted, stored) {
+                    match sequence(&n, last, &accepted, stored) {
                         Sequence::Fresh => {
                             tentative.insert(id, n.reading.seq);
-                            accepted.push(n.clone());
+                            accepted.push(n);
                             continue;
                         }
                         Sequence::Redelivery => {
@@ -389,7 +392,7 @@ fn writer(
                         },
                     }
                 }
-                Verdict::Reject(r) => r.clone(),
+                Verdict::Reject(r) => r,
             };
             s.metrics.reject(rejection.code.name());
             rejected.push(NewRejection {
@@ -422,9 +425,7 @@ fn writer(
             hook(&accepted, committed);
         }
         s.runtime.block_on(async {
-            for (msg, _) in &group.items {
-                s.acks.done(msg.ticket, msg.publish.clone()).await;
-            }
+            s.acks.done_many(acks).await;
             for (serial, reply) in replies {
                 tracing::debug!(serial, code = reply.code as u16, reason = %reply.reason, "rejected");
                 let topic = s.topics.device(&serial, DeviceTopic::Status);
@@ -434,7 +435,7 @@ fn writer(
                 }
             }
         });
-        s.health.committed(group.items.len() as u64, now_ms());
+        s.health.committed(handled, now_ms());
         tracing::debug!(
             readings = accepted.len(),
             commit_us,

@@ -7,6 +7,7 @@ use alloy::signers::{local::PrivateKeySigner, SignerSync};
 use healthsense_abi::rules::{eip712, ids};
 use healthsense_abi::Reading;
 use serde::{Deserialize, Serialize};
+use std::borrow::Cow;
 
 /// Protocol version segment of every topic.
 pub const VERSION: &str = "v1";
@@ -191,15 +192,47 @@ impl<'de> serde::de::Visitor<'de> for Strict {
     }
     fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
         let value = Strict(if matches!(self.0, Shape::Top) { Shape::Field } else { Shape::Any });
-        let mut keys: Vec<String> = Vec::new();
-        while let Some(key) = map.next_key::<String>()? {
+        let mut keys: Vec<Text<'de>> = Vec::new();
+        while let Some(key) = map.next_key::<Text<'de>>()? {
             if keys.contains(&key) {
-                return Err(serde::de::Error::custom(format!("duplicate key {key:?}")));
+                return Err(serde::de::Error::custom(format!("duplicate key {:?}", key.0)));
             }
             map.next_value_seed(value)?;
             keys.push(key);
         }
         Ok(())
+    }
+}
+
+/// A JSON string borrowed from the payload unless it has escapes (serde's
+/// own `Cow` always copies inside an `Option`): parsing runs for every
+/// reading, and owned strings were an allocation per key and field.
+#[derive(PartialEq)]
+struct Text<'de>(Cow<'de, str>);
+
+impl std::ops::Deref for Text<'_> {
+    type Target = str;
+    fn deref(&self) -> &str {
+        &self.0
+    }
+}
+
+impl<'de: 'a, 'a> Deserialize<'de> for Text<'a> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V<'a>(std::marker::PhantomData<&'a ()>);
+        impl<'de: 'a, 'a> serde::de::Visitor<'de> for V<'a> {
+            type Value = Text<'a>;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a string")
+            }
+            fn visit_borrowed_str<E: serde::de::Error>(self, v: &'de str) -> Result<Text<'a>, E> {
+                Ok(Text(Cow::Borrowed(v)))
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Text<'a>, E> {
+                Ok(Text(Cow::Owned(v.to_owned())))
+            }
+        }
+        d.deserialize_str(V(std::marker::PhantomData))
     }
 }
 
@@ -411,34 +444,56 @@ pub fn parse_vitals(serial: &str, payload: &[u8], max_payload: usize, clock: Clo
         return Err(Rejection::new(Code::Oversized, format!("{} bytes, limit {max_payload}", payload.len())));
     }
     // Every field optional here so that a missing one answers 420, not 400.
+    // Strings are borrowed from the payload where they have no escapes: this
+    // runs for every reading.
     #[derive(Deserialize)]
     #[serde(deny_unknown_fields)]
-    struct Wire {
+    struct Wire<'a> {
         seq: Option<u64>,
-        sig: Option<String>,
-        senml: Option<Vec<SenmlRecord>>,
+        #[serde(borrow)]
+        sig: Option<Text<'a>>,
+        #[serde(borrow)]
+        senml: Option<Vec<Record<'a>>>,
     }
     let wire: Wire = strict_json(payload).map_err(|e| Rejection::new(Code::Malformed, format!("bad envelope: {e}")))?;
     let missing = |key: &str| Rejection::new(Code::MissingField, format!("missing {key:?}"));
-    let env = VitalsEnvelope {
-        seq: wire.seq.ok_or_else(|| missing("seq"))?,
-        sig: wire.sig.ok_or_else(|| missing("sig"))?,
-        senml: wire.senml.ok_or_else(|| missing("senml"))?,
-    };
-    let seq = env.seq;
+    let seq = wire.seq.ok_or_else(|| missing("seq"))?;
+    let sig = wire.sig.ok_or_else(|| missing("sig"))?;
+    let senml = wire.senml.ok_or_else(|| missing("senml"))?;
     let with_seq = |mut r: Rejection| {
         r.seq = Some(seq);
         r
     };
-    let reading = senml_reading(serial, seq, &env.senml, clock).map_err(with_seq)?;
-    let signature = parse_signature(&env.sig).map_err(with_seq)?;
+    let reading = senml_reading(serial, seq, &senml, clock).map_err(with_seq)?;
+    let signature = parse_signature(&sig).map_err(with_seq)?;
     Ok(SignedReading { reading, signature })
 }
 
-fn senml_reading(serial: &str, seq: u64, pack: &[SenmlRecord], clock: Clock) -> Result<Reading, Rejection> {
+/// A [`SenmlRecord`] as the hub reads it, its strings borrowed from the
+/// payload. Fields this protocol does not use are ignored (SenML's rule).
+#[derive(Deserialize)]
+struct Record<'a> {
+    #[serde(borrow)]
+    bn: Option<Text<'a>>,
+    bt: Option<f64>,
+    #[serde(borrow)]
+    n: Option<Text<'a>>,
+    #[serde(borrow)]
+    u: Option<Text<'a>>,
+    v: Option<f64>,
+    #[serde(borrow)]
+    vs: Option<Text<'a>>,
+}
+
+/// Whether `bn` is [`base_name`]`(serial)`, without building it.
+fn is_base_name(bn: &str, serial: &str) -> bool {
+    bn.strip_prefix("urn:dev:hs:").and_then(|rest| rest.strip_suffix(':')) == Some(serial)
+}
+
+fn senml_reading(serial: &str, seq: u64, pack: &[Record<'_>], clock: Clock) -> Result<Reading, Rejection> {
     let first = pack.first().ok_or_else(|| Rejection::new(Code::MissingField, "empty SenML pack"))?;
     let bn = first.bn.as_deref().ok_or_else(|| Rejection::new(Code::MissingField, "missing bn"))?;
-    if bn != base_name(serial) {
+    if !is_base_name(bn, serial) {
         return Err(Rejection::new(Code::Malformed, format!("bn {bn:?} is not this device's {:?}", base_name(serial))));
     }
     let bt = first.bt.ok_or_else(|| Rejection::new(Code::MissingField, "missing bt"))?;
@@ -843,6 +898,12 @@ mod tests {
         let as_array = format!("{{\"seq\":7,\"sig\":{},\"senml\":[[\"urn:dev:hs:HS-1:\",1764000000.123]]}}", v["sig"]);
         refused(&as_array);
         refused(&format!("{good} {{}}"));
+        // Escaped strings read as their text: a key spelled with an escape is
+        // still the same key, a name with one still the vital.
+        assert!(refused(&good.replacen("{\"seq\":7,", "{\"seq\":7,\"s\\u0065q\":7,", 1)).contains("duplicate"));
+        let escaped = good.replacen("\"n\":\"heartRate\"", "\"n\":\"heart\\u0052ate\"", 1);
+        assert_ne!(escaped, good);
+        assert_eq!(parse_vitals("HS-1", escaped.as_bytes(), 2048, c).unwrap().reading, r);
         // SenML's own rule stays: a record field this protocol does not use is ignored.
         let ext = good.replacen("\"n\":\"heartRate\"", "\"n\":\"heartRate\",\"x-note\":[1,{\"a\":2}]", 1);
         assert_eq!(parse_vitals("HS-1", ext.as_bytes(), 2048, c).unwrap().reading, r);
