@@ -143,7 +143,9 @@ mod tests {
                 (digest, key.sign_hash_sync(&digest).unwrap().as_bytes().to_vec())
             })
             .collect();
-        let view = |v: &[(B256, Vec<u8>)]| v.iter().map(|(d, s)| (*d, s.as_slice())).collect::<Vec<_>>();
+        fn view(v: &[(B256, Vec<u8>)]) -> Vec<(B256, &[u8])> {
+            v.iter().map(|(d, s)| (*d, s.as_slice())).collect()
+        }
         assert!(chunk_passes(&public, &view(&items)));
         let mut flipped = items.clone();
         flipped[17].1[64] ^= 1; // the other parity: ecrecover gives another signer
