@@ -384,7 +384,10 @@ pub enum AckRefusal {
 /// device's current alert, once (a second acknowledgement returns the
 /// first). Returns the alert with its acknowledgement.
 pub fn acknowledge(store: &Store, id: i64, by: Address, now_ms: u64, hub: &str) -> Result<Result<Alert, AckRefusal>, StoreError> {
-    let tx = store.conn().unchecked_transaction()?;
+    // IMMEDIATE: a deferred transaction that reads first and then writes
+    // fails at once (SQLITE_BUSY, no busy handler) if the writer committed
+    // in between, which the ingest writer does many times a second.
+    let tx = rusqlite::Transaction::new_unchecked(store.conn(), rusqlite::TransactionBehavior::Immediate)?;
     let Some(a) = alert(store, id, hub)? else { return Ok(Err(AckRefusal::Unknown)) };
     let latest: i64 =
         tx.query_row("SELECT MAX(id) FROM alerts WHERE device_id = ?1", [a.device_id.as_slice()], |r| r.get(0))?;
