@@ -95,8 +95,9 @@ try {
   const heads = await page.$$eval('#beds thead th', ths => ths.map(t => t.textContent));
   for (const u of ['/min', '%', 'mmHg', '°C']) check(heads.some(h => h.includes(u)), `no ${u} in the ward's headers: ${heads}`);
   await page.waitForSelector('#beds tr[data-serial="SIM-3"] .stale', T);
-  const order = await page.$$eval('#beds tbody tr', rows => rows.map(r => [r.dataset.serial, Number(r.dataset.news2), Number(r.dataset.age)]));
-  check(order.every((r, i) => i === 0 || order[i - 1][1] > r[1] || (order[i - 1][1] === r[1] && order[i - 1][2] >= r[2])), `ward order ${JSON.stringify(order)}`);
+  // Received times, not ages: ages are refreshed row by row, so two rows' ages may come from different moments.
+  const order = await page.$$eval('#beds tbody tr', rows => rows.map(r => [r.dataset.serial, Number(r.dataset.news2), Number(r.dataset.received)]));
+  check(order.every((r, i) => i === 0 || order[i - 1][1] > r[1] || (order[i - 1][1] === r[1] && order[i - 1][2] <= r[2])), `ward order ${JSON.stringify(order)}`);
   step('WARD-ORDER', JSON.stringify(order));
   step('STALE', await page.textContent('#beds tr[data-serial="SIM-3"] td.age'));
   step('AXE-WARD', `${await axe(page, 'the ward')} minor or moderate findings`);

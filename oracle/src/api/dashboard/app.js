@@ -217,6 +217,7 @@ function onState(s) {
   if (s.battery !== null && s.battery !== undefined) row.hsBed.battery = s.battery;
   if (s.asleep !== null && s.asleep !== undefined) row.hsBed.asleep = s.asleep;
   fillRow(row);
+  sortWard();
 }
 
 function alertText(a) {
@@ -296,16 +297,18 @@ function fillAge(row) {
   cell.append(ago(age));
   row.classList.toggle('is-stale', stale);
   row.dataset.age = String(age === null ? Number.MAX_SAFE_INTEGER : age);
+  // The sort key: a time, not an age, so rows filled at different moments compare truly.
+  row.dataset.received = String(row.hsBed.receivedAt === null ? 0 : row.hsBed.receivedAt);
 }
 
 // Highest NEWS2 first, then the oldest last reading; the focus stays put.
 function sortWard() {
   const body = $('#beds tbody');
   const rows = Array.from(body.children);
-  const key = r => [Number(r.dataset.news2), Number(r.dataset.age)];
+  const key = r => [Number(r.dataset.news2), Number(r.dataset.received)];
   const sorted = rows.slice().sort((a, b) => {
-    const [na, aa] = key(a); const [nb, ab] = key(b);
-    return nb - na || ab - aa;
+    const [na, ra] = key(a); const [nb, rb] = key(b);
+    return nb - na || ra - rb;
   });
   if (sorted.every((r, i) => r === rows[i])) return;
   const focused = document.activeElement;
