@@ -500,9 +500,33 @@ impl Store {
         first: impl FnOnce(&rusqlite::Transaction<'_>) -> rusqlite::Result<()>,
         chunks: usize,
     ) -> Result<()> {
+        let stamped = self.stamp_chunks(seq, rows, proofs, first, chunks);
+        // FULL again also after an error part-way, for every later commit.
+        let restored = self.conn.pragma_update(None, "synchronous", "FULL");
+        stamped?;
+        Ok(restored?)
+    }
+
+    fn stamp_chunks(
+        &mut self,
+        seq: u64,
+        rows: &[(i64, Reading)],
+        proofs: &[Vec<u8>],
+        first: impl FnOnce(&rusqlite::Transaction<'_>) -> rusqlite::Result<()>,
+        chunks: usize,
+    ) -> Result<()> {
         let mut first = Some(first);
         let total = rows.len().div_ceil(CUT_CHUNK);
+        // Every chunk but the last commits without an fsync (WAL with
+        // synchronous=NORMAL keeps the order of commits, never their
+        // durability): the last one, FULL again, syncs the log and with it
+        // every chunk before it, before the batch can be anchored. A power
+        // cut loses at most a tail of a `cutting` batch, which
+        // `finish_cuts` redoes. Each fsync was taken with the write lock
+        // held, so ingest commits waited behind twenty of them per batch.
         for (k, (chunk, chunk_proofs)) in rows.chunks(CUT_CHUNK).zip(proofs.chunks(CUT_CHUNK)).enumerate().take(chunks) {
+            let last = k + 1 == total;
+            self.conn.pragma_update(None, "synchronous", if last { "FULL" } else { "NORMAL" })?;
             let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
             if let Some(first) = first.take() {
                 first(&tx)?;
@@ -526,11 +550,11 @@ impl Store {
                 }
                 crate::trend::add(&tx, newly.into_iter())?;
             }
-            if k + 1 == total {
+            if last {
                 tx.execute("UPDATE batches SET state = 'pending' WHERE seq = ?1", [seq as i64])?;
             }
             tx.commit()?;
-            if k + 1 < total {
+            if !last {
                 // A writer waiting for the lock retries every millisecond
                 // (wait_for_lock); without a gap this loop takes it back first.
                 std::thread::sleep(CUT_GAP);
@@ -796,6 +820,10 @@ mod tests {
         store.commit(&first, &[]).unwrap();
         // The crash: one chunk of three written.
         let cut = store.cut(1, n as usize, Mode::Hash, 0, 1).unwrap().unwrap();
+        // Chunks before the last commit without an fsync; every commit after
+        // the cut, stopped part-way or not, is durable again.
+        let sync = |s: &Store| s.conn.query_row("PRAGMA synchronous", [], |r| r.get::<_, i64>(0)).unwrap();
+        assert_eq!(sync(&store), 2, "synchronous=FULL after an interrupted cut");
         drop(store);
         let mut store = Store::open(&path, binding()).unwrap();
         let c = store.counts().unwrap();
@@ -813,6 +841,7 @@ mod tests {
         assert!(store.finish_cuts().unwrap().is_empty());
         let next = store.cut_batch(2, 100, Mode::Hash, 0).unwrap().unwrap();
         assert_eq!(next.leaf_count, 2);
+        assert_eq!(sync(&store), 2, "synchronous=FULL after a whole cut");
     }
 
     #[test]
