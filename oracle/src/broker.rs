@@ -238,6 +238,12 @@ fn probe(addr: SocketAddr) -> Result<(TcpListener, SocketAddr)> {
     Ok((probe, addr))
 }
 
+/// Connections the embedded broker admits: 20,000 devices (the largest
+/// ward the benchmarks scale to, docs/BENCHMARKS.md) plus the hub and
+/// tools. rumqttd reserves its connection tables for this many up front,
+/// as address space that stays unused (not resident) until filled.
+const MAX_CONNECTIONS: usize = 20_010;
+
 /// The settings of one embedded broker listener: the same for both
 /// protocol versions, so the message-size limit and timeouts match.
 fn listener_toml(section: &str, name: &str, addr: SocketAddr) -> String {
@@ -281,7 +287,7 @@ pub fn start_embedded(listen: Listeners, auth: Option<BrokerAuth>) -> Result<Lis
 id = 0
 [router]
 id = 0
-max_connections = 10010
+max_connections = {MAX_CONNECTIONS}
 max_outgoing_packet_count = 1000
 max_segment_size = {SEGMENT_BYTES}
 max_segment_count = {SEGMENTS}

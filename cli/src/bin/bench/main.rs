@@ -100,6 +100,11 @@ struct Args {
     /// target reads (flat from minute 2 to minute 10); shorter for quick runs.
     #[arg(long, default_value_t = 600)]
     memory_seconds: u64,
+    /// Readings per second of the memory phase, over all beds in turn (0:
+    /// one per bed per second). Fixing it while `--beds` varies gives the
+    /// memory each device costs, apart from the load.
+    #[arg(long, default_value_t = 0)]
+    memory_rate: usize,
     /// Print one JSON object instead of the report.
     #[arg(long)]
     json: bool,
@@ -853,7 +858,8 @@ async fn oracle(args: &Args) -> Result<()> {
             Figure::new(format!("rss_mib_at_{}_beds", args.beds), mem.peak_mib(), "MiB")
                 .at_most(80.0)
                 .baseline("rss_idle_mib", mem.idle_kib as f64 / 1024.0)
-                .with("seconds", args.memory_seconds),
+                .with("seconds", args.memory_seconds)
+                .with("rate_per_s", memory_rate(args)),
         );
         let (slope, window) = mem.slope();
         figs.push(
@@ -922,9 +928,10 @@ async fn oracle(args: &Args) -> Result<()> {
     if let Some(mem) = &mem {
         let (slope, window) = mem.slope();
         println!(
-            "  oracle RSS              {:.1} MiB at {} beds vs {:.1} MiB idle  (target <= 80 MiB)",
+            "  oracle RSS              {:.1} MiB at {} beds ({} readings/s) vs {:.1} MiB idle  (target <= 80 MiB)",
             mem.peak_mib(),
             args.beds,
+            memory_rate(args),
             mem.idle_kib as f64 / 1024.0
         );
         println!(
@@ -992,6 +999,14 @@ impl Memory {
     }
 }
 
+/// Readings per second of the memory phase.
+fn memory_rate(args: &Args) -> usize {
+    match args.memory_rate {
+        0 => args.beds.max(1),
+        r => r,
+    }
+}
+
 /// RSS of a `healthsense oracle` process serving `beds` (its own store, an
 /// embedded broker, the hub account `account` of `anvil`).
 #[allow(clippy::too_many_arguments)]
@@ -1043,15 +1058,23 @@ async fn memory(
     let client = publisher(MqttOptions::new("memory-beds", "127.0.0.1", port), 1_000_000, None).await;
     let beds = &beds[..args.beds];
     let mut tick = tokio::time::interval(Duration::from_millis(10));
-    let per_tick = (beds.len() / 100).max(1);
+    let rate = memory_rate(args);
+    let per_tick = (rate / 100).max(1);
     let mut peak = idle;
     let mut series = Vec::new();
     let started = Instant::now();
-    for second in 0..args.memory_seconds {
-        for chunk in beds.chunks(per_tick) {
+    // The beds take turns; each one's sequence counts its own readings.
+    let mut seqs = vec![0u64; beds.len()];
+    let mut sent = 0usize;
+    for _second in 0..args.memory_seconds {
+        for _ in 0..rate.div_ceil(per_tick) {
             tick.tick().await;
-            for (i, b) in chunk.iter().enumerate() {
-                let r = reading(&b.serial, second + 1, second * 7 + i as u64);
+            for _ in 0..per_tick {
+                let k = sent % beds.len();
+                let b = &beds[k];
+                seqs[k] += 1;
+                let r = reading(&b.serial, seqs[k], sent as u64 * 7);
+                sent += 1;
                 let payload = protocol::sign_vitals(&b.key, domain, &b.serial, &r)?;
                 client.publish(topics.device(&b.serial, DeviceTopic::Vitals), QoS::AtLeastOnce, false, payload).await?;
             }
