@@ -19,9 +19,9 @@ mod kubo;
 mod pin;
 
 /// Not part of the node's API: the request-parsing helpers the crate's tests
-/// check directly. The lib is built without a test harness (its tests are in
-/// the integration binary `tests/node.rs`, so libp2p's swarm is compiled once
-/// per build, not again in test mode), so they are reachable from here.
+/// check directly. The lib has no test harness (`test = false`: a test-mode
+/// build would compile libp2p's swarm a second time), so its tests run in the
+/// integration binary `tests/node.rs` and reach these helpers from here.
 #[doc(hidden)]
 pub mod internals {
     pub use crate::add::ImportSettings;
