@@ -127,7 +127,7 @@ pub async fn run(quiet: bool) -> Result<Summary> {
     }
     let ward = ids::ward_id(WARD);
     c.send_from(admin, H::setTariffCall { ward, dailyRate: 45_000 }).await?;
-    let ipfs = healthsense_ipfs::node::start(healthsense_ipfs::node::NodeConfig::new(work.path().join("ipfs"), ([127, 0, 0, 1], 0).into()))
+    let ipfs = healthsense_ipfs_node::start(healthsense_ipfs_node::NodeConfig::new(work.path().join("ipfs"), ([127, 0, 0, 1], 0).into()))
     .await
     .context("starting the embedded IPFS node")?;
     let rules_file = root.join("docs/CONTRACT.md");

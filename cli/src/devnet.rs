@@ -256,7 +256,7 @@ pub async fn serve(dir: &Path, deployment_path: &Path, ports: Ports, options: &O
     let rpc_url = format!("http://127.0.0.1:{}", ports.rpc_port);
     let provider = ProviderBuilder::new().connect_http(rpc_url.parse()?);
     let chain_id = provider.get_chain_id().await.context("asking anvil for its chain id")?;
-    let ipfs = healthsense_ipfs::node::start(healthsense_ipfs::node::NodeConfig::new(dir.join("ipfs"), ([127, 0, 0, 1], ports.ipfs_port).into()))
+    let ipfs = healthsense_ipfs_node::start(healthsense_ipfs_node::NodeConfig::new(dir.join("ipfs"), ([127, 0, 0, 1], ports.ipfs_port).into()))
     .await
     .with_context(|| format!("starting the IPFS node on port {} (--ipfs-port)", ports.ipfs_port))?;
 

@@ -175,8 +175,8 @@ fn the_contract_announcement_carries_a_fetchable_abi_and_checksummed_addresses()
 
         // IPFS comes up on the configured port: the hub pins the ABI and
         // announces again with the CID, which fetches the ABI.
-        let node_cfg = healthsense_ipfs::node::NodeConfig::new(dir.path().join("ipfs"), ([127, 0, 0, 1], ipfs_port).into());
-        let node = healthsense_ipfs::node::start(node_cfg).await.unwrap();
+        let node_cfg = healthsense_ipfs_node::NodeConfig::new(dir.path().join("ipfs"), ([127, 0, 0, 1], ipfs_port).into());
+        let node = healthsense_ipfs_node::start(node_cfg).await.unwrap();
         let (raw, announced) =
             next_on(&mut rx, &contract_topic, Duration::from_secs(90), |v| v["abiCid"].is_string()).await;
         let cid = announced["abiCid"].as_str().unwrap().to_string();

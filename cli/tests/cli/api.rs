@@ -49,7 +49,7 @@ struct Devnet {
     deployment: PathBuf,
     d: Deployment,
     domain: B256,
-    ipfs: healthsense_ipfs::node::RunningNode,
+    ipfs: healthsense_ipfs_node::RunningNode,
     archive_key: PathBuf,
 }
 
@@ -75,7 +75,7 @@ impl Devnet {
         let deployment = dir.path().join("deployment.json");
         d.save(&deployment).unwrap();
         let domain = eip712::domain_separator(d.chain_id, d.address);
-        let ipfs = healthsense_ipfs::node::start(healthsense_ipfs::node::NodeConfig::new(dir.path().join("ipfs"), ([127, 0, 0, 1], 0).into()))
+        let ipfs = healthsense_ipfs_node::start(healthsense_ipfs_node::NodeConfig::new(dir.path().join("ipfs"), ([127, 0, 0, 1], 0).into()))
             .await
             .unwrap();
         let archive_key = dir.path().join("archive.key");

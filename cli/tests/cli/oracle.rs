@@ -824,7 +824,7 @@ impl Proxy {
 struct Ipfs {
     repo: PathBuf,
     port: u16,
-    node: Option<healthsense_ipfs::node::RunningNode>,
+    node: Option<healthsense_ipfs_node::RunningNode>,
 }
 
 impl Ipfs {
@@ -834,8 +834,8 @@ impl Ipfs {
         let mut last = None;
         for _ in 0..5 {
             let port = free_port();
-            let cfg = healthsense_ipfs::node::NodeConfig::new(dir.join("ipfs"), ([127, 0, 0, 1], port).into());
-            match healthsense_ipfs::node::start(cfg).await {
+            let cfg = healthsense_ipfs_node::NodeConfig::new(dir.join("ipfs"), ([127, 0, 0, 1], port).into());
+            match healthsense_ipfs_node::start(cfg).await {
                 Ok(node) => return Ipfs { repo: dir.join("ipfs"), port, node: Some(node) },
                 Err(e) => last = Some(e),
             }
@@ -848,8 +848,8 @@ impl Ipfs {
     }
 
     async fn up(&mut self) {
-        let cfg = healthsense_ipfs::node::NodeConfig::new(self.repo.clone(), ([127, 0, 0, 1], self.port).into());
-        self.node = Some(healthsense_ipfs::node::start(cfg).await.unwrap());
+        let cfg = healthsense_ipfs_node::NodeConfig::new(self.repo.clone(), ([127, 0, 0, 1], self.port).into());
+        self.node = Some(healthsense_ipfs_node::start(cfg).await.unwrap());
     }
 
     async fn down(&mut self) {

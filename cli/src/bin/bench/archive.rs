@@ -83,7 +83,7 @@ pub async fn run(readings: u64, json_out: bool) -> Result<()> {
     // The stay ends seven days (of readings) after admission.
     provider.raw_request::<_, ()>("evm_setNextBlockTimestamp".into(), (admitted + readings.max(1) - 1 + billing::DAY / 24,)).await?;
 
-    let ipfs = healthsense_ipfs::node::start(healthsense_ipfs::node::NodeConfig::new(work.path().join("ipfs"), ([127, 0, 0, 1], 0).into()))
+    let ipfs = healthsense_ipfs_node::start(healthsense_ipfs_node::NodeConfig::new(work.path().join("ipfs"), ([127, 0, 0, 1], 0).into()))
     .await?;
     let master = Secret::random();
     let archiver = Archiver {

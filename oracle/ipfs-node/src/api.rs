@@ -1,5 +1,6 @@
 //! The RPC routes: exactly the Kubo subset the oracle uses, POST only as in Kubo.
 
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
 
 use axum::extract::{DefaultBodyLimit, Request};
@@ -48,4 +49,15 @@ async fn refuse_browsers(request: Request, next: Next) -> Response {
             .with_status(StatusCode::FORBIDDEN);
     }
     next.run(request).await
+}
+
+/// The base URL a client reaches the API at when it is bound to `addr`:
+/// loopback in place of an unspecified (all-interfaces) address.
+pub fn api_url(addr: SocketAddr) -> String {
+    let ip = match addr.ip() {
+        IpAddr::V4(ip) if ip.is_unspecified() => IpAddr::V4(Ipv4Addr::LOCALHOST),
+        IpAddr::V6(ip) if ip.is_unspecified() => IpAddr::V6(Ipv6Addr::LOCALHOST),
+        ip => ip,
+    };
+    format!("http://{}", SocketAddr::new(ip, addr.port()))
 }

@@ -7,8 +7,8 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
 
-use healthsense_ipfs::node::{self, NodeConfig, RunningNode};
 use healthsense_ipfs::Ipfs;
+use healthsense_ipfs_node::{NodeConfig, RunningNode};
 use ipfs_api_backend_hyper::{IpfsClient, TryFromUri};
 use rand_chacha::rand_core::{RngCore, SeedableRng};
 use sha2::{Digest, Sha256};
@@ -47,7 +47,7 @@ impl TestNode {
         adjust: impl FnOnce(NodeConfig) -> NodeConfig,
     ) -> TestNode {
         let cfg = adjust(NodeConfig::new(repo.path(), loopback_any_port()));
-        let node = match node::start(cfg).await {
+        let node = match healthsense_ipfs_node::start(cfg).await {
             Ok(node) => node,
             Err(e) => panic!("node did not start: {e:#}"),
         };

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::Parser;
-use healthsense_ipfs::node::{self, NodeConfig};
+use healthsense_ipfs_node::NodeConfig;
 use tracing_subscriber::EnvFilter;
 
 /// HealthSense's embedded IPFS node: an offline rust-ipfs node with a
@@ -48,7 +48,7 @@ async fn main() -> anyhow::Result<()> {
     if !args.listen.ip().is_loopback() {
         tracing::warn!(listen = %args.listen, "the RPC API has no authentication and is reachable beyond this machine");
     }
-    let node = node::start(NodeConfig {
+    let node = healthsense_ipfs_node::start(NodeConfig {
         repo: args.repo,
         listen: args.listen,
         max_add_bytes: args.max_add_bytes,

@@ -63,7 +63,7 @@ async fn open(node: &NodeState, params: &Params) -> KuboResult<Body> {
 
 /// Kubo's `offset`/`length`: skips and truncates without buffering, and ends
 /// the walk at the first block after `length` bytes are out.
-fn window<E: Send + 'static>(
+pub fn window<E: Send + 'static>(
     pieces: impl Stream<Item = Result<Bytes, E>> + Send + 'static,
     offset: u64,
     length: Option<u64>,
@@ -88,25 +88,4 @@ fn window<E: Send + 'static>(
             futures::future::ready(out)
         })
         .filter(|piece| futures::future::ready(!matches!(piece, Ok(b) if b.is_empty())))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    async fn windowed(offset: u64, length: Option<u64>) -> Vec<u8> {
-        let pieces = ["hello ", "wor", "ld"].map(|s| Ok::<_, ()>(Bytes::from_static(s.as_bytes())));
-        let out: Vec<Result<Bytes, ()>> =
-            window(stream::iter(pieces), offset, length).collect().await;
-        out.into_iter().flatten().flatten().collect()
-    }
-
-    #[tokio::test]
-    async fn offset_and_length_cut_across_pieces() {
-        assert_eq!(windowed(0, None).await, b"hello world");
-        assert_eq!(windowed(4, Some(4)).await, b"o wo");
-        assert_eq!(windowed(9, None).await, b"ld");
-        assert_eq!(windowed(0, Some(0)).await, b"");
-        assert_eq!(windowed(100, None).await, b"");
-    }
 }

@@ -3,8 +3,8 @@
 // several sizes, cat, pin add/ls/rm. CIDs are compared with the values Kubo
 // publishes in its own tests for the same bytes and options.
 //
-// Run: node --test oracle/ipfs/tests/js/kubo-rpc-client.test.mjs
-// (after `cargo build -p healthsense-ipfs`; HEALTHSENSE_IPFS_BIN overrides
+// Run: node --test oracle/ipfs-node/tests/js/kubo-rpc-client.test.mjs
+// (after `cargo build --workspace --bin healthsense-ipfs`; HEALTHSENSE_IPFS_BIN overrides
 // target/debug/healthsense-ipfs).
 
 import { after, before, test } from 'node:test';
@@ -36,7 +36,7 @@ function kuboBytes(size, seed) {
 /** The healthsense-ipfs binary on a fresh repository and a free port. */
 async function startNode() {
   const bin = process.env.HEALTHSENSE_IPFS_BIN ?? join(root, 'target/debug/healthsense-ipfs');
-  assert.ok(existsSync(bin), `${bin} is missing: build it with \`cargo build -p healthsense-ipfs\``);
+  assert.ok(existsSync(bin), `${bin} is missing: build it with \`cargo build --workspace --bin healthsense-ipfs\``);
   const repo = mkdtempSync(join(tmpdir(), 'hs-ipfs-js-'));
   const child = spawn(bin, ['--repo', repo, '--listen', '127.0.0.1:0'], {
     env: { ...process.env, NO_COLOR: '1', RUST_LOG: 'info' },

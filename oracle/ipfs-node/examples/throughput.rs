@@ -1,12 +1,12 @@
 //! Add/cat throughput of the embedded node through the Kubo RPC client.
 //!
-//! `cargo run -p healthsense-ipfs --release --example throughput [-- MEGABYTES]`
+//! `cargo run -p healthsense-ipfs-node --release --example throughput [-- MEGABYTES]`
 //! (default 20 MB). Prints timings; asserts only that the bytes round-trip.
 
 use std::time::Instant;
 
-use healthsense_ipfs::node::{self, NodeConfig};
 use healthsense_ipfs::Ipfs;
+use healthsense_ipfs_node::NodeConfig;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
@@ -28,7 +28,8 @@ async fn main() -> anyhow::Result<()> {
         .collect();
 
     let repo = tempfile::tempdir()?;
-    let node = node::start(NodeConfig::new(repo.path(), "127.0.0.1:0".parse()?)).await?;
+    let node =
+        healthsense_ipfs_node::start(NodeConfig::new(repo.path(), "127.0.0.1:0".parse()?)).await?;
     let ipfs = Ipfs::new(&node.api_url())?;
 
     let started = Instant::now();

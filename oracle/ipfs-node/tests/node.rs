@@ -1,14 +1,17 @@
 //! The embedded node over real HTTP, driven by the Kubo RPC client: CIDs equal
-//! to Kubo's, round trips, persistence, errors.
+//! to Kubo's, round trips, persistence, errors; and, in `units`, the node's
+//! request-parsing helpers on their own. The crate's one test binary: each
+//! more would link libp2p again.
 
 mod support;
+mod units;
 
 use std::io::Cursor;
 use std::time::Duration;
 
 use futures::TryStreamExt;
-use healthsense_ipfs::node::NodeConfig;
 use healthsense_ipfs::{Ipfs, IpfsError, ADD_OPTIONS};
+use healthsense_ipfs_node::NodeConfig;
 use ipfs_api_backend_hyper::{request, IpfsApi};
 use support::unixfs::{file_cid, Layout};
 use support::{kubo_deterministic_bytes, raw_http, TestNode};
@@ -183,7 +186,7 @@ async fn blocks_and_pins_survive_a_restart() -> TestResult {
 async fn a_second_node_on_a_running_repository_is_refused() -> TestResult {
     let t = TestNode::start().await;
     let cfg = NodeConfig::new(t.repo.path(), support::loopback_any_port());
-    match healthsense_ipfs::node::start(cfg).await {
+    match healthsense_ipfs_node::start(cfg).await {
         Ok(second) => {
             second.shutdown().await;
             panic!("a second node started on a repository in use");

@@ -9,13 +9,17 @@ use cid::{Cid, Version};
 /// An RPC failure, answered the way Kubo does:
 /// `{"Message":..,"Code":0,"Type":"error"}` with status 500.
 #[derive(Debug)]
-pub(crate) struct KuboError(pub(crate) String);
+pub struct KuboError(
+    /// The message, Kubo's `Message`.
+    pub String,
+);
 
 /// Result of an RPC handler step.
-pub(crate) type KuboResult<T> = Result<T, KuboError>;
+pub type KuboResult<T> = Result<T, KuboError>;
 
 impl KuboError {
-    pub(crate) fn new(message: impl Into<String>) -> Self {
+    /// An error answered with `message` (status 500 unless [`KuboError::with_status`]).
+    pub fn new(message: impl Into<String>) -> Self {
         KuboError(message.into())
     }
 
@@ -65,13 +69,16 @@ pub(crate) fn json_ok(value: serde_json::Value) -> Response {
 /// refuses only those whose value would change an answer this node cannot
 /// produce; [`Params::output`] checks the options every command shares.
 #[derive(Debug)]
-pub(crate) struct Params(pub(crate) Vec<(String, String)>);
+pub struct Params(
+    /// `(key, value)` pairs as the query string has them.
+    pub Vec<(String, String)>,
+);
 
 impl Params {
     /// Checks Kubo's global output options and returns how CIDs are printed:
     /// `encoding` must be `json` (the default; Kubo's `text` is for its
     /// CLI), `cid-base` and `upgrade-cidv0-in-output` as in Kubo.
-    pub(crate) fn output(&self) -> KuboResult<CidEncoder> {
+    pub fn output(&self) -> KuboResult<CidEncoder> {
         if let Some(enc) = self
             .one("encoding")
             .filter(|e| !e.is_empty() && *e != "json")
@@ -96,7 +103,7 @@ impl Params {
     }
 
     /// Every value of `key`, in order.
-    pub(crate) fn all<'a>(&'a self, key: &'a str) -> impl Iterator<Item = &'a str> + 'a {
+    pub fn all<'a>(&'a self, key: &'a str) -> impl Iterator<Item = &'a str> + 'a {
         self.0
             .iter()
             .filter(move |(k, _)| k == key)
@@ -104,12 +111,12 @@ impl Params {
     }
 
     /// The last value of `key` (later options win, as in Kubo).
-    pub(crate) fn one<'a>(&'a self, key: &'a str) -> Option<&'a str> {
+    pub fn one<'a>(&'a self, key: &'a str) -> Option<&'a str> {
         self.all(key).last()
     }
 
     /// A boolean option with Go's `strconv.ParseBool` spellings.
-    pub(crate) fn bool(&self, key: &str, default: bool) -> KuboResult<bool> {
+    pub fn bool(&self, key: &str, default: bool) -> KuboResult<bool> {
         match self.one(key) {
             None | Some("") => Ok(default),
             Some("1" | "t" | "T" | "true" | "TRUE" | "True") => Ok(true),
@@ -121,7 +128,7 @@ impl Params {
     }
 
     /// A non-negative integer option.
-    pub(crate) fn u64(&self, key: &str) -> KuboResult<Option<u64>> {
+    pub fn u64(&self, key: &str) -> KuboResult<Option<u64>> {
         self.one(key)
             .map(|v| {
                 v.parse::<u64>().map_err(|_| {
@@ -134,7 +141,7 @@ impl Params {
     }
 
     /// Refuses a feature flag this node does not implement unless it is off.
-    pub(crate) fn must_be_off(&self, key: &str, why: &str) -> KuboResult<()> {
+    pub fn must_be_off(&self, key: &str, why: &str) -> KuboResult<()> {
         if self.bool(key, false)? {
             return Err(KuboError::new(format!(
                 "option {key:?} is not supported by this node: {why}"
@@ -145,7 +152,7 @@ impl Params {
 
     /// Refuses a string option this node does not implement unless it is
     /// absent or empty.
-    pub(crate) fn must_be_unset(&self, key: &str, why: &str) -> KuboResult<()> {
+    pub fn must_be_unset(&self, key: &str, why: &str) -> KuboResult<()> {
         if self.one(key).is_some_and(|v| !v.is_empty()) {
             return Err(KuboError::new(format!(
                 "option {key:?} is not supported by this node: {why}"
@@ -155,7 +162,7 @@ impl Params {
     }
 
     /// The single required `arg` of a command, e.g. `ipfs-path` of cat.
-    pub(crate) fn single_arg(&self, name: &str) -> KuboResult<&str> {
+    pub fn single_arg(&self, name: &str) -> KuboResult<&str> {
         let mut args = self.all("arg");
         match (args.next(), args.next()) {
             (Some(arg), None) => Ok(arg),
@@ -170,14 +177,14 @@ impl Params {
 /// How CIDs are printed in answers (Kubo's `cidenc.Encoder`): CIDv0 as is
 /// unless upgraded, CIDv1 in `base` (base32 by default).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct CidEncoder {
+pub struct CidEncoder {
     base: Base,
     upgrade: bool,
 }
 
 impl CidEncoder {
     /// The CID's text as Kubo would print it under the same options.
-    pub(crate) fn encode(&self, cid: &Cid) -> String {
+    pub fn encode(&self, cid: &Cid) -> String {
         let cid = match cid.version() {
             Version::V0 if self.upgrade => Cid::new_v1(cid.codec(), *cid.hash()),
             _ => *cid,
@@ -238,7 +245,7 @@ pub(crate) fn ndjson_ok(values: impl IntoIterator<Item = serde_json::Value>) -> 
 
 /// Parses `CID` or `/ipfs/CID`. Paths inside a DAG are not served: the
 /// archive only ever names whole files.
-pub(crate) fn parse_ipfs_path(arg: &str) -> KuboResult<Cid> {
+pub fn parse_ipfs_path(arg: &str) -> KuboResult<Cid> {
     let trimmed = arg
         .strip_prefix("/ipfs/")
         .unwrap_or(arg)
@@ -262,79 +269,4 @@ pub(crate) fn error_chain(err: &(dyn std::error::Error + 'static)) -> String {
         source = inner.source();
     }
     text
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn params(pairs: &[(&str, &str)]) -> Params {
-        Params(
-            pairs
-                .iter()
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .collect(),
-        )
-    }
-
-    #[test]
-    fn booleans_follow_go() {
-        let p = params(&[("a", "true"), ("b", "0"), ("c", "yes")]);
-        assert!(p.bool("a", false).is_ok_and(|v| v));
-        assert!(p.bool("b", true).is_ok_and(|v| !v));
-        assert!(p.bool("missing", true).is_ok_and(|v| v));
-        assert!(p.bool("c", true).is_err());
-    }
-
-    #[test]
-    fn output_options_follow_kubo() {
-        let v0 = parse_ipfs_path("Qmf412jQZiuVUtdgnB36FXFX7xg5V6KEbSJ4dpQuhkLyfD").ok();
-        let v1 = "bafkreihdwdcefgh4dqkjv67uzcmw7ojee6xedzdetojuzjevtenxquvyku";
-        let v1 = parse_ipfs_path(v1).ok();
-        let (Some(v0), Some(v1)) = (v0, v1) else {
-            panic!("test CIDs do not parse")
-        };
-        let print =
-            |pairs: &[(&str, &str)], cid: &Cid| params(pairs).output().map(|e| e.encode(cid)).ok();
-        // Unknown options are ignored; the defaults print each CID natively.
-        assert_eq!(
-            print(&[("paths", "x"), ("stream", "true")], &v0),
-            Some(v0.to_string())
-        );
-        assert_eq!(print(&[], &v1), Some(v1.to_string()));
-        // Another base upgrades CIDv0 (Kubo's cidenc), unless told not to.
-        let upgraded = Cid::new_v1(v0.codec(), *v0.hash()).to_string();
-        assert_eq!(print(&[("cid-base", "base32")], &v0), Some(upgraded));
-        assert_eq!(
-            print(
-                &[("cid-base", "base32"), ("upgrade-cidv0-in-output", "false")],
-                &v0
-            ),
-            Some(v0.to_string())
-        );
-        assert!(print(&[("cid-base", "base36")], &v1).is_some_and(|t| t.starts_with('k')));
-        assert!(print(&[("cid-base", "z")], &v1).is_some_and(|t| t.starts_with('z')));
-        assert!(params(&[("cid-base", "nonsense")]).output().is_err());
-        assert!(params(&[("encoding", "text")]).output().is_err());
-    }
-
-    #[test]
-    fn paths_are_cids_with_an_optional_ipfs_prefix() {
-        let cid = "bafkreihdwdcefgh4dqkjv67uzcmw7ojee6xedzdetojuzjevtenxquvyku";
-        assert!(parse_ipfs_path(cid).is_ok());
-        assert!(parse_ipfs_path(&format!("/ipfs/{cid}")).is_ok());
-        assert!(parse_ipfs_path(&format!("/ipfs/{cid}/a")).is_err());
-        assert!(parse_ipfs_path("nonsense").is_err_and(|e| e.0.starts_with("invalid path")));
-    }
-
-    #[test]
-    fn single_arg_wants_exactly_one() {
-        assert!(params(&[]).single_arg("ipfs-path").is_err());
-        assert!(params(&[("arg", "a"), ("arg", "b")])
-            .single_arg("ipfs-path")
-            .is_err());
-        assert!(params(&[("arg", "a")])
-            .single_arg("ipfs-path")
-            .is_ok_and(|a| a == "a"));
-    }
 }

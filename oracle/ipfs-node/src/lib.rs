@@ -1,5 +1,9 @@
-//! The embedded IPFS node: a rust-ipfs node with a persistent repository,
-//! serving on a local socket the Kubo RPC subset the oracle uses.
+#![warn(missing_docs)]
+//! HealthSense's embedded IPFS node: a rust-ipfs node with a persistent
+//! repository, serving on a local socket the Kubo RPC subset the oracle
+//! archives through (with the client in the crate `healthsense-ipfs`).
+//! [`start`] runs it in a Tokio runtime; the binary `healthsense-ipfs` runs
+//! it as a process.
 //!
 //! The node is offline by construction: no libp2p transport is enabled (the
 //! swarm gets rust-ipfs's dummy transport, which can neither dial nor listen),
@@ -14,7 +18,19 @@ mod info;
 mod kubo;
 mod pin;
 
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+/// Not part of the node's API: the request-parsing helpers the crate's tests
+/// check directly. The lib has no test harness (`test = false`: a test-mode
+/// build would compile libp2p's swarm a second time), so its tests run in the
+/// integration binary `tests/node.rs` and reach these helpers from here.
+#[doc(hidden)]
+pub mod internals {
+    pub use crate::add::ImportSettings;
+    pub use crate::api::api_url;
+    pub use crate::cat::window;
+    pub use crate::kubo::{parse_ipfs_path, CidEncoder, KuboError, KuboResult, Params};
+}
+
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -108,7 +124,7 @@ pub async fn start(cfg: NodeConfig) -> anyhow::Result<RunningNode> {
             })
             .await
     });
-    tracing::info!(api = %api_url(addr), repo = %cfg.repo.display(), "IPFS node up (offline)");
+    tracing::info!(api = %api::api_url(addr), repo = %cfg.repo.display(), "IPFS node up (offline)");
     Ok(RunningNode {
         addr,
         ipfs,
@@ -134,10 +150,10 @@ impl RunningNode {
         self.addr
     }
 
-    /// The RPC API's base URL for [`crate::Ipfs::new`], e.g. `http://127.0.0.1:5001`
+    /// The RPC API's base URL for `healthsense_ipfs::Ipfs::new`, e.g. `http://127.0.0.1:5001`
     /// (a loopback address when bound to all interfaces).
     pub fn api_url(&self) -> String {
-        api_url(self.addr)
+        api::api_url(self.addr)
     }
 
     /// Stops accepting requests, lets in-flight ones finish (up to 10 s), then
@@ -164,33 +180,5 @@ impl RunningNode {
         }
         ipfs.exit_daemon().await;
         tracing::info!("IPFS node stopped");
-    }
-}
-
-fn api_url(addr: SocketAddr) -> String {
-    let ip = match addr.ip() {
-        IpAddr::V4(ip) if ip.is_unspecified() => IpAddr::V4(Ipv4Addr::LOCALHOST),
-        IpAddr::V6(ip) if ip.is_unspecified() => IpAddr::V6(Ipv6Addr::LOCALHOST),
-        ip => ip,
-    };
-    format!("http://{}", SocketAddr::new(ip, addr.port()))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn api_url_names_a_reachable_address() {
-        let url = |s: &str| s.parse::<SocketAddr>().map(api_url).ok();
-        assert_eq!(
-            url("127.0.0.1:5001").as_deref(),
-            Some("http://127.0.0.1:5001")
-        );
-        assert_eq!(
-            url("0.0.0.0:5001").as_deref(),
-            Some("http://127.0.0.1:5001")
-        );
-        assert_eq!(url("[::]:5001").as_deref(), Some("http://[::1]:5001"));
     }
 }
