@@ -1163,9 +1163,14 @@ async fn alert_latency(args: &Args) -> Result<Alerts> {
         })
         .collect::<Result<_>>()?;
     let dir = tempfile::tempdir()?;
+    // `hold_ms = 0`: the alert steps down at the first normal reading, so
+    // every reading of an alerting device changes its level and publishes
+    // an alert (a rise or a step-down). Under the default policy (15
+    // minutes' hold) a device would raise one alert and hold it.
     let cfg = healthsense_oracle::Config::parse(&format!(
         "hub = \"bench\"\nward = \"bench\"\nstore = \"{}\"\n[chain]\nrpc_url = \"{}\"\ncontract = \"{contract}\"\n\
-         [mqtt]\nauth = false\nlisten = \"127.0.0.1:0\"\n[anchor]\nbatch_size = 2000\ninterval_ms = 2000\n[metrics]\nlisten = \"127.0.0.1:0\"\n",
+         [mqtt]\nauth = false\nlisten = \"127.0.0.1:0\"\n[anchor]\nbatch_size = 2000\ninterval_ms = 2000\n[metrics]\nlisten = \"127.0.0.1:0\"\n\
+         [alerts]\nhold_ms = 0\n",
         dir.path().join("hub.sqlite").display(),
         anvil.endpoint()
     ))?;
