@@ -61,7 +61,8 @@ async fn retained_watch(port: u16, id: &str, topics: &[String]) -> tokio::sync::
     rx
 }
 
-/// The next message on `topic` that satisfies `want`.
+/// The next message on `topic` that satisfies `want`; messages on other
+/// topics are skipped (dropped).
 async fn next_on(
     rx: &mut tokio::sync::mpsc::UnboundedReceiver<(String, String)>,
     topic: &str,
@@ -154,7 +155,10 @@ fn the_contract_announcement_carries_a_fetchable_abi_and_checksummed_addresses()
     rt.block_on(async {
         let online = Topics::new("ward-3").unwrap().online();
         let contract_topic = protocol::CONTRACT_TOPIC.to_string();
-        let mut rx = retained_watch(mqtt_port, "device", &[contract_topic.clone(), online.clone()]).await;
+        // One watcher per topic: `next_on` skips other topics' messages,
+        // and the hub may announce its presence before or after the contract.
+        let mut rx = retained_watch(mqtt_port, "device", &[contract_topic.clone()]).await;
+        let mut presence_rx = retained_watch(mqtt_port, "device-presence", &[online.clone()]).await;
 
         // Announced at once, without the CID while IPFS is down.
         let abi_url = format!("http://127.0.0.1:{api_port}/api/v1/abi");
@@ -165,7 +169,7 @@ fn the_contract_announcement_carries_a_fetchable_abi_and_checksummed_addresses()
         assert_eq!(first["chainId"], anvil.chain_id());
         assert_eq!(first["address"].as_str(), Some(checksummed(contract).as_str()), "{raw}");
         assert!(!raw.contains(&format!("{contract:#x}")), "a lowercase address in {raw}");
-        let (raw, presence) = next_on(&mut rx, &online, Duration::from_secs(30), |v| v["online"] == true).await;
+        let (raw, presence) = next_on(&mut presence_rx, &online, Duration::from_secs(30), |v| v["online"] == true).await;
         assert_eq!(presence["hub"].as_str(), Some(checksummed(hub).as_str()), "{raw}");
 
         // The API serves the ABI, without signing in.
