@@ -150,6 +150,8 @@ pub fn mosquitto_config(args: &MosquittoArgs) -> Result<Generated> {
          # The hub's persistent session queues while it restarts; it acknowledges after each commit.\n\
          max_queued_messages 0\n\
          max_inflight_messages 1000\n\
+         # Small QoS 1 packets go out at once (Nagle off; docs/BENCHMARKS.md, \"NEWS2 alerts\").\n\
+         set_tcp_nodelay true\n\
          persistence true\n\
          persistence_location {data}/\n\
          autosave_interval 10\n\

@@ -307,7 +307,7 @@ pub async fn serve(dir: &Path, deployment_path: &Path, ports: Ports, options: &O
                 v311: ([127, 0, 0, 1], ports.mqtt_port).into(),
                 v5: Some(([127, 0, 0, 1], ports.mqtt5_port).into()),
             };
-            let bound = healthsense_oracle::broker::start_embedded(listen, Some(auth)).with_context(|| {
+            let bound = healthsense_oracle::broker::start_embedded(listen, Some(auth), healthsense_oracle::broker::DEFAULT_LOG_MIB).with_context(|| {
                 format!("starting the MQTT broker on ports {} and {} (--mqtt-port, --mqtt5-port)", ports.mqtt_port, ports.mqtt5_port)
             })?;
             (bound.v311.to_string(), bound.v5.map(|a| a.to_string()))

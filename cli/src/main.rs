@@ -7,8 +7,19 @@ use clap::Parser;
 
 mod commands;
 
-#[tokio::main]
-async fn main() -> ExitCode {
+fn main() -> ExitCode {
+    // Before the runtime's threads exist (the oracle's memory target).
+    healthsense_oracle::limit_malloc_arenas();
+    match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(runtime) => runtime.block_on(run()),
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run() -> ExitCode {
     let cli = commands::Cli::parse();
     // A service logs what it does; a one-shot command only its warnings.
     let default = if cli.command.is_service() { "info,rumqttd=off" } else { "warn,rumqttd=off" };

@@ -369,6 +369,7 @@ pub fn device_options(host: &str, port: u16, serial: &str, key: &PrivateKeySigne
 /// each reconnection (the broker takes each login once); `on_event` sees
 /// every event.
 pub fn drive(mut eventloop: rumqttc::EventLoop, serial: String, key: Option<PrivateKeySigner>, mut on_event: impl FnMut(Event) + Send + 'static) {
+    healthsense_oracle::broker::without_nagle(&mut eventloop);
     tokio::spawn(async move {
         loop {
             match eventloop.poll().await {

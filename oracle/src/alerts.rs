@@ -1,13 +1,20 @@
 //! Early-warning alerts and the live view of the ward.
 //!
-//! The ingest writer hands every committed group of readings to one thread
-//! here (after the commit and the acknowledgements are sent, so the hot path
-//! pays only a channel send). For each reading it computes the NEWS2 score
-//! ([`crate::news2`]), keeps the device's latest reading for the API, and
-//! when the device's alert level changes (none -> low-medium -> medium ->
-//! high, and back down) stores an alert in the hub store's `alerts` table,
-//! publishes it on `hs/v1/{hub}/alerts` and counts it. Everything is also
-//! broadcast to the dashboard's live stream.
+//! The ingest verifier hands every verified group of readings to one thread
+//! here, numbered, as soon as its signatures check out (before the commit:
+//! an alert must not wait for the disk). The thread takes the groups in
+//! arrival order, skips what the writer will not store as new (a sequence
+//! number at or below the device's last), and for each reading computes the
+//! NEWS2 score ([`crate::news2`]) and keeps the device's latest reading for
+//! the API. When the device's alert level changes (none -> low-medium ->
+//! medium -> high, and back down) it publishes an alert on
+//! `hs/v1/{hub}/alerts`, stores it in the hub store's `alerts` table and
+//! counts it. Everything is also broadcast to the dashboard's live stream.
+//!
+//! An alert is published before its reading is committed (the reading's
+//! acknowledgement still waits for the commit). Its id is assigned first,
+//! from a block the store has reserved durably ([`Ids`]), so an id a nurse
+//! station has seen is never given to another alert, even after a crash.
 //!
 //! Alerts are level changes, not one message per abnormal reading: a
 //! patient at NEWS2 7 for an hour at 1 Hz is one alert, not 3,600; the
@@ -438,6 +445,73 @@ pub(crate) fn alert_level(score: &Score) -> Risk {
     }
 }
 
+/// Alert ids taken from blocks reserved in the store (`meta` key
+/// `alert_ids_reserved`) before any id of the block is published.
+struct Ids {
+    next: i64,
+    reserved: i64,
+}
+
+/// Ids reserved at a time: one synchronous store write per this many alerts.
+const ID_BLOCK: i64 = 1_000;
+
+impl Ids {
+    /// Starts after the highest id stored or reserved: ids reserved by a run
+    /// that crashed stay unused.
+    fn load(store: &Store) -> Result<Self, StoreError> {
+        let stored: i64 = store.conn().query_row("SELECT COALESCE(MAX(id), 0) FROM alerts", [], |r| r.get(0))?;
+        let reserved = store.meta(RESERVED_KEY)?.and_then(|v| v.parse::<i64>().ok()).unwrap_or(0);
+        let last = stored.max(reserved);
+        Ok(Self { next: last + 1, reserved: last })
+    }
+
+    /// The first of `n` consecutive ids, reserving a new block if needed.
+    fn take(&mut self, store: &Store, n: usize) -> Result<i64, StoreError> {
+        let first = self.next;
+        let last = first + n as i64 - 1;
+        if last > self.reserved {
+            let reserved = last + ID_BLOCK;
+            store.set_meta(RESERVED_KEY, &reserved.to_string())?;
+            self.reserved = reserved;
+        }
+        self.next = last + 1;
+        Ok(first)
+    }
+}
+
+const RESERVED_KEY: &str = "alert_ids_reserved";
+
+/// Verified groups in arrival order, whatever order their verification
+/// finished in (the policy depends on each device's reading order).
+struct Ordered {
+    rx: std::sync::mpsc::Receiver<(u64, Vec<NewReading>)>,
+    early: std::collections::BTreeMap<u64, Vec<NewReading>>,
+    next: u64,
+}
+
+impl Ordered {
+    /// Every group that is next in order, waiting for the first; `None`
+    /// once the verifier has stopped and everything is handed over.
+    fn take(&mut self) -> Option<Vec<NewReading>> {
+        let mut out: Vec<NewReading> = Vec::new();
+        let mut got = false;
+        loop {
+            while let Some(group) = self.early.remove(&self.next) {
+                self.next += 1;
+                out.extend(group);
+                got = true;
+            }
+            let received = if got { self.rx.try_recv().ok() } else { Some(self.rx.recv().ok()?) };
+            match received {
+                Some((n, group)) => {
+                    self.early.insert(n, group);
+                }
+                None => return Some(out),
+            }
+        }
+    }
+}
+
 /// Everything the alert thread needs.
 pub(crate) struct Engine {
     /// Its own store connection.
@@ -456,19 +530,32 @@ pub(crate) struct Engine {
     pub policy: Policy,
 }
 
+/// What the alert thread keeps between groups.
+struct State {
+    levels: HashMap<B256, Track>,
+    last_seqs: HashMap<B256, u64>,
+    ids: Ids,
+}
+
 impl Engine {
-    /// Loads each device's latest reading and current alert level, then
-    /// starts the thread; it stops when every sender of `rx` is gone.
-    pub fn start(self, rx: std::sync::mpsc::Receiver<Vec<NewReading>>) -> anyhow::Result<std::thread::JoinHandle<()>> {
+    /// Loads each device's latest reading, last sequence number and current
+    /// alert level, then starts the thread; it stops when every sender of
+    /// `rx` is gone. `rx` carries each verified group's accepted readings
+    /// with the group's number (0, 1, 2, ..., every number once).
+    pub fn start(
+        self,
+        rx: std::sync::mpsc::Receiver<(u64, Vec<NewReading>)>,
+    ) -> anyhow::Result<std::thread::JoinHandle<()>> {
         init(&self.store)?;
         let _ = self.live.alert_topic.set((self.client.clone(), self.topics.alerts()));
-        let levels = self.load()?;
-        Ok(std::thread::Builder::new().name("hs-alerts".into()).spawn(move || self.run(levels, rx))?)
+        let state = self.load()?;
+        let ordered = Ordered { rx, early: Default::default(), next: 0 };
+        Ok(std::thread::Builder::new().name("hs-alerts".into()).spawn(move || self.run(state, ordered))?)
     }
 
     /// Each device's current level; a step-down that was pending when the
     /// hub stopped starts its hold again (the safe side).
-    fn load(&self) -> Result<HashMap<B256, Track>, StoreError> {
+    fn load(&self) -> Result<State, StoreError> {
         let conn = self.store.conn();
         let mut levels = HashMap::new();
         let mut stmt = conn.prepare(
@@ -484,22 +571,24 @@ impl Engine {
         for l in crate::api::queries::latest_readings(&self.store)? {
             self.live.set_latest(l);
         }
-        Ok(levels)
+        Ok(State { levels, last_seqs: self.store.last_seqs()?, ids: Ids::load(&self.store)? })
     }
 
-    fn run(self, mut levels: HashMap<B256, Track>, rx: std::sync::mpsc::Receiver<Vec<NewReading>>) {
+    fn run(self, mut state: State, mut ordered: Ordered) {
         let hub = self.topics.hub().to_string();
         let topic = self.topics.alerts();
-        while let Ok(mut group) = rx.recv() {
-            // Take everything waiting: one store transaction for all of it.
-            while let Ok(more) = rx.try_recv() {
-                group.extend(more);
-            }
+        while let Some(group) = ordered.take() {
             let now = crate::ingest::now_ms();
             let mut raised = Vec::new();
             for n in group {
+                // What the writer will store: a sequence number after the
+                // device's last (a redelivery or a replay is not a reading).
+                if state.last_seqs.get(&n.reading.deviceId).is_some_and(|last| n.reading.seq <= *last) {
+                    continue;
+                }
+                state.last_seqs.insert(n.reading.deviceId, n.reading.seq);
                 let score = news2::score(&n.reading);
-                let track = levels.entry(n.reading.deviceId).or_insert(Track::at(Risk::None));
+                let track = state.levels.entry(n.reading.deviceId).or_insert(Track::at(Risk::None));
                 let previous = track.level;
                 if let Some(level) = self.policy.step(track, alert_level(&score), n.reading.timestamp) {
                     raised.push(Alert {
@@ -529,35 +618,44 @@ impl Engine {
             if raised.is_empty() {
                 continue;
             }
-            if let Err(e) = self.store_alerts(&mut raised) {
-                tracing::error!(error = %e, alerts = raised.len(), "alerts not stored (still published)");
+            match state.ids.take(&self.store, raised.len()) {
+                Ok(first) => raised.iter_mut().zip(first..).for_each(|(a, id)| a.id = id),
+                // Published without ids rather than late; not stored.
+                Err(e) => tracing::error!(error = %e, alerts = raised.len(), "no alert ids reserved"),
             }
+            // Published first: the nurse station should not wait for the disk.
             self.runtime.block_on(async {
                 for a in &raised {
                     self.metrics.alert(a.level.name());
-                    tracing::info!(serial = %a.serial, seq = a.seq, score = a.score, level = a.level.name(), "NEWS2 alert");
                     let body = serde_json::to_vec(&AlertMessage { kind: "alert", alert: a }).unwrap_or_default();
                     if let Err(e) = self.client.publish(topic.clone(), QoS::AtLeastOnce, false, body).await {
                         tracing::warn!(error = %e, "alert not published");
                     }
                 }
             });
+            if raised.iter().all(|a| a.id > 0) {
+                if let Err(e) = self.store_alerts(&raised) {
+                    tracing::error!(error = %e, alerts = raised.len(), "alerts not stored (published)");
+                }
+            }
             for a in raised {
+                tracing::info!(serial = %a.serial, seq = a.seq, score = a.score, level = a.level.name(), "NEWS2 alert");
                 self.live.send(LiveEvent::Alert(a));
             }
         }
     }
 
-    fn store_alerts(&self, alerts: &mut [Alert]) -> Result<(), StoreError> {
+    fn store_alerts(&self, alerts: &[Alert]) -> Result<(), StoreError> {
         let conn = self.store.conn();
         let tx = conn.unchecked_transaction()?;
         {
             let mut ins = tx.prepare_cached(
-                "INSERT INTO alerts (device_id, serial, seq, ts, score, level, previous, parameters, at_ms)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+                "INSERT INTO alerts (id, device_id, serial, seq, ts, score, level, previous, parameters, at_ms)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
             )?;
-            for a in alerts.iter_mut() {
+            for a in alerts {
                 ins.execute(params![
+                    a.id,
                     a.device_id.as_slice(),
                     a.serial,
                     a.seq as i64,
@@ -568,7 +666,6 @@ impl Engine {
                     encode_parameters(&a.parameters),
                     a.at as i64
                 ])?;
-                a.id = tx.last_insert_rowid();
             }
         }
         tx.commit()?;
@@ -644,6 +741,68 @@ mod tests {
         assert_eq!(run(count_only, Medium, &[(Off, 0), (Medium, 1), (Off, 2), (Off, 3)]), [(3, Off)]);
         // Late (buffered) readings older than the hold's start do not count as time held.
         assert_eq!(run(HOLD, High, &[(Off, 50_000), (Off, 1_000)]), NO_CHANGE);
+    }
+
+    fn store() -> (tempfile::TempDir, Store) {
+        let dir = tempfile::tempdir().unwrap();
+        let binding = crate::store::Binding { chain_id: 1, contract: Address::repeat_byte(1), hub: Address::repeat_byte(2) };
+        let store = Store::open(&dir.path().join("s.sqlite"), binding).unwrap();
+        init(&store).unwrap();
+        (dir, store)
+    }
+
+    #[test]
+    fn alert_ids_are_reserved_before_use_and_never_handed_out_twice() {
+        let (_dir, store) = store();
+        let mut ids = Ids::load(&store).unwrap();
+        assert_eq!(ids.take(&store, 3).unwrap(), 1);
+        assert_eq!(ids.take(&store, 2).unwrap(), 4);
+        // The block is in the store before any of its ids is published.
+        assert_eq!(store.meta(RESERVED_KEY).unwrap().as_deref(), Some("1003"));
+        // A crash now (ids 1-5 published, none stored): the next run starts
+        // after the reserved block, not at MAX(id) + 1.
+        let mut again = Ids::load(&store).unwrap();
+        assert_eq!(again.take(&store, 1).unwrap(), 1_004);
+        // A run that takes more than a block at once reserves past it.
+        assert_eq!(again.take(&store, 2_500).unwrap(), 1_005);
+        assert_eq!(Ids::load(&store).unwrap().next, 1_005 + 2_500 + ID_BLOCK);
+        // Stored ids above the reservation (a store from before reservations) count too.
+        store
+            .conn()
+            .execute(
+                "INSERT INTO alerts (id, device_id, serial, seq, ts, score, level, previous, parameters, at_ms) VALUES (9000, ?1, 'HS-1', 1, 1, 7, 'high', 'none', '000000', 0)",
+                [B256::repeat_byte(5).as_slice()],
+            )
+            .unwrap();
+        store.set_meta(RESERVED_KEY, "10").unwrap();
+        assert_eq!(Ids::load(&store).unwrap().take(&store, 1).unwrap(), 9_001);
+    }
+
+    fn reading(serial: &str, seq: u64) -> NewReading {
+        NewReading { serial: serial.into(), reading: Reading { seq, ..Default::default() }, signature: [0; 65], received_ms: 0 }
+    }
+
+    #[test]
+    fn groups_verified_out_of_order_are_scored_in_arrival_order() {
+        let (tx, rx) = std::sync::mpsc::channel();
+        let mut ordered = Ordered { rx, early: Default::default(), next: 0 };
+        tx.send((2, vec![reading("HS-1", 3)])).unwrap();
+        tx.send((1, vec![reading("HS-1", 2)])).unwrap();
+        // Group 0 is not there yet: nothing may be taken without it.
+        let (probe_tx, probe_rx) = std::sync::mpsc::channel();
+        let waiter = std::thread::spawn(move || {
+            let got = ordered.take().unwrap();
+            probe_tx.send(got.iter().map(|n| n.reading.seq).collect::<Vec<_>>()).unwrap();
+            ordered
+        });
+        assert!(probe_rx.recv_timeout(std::time::Duration::from_millis(200)).is_err(), "took groups before group 0");
+        tx.send((0, vec![reading("HS-1", 1)])).unwrap();
+        assert_eq!(probe_rx.recv().unwrap(), [1, 2, 3]);
+        let mut ordered = waiter.join().unwrap();
+        tx.send((3, vec![])).unwrap();
+        drop(tx);
+        assert_eq!(ordered.take().map(|g| g.len()), Some(0), "an empty group still counts");
+        assert!(ordered.take().is_none(), "ends when the verifier stops");
     }
 
     #[test]

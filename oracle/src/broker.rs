@@ -36,11 +36,14 @@ pub const BROKER_MAX_PAYLOAD: usize = 64 * 1024;
 /// drop its session (and have it redelivered, forever).
 pub const HUB_MAX_PACKET: usize = 1024 * 1024;
 
-/// Bytes of messages per memory segment of the embedded broker's log.
-pub const SEGMENT_BYTES: usize = 4 * 1024 * 1024;
+/// The embedded broker's log of messages for subscribers, MiB, by default
+/// (`mqtt.log_mib`): what a hub session that falls behind or reconnects can
+/// catch up on (docs/ORACLE.md, "The embedded broker").
+pub const DEFAULT_LOG_MIB: usize = 12;
 
-/// Memory segments kept besides the active one.
-pub const SEGMENTS: usize = 8;
+/// Memory segments of that log besides the active one; the oldest goes
+/// whole when the log is full.
+const SEGMENTS: usize = 8;
 
 /// How far a device's login time may be from the broker's clock (both ways).
 pub const LOGIN_WINDOW_MS: u64 = 5 * 60_000;
@@ -48,6 +51,18 @@ pub const LOGIN_WINDOW_MS: u64 = 5 * 60_000;
 /// Longest a device login waits for the chain (the device's record is
 /// cached after that).
 pub const LOGIN_CHAIN_WAIT: Duration = Duration::from_secs(5);
+
+/// Turns Nagle's algorithm off on an MQTT client's socket. QoS 1 packets are
+/// small, and with Nagle on each one waits for the ACK of the previous
+/// segment, which a quiet link sends only with its next packet: measured,
+/// 5-7 ms per hop on the alert path (docs/BENCHMARKS.md, "NEWS2 alerts").
+/// The embedded broker sets the same on every socket it accepts
+/// (`vendor/rumqttd/PATCHES.md`).
+pub fn without_nagle(eventloop: &mut rumqttc::EventLoop) {
+    let mut net = eventloop.network_options();
+    net.set_tcp_nodelay(true);
+    eventloop.set_network_options(net);
+}
 
 /// The MQTT username of hub `hub`: not a valid serial (`@`), so no device
 /// can take it.
@@ -268,20 +283,21 @@ dynamic_filters = true
 /// without, anyone may do anything (a warning says so). Clients connect
 /// with retries (the oracle's session reconnects on its own), so no
 /// readiness probe is made: rumqttd logs every probe connection as an error.
-pub fn start_embedded(listen: Listeners, auth: Option<BrokerAuth>) -> Result<Listeners> {
+pub fn start_embedded(listen: Listeners, auth: Option<BrokerAuth>, log_mib: usize) -> Result<Listeners> {
     // Both probes held at once: two port-0 listeners get different ports.
     let (probe_v311, addr) = probe(listen.v311)?;
     let probe_v5 = listen.v5.map(probe).transpose()?;
     let addr_v5 = probe_v5.as_ref().map(|(_, a)| *a);
     drop((probe_v311, probe_v5));
     // rumqttd keeps each subscription filter's messages in memory segments,
-    // dropping the oldest beyond the count: a bound on the broker's memory
-    // (the hub's RSS target) and on how far a reconnecting hub session may
-    // lag. 4 MiB x (8 + the active one) holds about 50,000 vitals, 25 s at
-    // 2,000 beds. The publisher-side window (max_inflight_count) is wide
-    // enough that devices are never starved by a hub mid-commit; the
-    // hub-side one is a rumqttd constant, 1,000 in the copy we build
-    // (vendor/rumqttd/PATCHES.md).
+    // dropping the oldest beyond the count, whether read or not: the log
+    // stays full, so its size is the broker's memory (the hub's RSS target)
+    // as well as how far a hub session may lag. 12 MiB holds about 16,000
+    // vitals, 8 s at 2,000 beds. The publisher-side window
+    // (max_inflight_count) is wide enough that devices are never starved by
+    // a hub mid-commit; the hub-side one is a rumqttd constant, 1,000 in
+    // the copy we build (vendor/rumqttd/PATCHES.md).
+    let segment_bytes = (log_mib.max(1) << 20) / (SEGMENTS + 1);
     let mut text = format!(
         r#"
 id = 0
@@ -289,7 +305,7 @@ id = 0
 id = 0
 max_connections = {MAX_CONNECTIONS}
 max_outgoing_packet_count = 1000
-max_segment_size = {SEGMENT_BYTES}
+max_segment_size = {segment_bytes}
 max_segment_count = {SEGMENTS}
 "#
     );
@@ -338,6 +354,47 @@ mod tests {
 
     use super::*;
 
+    /// Small QoS 1 packets must not wait for Nagle's algorithm: with it on,
+    /// each alert waited 5-7 ms for an ACK (docs/BENCHMARKS.md). The broker
+    /// runs in this process, so its end of a connection is one of our own
+    /// descriptors.
+    #[test]
+    fn the_embedded_broker_turns_nagle_off_on_the_sockets_it_accepts() -> Result<()> {
+        use std::os::fd::BorrowedFd;
+        let addr = start_embedded(Listeners::v311("127.0.0.1:0".parse()?), None, DEFAULT_LOG_MIB)?.v311;
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        let client = loop {
+            match std::net::TcpStream::connect(addr) {
+                Ok(c) => break c,
+                Err(e) if std::time::Instant::now() > deadline => return Err(e.into()),
+                Err(_) => std::thread::sleep(Duration::from_millis(50)),
+            }
+        };
+        let ours = client.local_addr()?;
+        let brokers_end = || -> Result<Option<bool>> {
+            for entry in std::fs::read_dir("/proc/self/fd")? {
+                let Some(fd) = entry?.file_name().to_str().and_then(|n| n.parse::<i32>().ok()) else { continue };
+                // SAFETY: a descriptor closed meanwhile only makes the calls fail.
+                let fd = unsafe { BorrowedFd::borrow_raw(fd) };
+                let socket = socket2::SockRef::from(&fd);
+                if socket.peer_addr().ok().and_then(|a| a.as_socket()) == Some(ours) {
+                    return Ok(Some(socket.tcp_nodelay()?));
+                }
+            }
+            Ok(None)
+        };
+        loop {
+            match brokers_end()? {
+                Some(nodelay) => {
+                    assert!(nodelay, "the broker's socket has Nagle's algorithm on");
+                    return Ok(());
+                }
+                None if std::time::Instant::now() > deadline => anyhow::bail!("the broker never accepted the connection"),
+                None => std::thread::sleep(Duration::from_millis(20)),
+            }
+        }
+    }
+
     /// Messages published while the subscriber acknowledges none: more than
     /// the rumqttd release's window of 100, fewer than the patched 1,000.
     const UNACKED: usize = 300;
@@ -347,7 +404,7 @@ mod tests {
     /// of rumqttd stops at 100; the copy in vendor/rumqttd at 1,000.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn the_embedded_broker_sends_a_subscriber_more_than_100_unacknowledged_messages() -> Result<()> {
-        let addr = start_embedded(Listeners::v311("127.0.0.1:0".parse()?), None)?.v311;
+        let addr = start_embedded(Listeners::v311("127.0.0.1:0".parse()?), None, DEFAULT_LOG_MIB)?.v311;
         let mut opts = MqttOptions::new("window-sub", addr.ip().to_string(), addr.port());
         opts.set_manual_acks(true);
         let (sub, mut sub_loop) = AsyncClient::new(opts, 16);

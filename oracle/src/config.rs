@@ -137,6 +137,10 @@ pub struct MqttConfig {
     pub client_id: Option<String>,
     /// Keep-alive, seconds.
     pub keep_alive_s: u64,
+    /// The embedded broker's message log, MiB: a hub session that falls
+    /// behind or reconnects catches up on at most this much, and the
+    /// process holds it in memory (docs/ORACLE.md, "The embedded broker").
+    pub log_mib: usize,
 }
 
 impl Default for MqttConfig {
@@ -154,6 +158,7 @@ impl Default for MqttConfig {
             password_file: None,
             client_id: None,
             keep_alive_s: 15,
+            log_mib: crate::broker::DEFAULT_LOG_MIB,
         }
     }
 }

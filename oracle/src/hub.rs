@@ -155,12 +155,13 @@ pub async fn start(cfg: Config, key: PrivateKeySigner, options: Options) -> Resu
             }
             false => None,
         };
-        let addr = crate::broker::start_embedded(crate::broker::Listeners { v311: cfg.mqtt.listen, v5: cfg.mqtt.listen_v5 }, auth)?.v311;
+        let addr = crate::broker::start_embedded(crate::broker::Listeners { v311: cfg.mqtt.listen, v5: cfg.mqtt.listen_v5 }, auth, cfg.mqtt.log_mib)?.v311;
         (addr.ip().to_string(), addr.port(), Some((crate::broker::hub_username(&cfg.hub), secret)))
     } else {
         (cfg.mqtt.host.clone(), cfg.mqtt.port, cfg.mqtt_credentials()?)
     };
     let (client, mut eventloop) = AsyncClient::new(mqtt_options(&cfg, &host, port, &topics, login)?, 100_000);
+    crate::broker::without_nagle(&mut eventloop);
 
     let metrics = Arc::new(Metrics::default());
     let health = Arc::new(Health::new(cfg.health.clone(), cfg.anchor.interval().as_millis() as u64, metrics.clone(), open()?, ingest::now_ms())?);

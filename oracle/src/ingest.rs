@@ -75,8 +75,9 @@ pub struct Shared {
     pub wake_anchor: Arc<Notify>,
     /// Commit observer.
     pub on_commit: Option<CommitHook>,
-    /// Where committed readings go for NEWS2 alerts ([`crate::alerts`]).
-    pub alerts: Option<std::sync::mpsc::Sender<Vec<NewReading>>>,
+    /// Where each verified group's readings go for NEWS2 alerts
+    /// ([`crate::alerts`]), numbered as taken, before the commit.
+    pub alerts: Option<std::sync::mpsc::Sender<(u64, Vec<NewReading>)>>,
     /// Readiness: told of each commit ([`crate::health`]).
     pub health: Arc<crate::health::Health>,
 }
@@ -101,6 +102,19 @@ enum Verdict {
 
 struct Group {
     items: Vec<(Incoming, Verdict)>,
+}
+
+impl Group {
+    /// Copies of the readings whose signatures checked out.
+    fn accepted(&self) -> Vec<NewReading> {
+        self.items
+            .iter()
+            .filter_map(|(_, v)| match v {
+                Verdict::Accept(n) => Some(n.clone()),
+                Verdict::Reject(_) => None,
+            })
+            .collect()
+    }
 }
 
 /// Starts the verifier and writer threads; returns when both are running.
@@ -188,6 +202,11 @@ fn verifier(
         number += 1;
         rayon::spawn(move || {
             let group = check(&s, limits, domain, msgs);
+            if let Some(tx) = &s.alerts {
+                // Every number, even for an empty group: the alert thread
+                // takes them in order.
+                let _ = tx.send((n, group.accepted()));
+            }
             in_flight.release();
             let _ = out.send((n, group));
         });
@@ -442,10 +461,6 @@ fn writer(
             ack_us = committed.elapsed().as_micros() as u64,
             "group committed"
         );
-        // Scored after the acknowledgements: alerts never delay ingest.
-        if let (Some(tx), false) = (&s.alerts, accepted.is_empty()) {
-            let _ = tx.send(accepted);
-        }
     }
 }
 

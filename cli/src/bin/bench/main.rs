@@ -105,6 +105,10 @@ struct Args {
     /// memory each device costs, apart from the load.
     #[arg(long, default_value_t = 0)]
     memory_rate: usize,
+    /// The memory phase oracle's `mqtt.log_mib` (its embedded broker's
+    /// message log); the oracle's default when not given.
+    #[arg(long)]
+    log_mib: Option<usize>,
     /// Print one JSON object instead of the report.
     #[arg(long)]
     json: bool,
@@ -421,6 +425,7 @@ impl HubRun {
             healthsense_oracle::broker::start_embedded(
                 healthsense_oracle::broker::Listeners::v311("127.0.0.1:0".parse()?),
                 broker_auth,
+                healthsense_oracle::broker::DEFAULT_LOG_MIB,
             )?
             .v311
             .port()
@@ -1007,6 +1012,51 @@ fn memory_rate(args: &Args) -> usize {
     }
 }
 
+/// A `healthsense oracle` process as a ward runs it: configuration `toml`
+/// (with `{port}` for its embedded broker's port), hub account `account` of
+/// `anvil`. Returns the process and the port once the broker accepts
+/// connections.
+async fn spawn_oracle(
+    root: &std::path::Path,
+    anvil: &alloy::node_bindings::AnvilInstance,
+    account: usize,
+    dir: &std::path::Path,
+    toml: &str,
+) -> Result<(OracleProcess, u16)> {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+    let config = dir.join("oracle.toml");
+    std::fs::write(&config, toml.replace("{port}", &port.to_string()))?;
+    let exe = std::env::current_exe()?.with_file_name("healthsense");
+    let mut child = std::process::Command::new(&exe)
+        .args(["oracle", "--config"])
+        .arg(&config)
+        .env("HEALTHSENSE_HUB_PRIVATE_KEY", alloy::hex::encode(anvil.keys()[account].to_bytes()))
+        .env("HEALTHSENSE_HOME", root)
+        .env("HEALTHSENSE_LOG", "warn,rumqttd=off")
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .with_context(|| format!("starting {} (build the healthsense binary first)", exe.display()))?;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            bail!("the oracle process did not start");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    Ok((OracleProcess(child), port))
+}
+
+/// A spawned oracle, killed when dropped (a failed phase leaves none behind).
+struct OracleProcess(std::process::Child);
+
+impl Drop for OracleProcess {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// RSS of a `healthsense oracle` process serving `beds` (its own store, an
 /// embedded broker, the hub account `account` of `anvil`).
 #[allow(clippy::too_many_arguments)]
@@ -1020,36 +1070,15 @@ async fn memory(
     beds: &[Bed],
     dir: PathBuf,
 ) -> Result<Memory> {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
-    let config = dir.join("memory.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "hub = \"beds\"\nward = \"bench\"\nstore = \"{}\"\n[chain]\nrpc_url = \"{}\"\ncontract = \"{contract}\"\n\
-             [mqtt]\nauth = false\nlisten = \"127.0.0.1:{port}\"\n[anchor]\nbatch_size = 2000\ninterval_ms = 5000\n[metrics]\nlisten = \"127.0.0.1:0\"\n",
-            dir.join("memory.sqlite").display(),
-            anvil.endpoint()
-        ),
-    )?;
-    let exe = std::env::current_exe()?.with_file_name("healthsense");
-    let mut child = std::process::Command::new(&exe)
-        .args(["oracle", "--config"])
-        .arg(&config)
-        .env("HEALTHSENSE_HUB_PRIVATE_KEY", alloy::hex::encode(anvil.keys()[account].to_bytes()))
-        .env("HEALTHSENSE_HOME", root)
-        .env("HEALTHSENSE_LOG", "warn,rumqttd=off")
-        .stdout(std::process::Stdio::null())
-        .spawn()
-        .with_context(|| format!("starting {} (build the healthsense binary first)", exe.display()))?;
-    let pid = child.id();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            bail!("the oracle process did not start");
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let toml = format!(
+        "hub = \"beds\"\nward = \"bench\"\nstore = \"{}\"\n[chain]\nrpc_url = \"{}\"\ncontract = \"{contract}\"\n\
+         [mqtt]\nauth = false\nlisten = \"127.0.0.1:{{port}}\"\n{}[anchor]\nbatch_size = 2000\ninterval_ms = 5000\n[metrics]\nlisten = \"127.0.0.1:0\"\n",
+        dir.join("memory.sqlite").display(),
+        anvil.endpoint(),
+        args.log_mib.map(|m| format!("log_mib = {m}\n")).unwrap_or_default(),
+    );
+    let (child, port) = spawn_oracle(root, anvil, account, &dir, &toml).await?;
+    let pid = child.0.id();
     tokio::time::sleep(Duration::from_secs(1)).await;
     let idle = rss_kib(pid, "VmRSS:")?;
     let topics = Topics::new("beds").map_err(anyhow::Error::msg)?;
@@ -1085,8 +1114,7 @@ async fn memory(
     }
     tokio::time::sleep(Duration::from_secs(2)).await;
     let hwm = rss_kib(pid, "VmHWM:")?;
-    let _ = child.kill();
-    let _ = child.wait();
+    drop(child);
     Ok(Memory { idle_kib: idle, peak_kib: peak.max(hwm), series })
 }
 
@@ -1166,30 +1194,39 @@ async fn alert_latency(args: &Args) -> Result<Alerts> {
     // `hold_ms = 0`: the alert steps down at the first normal reading, so
     // every reading of an alerting device changes its level and publishes
     // an alert (a rise or a step-down). Under the default policy (15
-    // minutes' hold) a device would raise one alert and hold it.
-    let cfg = healthsense_oracle::Config::parse(&format!(
+    // minutes' hold) a device would raise one alert and hold it. The hub
+    // runs in a process of its own, as on a ward: it shares no runtime
+    // with the load generator.
+    let toml = format!(
         "hub = \"bench\"\nward = \"bench\"\nstore = \"{}\"\n[chain]\nrpc_url = \"{}\"\ncontract = \"{contract}\"\n\
-         [mqtt]\nauth = false\nlisten = \"127.0.0.1:0\"\n[anchor]\nbatch_size = 2000\ninterval_ms = 2000\n[metrics]\nlisten = \"127.0.0.1:0\"\n\
-         [alerts]\nhold_ms = 0\n",
+         [mqtt]\nauth = false\nlisten = \"127.0.0.1:{{port}}\"\n[anchor]\nbatch_size = 2000\ninterval_ms = 2000\n[metrics]\nlisten = \"127.0.0.1:0\"\n\
+         [api]\nenabled = false\n[alerts]\nhold_ms = 0\n",
         dir.path().join("hub.sqlite").display(),
         anvil.endpoint()
-    ))?;
-    let hub_key = PrivateKeySigner::from_signing_key(anvil.keys()[1].clone().into());
-    let running = healthsense_oracle::start(cfg, hub_key, Default::default()).await?;
+    );
+    let (hub_process, port) = spawn_oracle(&root, &anvil, 1, dir.path(), &toml).await?;
     let topics = Topics::new("bench").map_err(anyhow::Error::msg)?;
-    let port = running.mqtt.1;
     // The listener: a separate MQTT client on the alert topic, as a nurse station would be.
     let received: Arc<Mutex<HashMap<(String, u64), Instant>>> = Arc::default();
+    // The hub's retained presence says it has subscribed: readings sent
+    // before that would find no subscriber.
+    let (online_tx, mut online_rx) = tokio::sync::watch::channel(false);
     {
         let mut opts = MqttOptions::new("alert-listener", "127.0.0.1", port);
         opts.set_keep_alive(Duration::from_secs(30)).set_max_packet_size(1 << 20, 1 << 20);
         let (listener, mut ev) = AsyncClient::new(opts, 10_000);
+        healthsense_oracle::broker::without_nagle(&mut ev);
         listener.subscribe(topics.alerts(), QoS::AtLeastOnce).await?;
-        let got = received.clone();
+        listener.subscribe(topics.online(), QoS::AtLeastOnce).await?;
+        let (got, online, online_topic) = (received.clone(), online_tx, topics.online());
         tokio::spawn(async move {
             let _keep = listener;
             loop {
                 match ev.poll().await {
+                    Ok(rumqttc::Event::Incoming(rumqttc::Packet::Publish(p))) if p.topic == online_topic => {
+                        let up = serde_json::from_slice::<serde_json::Value>(&p.payload).is_ok_and(|v| v["online"] == true);
+                        let _ = online.send(up);
+                    }
                     Ok(rumqttc::Event::Incoming(rumqttc::Packet::Publish(p))) => {
                         let at = Instant::now();
                         if let Ok(v) = serde_json::from_slice::<serde_json::Value>(&p.payload) {
@@ -1206,7 +1243,9 @@ async fn alert_latency(args: &Args) -> Result<Alerts> {
             }
         });
     }
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    tokio::time::timeout(Duration::from_secs(60), online_rx.wait_for(|up| *up))
+        .await
+        .context("the hub did not come online within 60 s")??;
     let client = publisher(MqttOptions::new("alert-beds", "127.0.0.1", port), 1_000_000, None).await;
     let mut published: HashMap<(String, u64), Instant> = HashMap::with_capacity(a_sent);
     let mut interval = tokio::time::interval(Duration::from_millis(10));
@@ -1230,7 +1269,7 @@ async fn alert_latency(args: &Args) -> Result<Alerts> {
     }
     let got = received.lock().map_err(|_| anyhow::anyhow!("poisoned"))?.clone();
     let (lat, p50, p99, max) = latencies(&published, &got);
-    running.shutdown().await;
+    drop(hub_process);
     if lat.len() < a_sent {
         bail!("only {} of {a_sent} alerts arrived", lat.len());
     }

@@ -393,7 +393,11 @@ impl<P: Protocol + Clone + Send + 'static> Server<P> {
         loop {
             // Await new network connection.
             let (stream, addr) = match listener.accept().await {
-                Ok((s, r)) => (s, r),
+                Ok((s, r)) => {
+                    // HealthSense patch: no Nagle delay on small QoS 1 packets.
+                    let _ = s.set_nodelay(true);
+                    (s, r)
+                }
                 Err(e) => {
                     error!(error=?e, "Unable to accept socket.");
                     continue;
