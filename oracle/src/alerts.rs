@@ -583,7 +583,7 @@ impl Engine {
             for n in group {
                 // What the writer will store: a sequence number after the
                 // device's last (a redelivery or a replay is not a reading).
-                if state.last_seqs.get(&n.reading.deviceId).is_some_and(|last| n.reading.seq <= *last) {
+                if !crate::ingest::is_new(n.reading.seq, state.last_seqs.get(&n.reading.deviceId).copied()) {
                     continue;
                 }
                 state.last_seqs.insert(n.reading.deviceId, n.reading.seq);
@@ -807,10 +807,7 @@ mod tests {
 
     #[test]
     fn acknowledges_only_the_current_alert_once() {
-        let dir = tempfile::tempdir().unwrap();
-        let binding = crate::store::Binding { chain_id: 1, contract: Address::repeat_byte(1), hub: Address::repeat_byte(2) };
-        let store = Store::open(&dir.path().join("s.sqlite"), binding).unwrap();
-        init(&store).unwrap();
+        let (_dir, store) = store();
         let device = B256::repeat_byte(5);
         for (i, (level, previous)) in [("high", "none"), ("medium", "high"), ("none", "medium")].iter().enumerate() {
             store

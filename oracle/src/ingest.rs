@@ -348,6 +348,12 @@ enum Sequence {
     Replay(u64),
 }
 
+/// Whether sequence number `seq` is new for a device whose last stored one
+/// is `last`: the writer stores it, and the alert thread scores it.
+pub(crate) fn is_new(seq: u64, last: Option<u64>) -> bool {
+    last.is_none_or(|last| seq > last)
+}
+
 /// Classifies a verified reading against the device's last sequence number,
 /// the readings accepted earlier in the same group, and (only for an old
 /// number) the signature stored under the same number.
@@ -357,7 +363,7 @@ fn sequence(
     accepted: &[NewReading],
     stored_signature: impl FnOnce() -> Option<Vec<u8>>,
 ) -> Sequence {
-    let Some(last) = last.filter(|last| n.reading.seq <= *last) else { return Sequence::Fresh };
+    let Some(last) = last.filter(|_| !is_new(n.reading.seq, last)) else { return Sequence::Fresh };
     let (id, seq) = (n.reading.deviceId, n.reading.seq);
     let in_group = accepted.iter().any(|a| a.reading.deviceId == id && a.reading.seq == seq && a.signature == n.signature);
     if in_group || stored_signature().is_some_and(|sig| sig == n.signature) {

@@ -1012,20 +1012,32 @@ fn memory_rate(args: &Args) -> usize {
     }
 }
 
-/// A `healthsense oracle` process as a ward runs it: configuration `toml`
-/// (with `{port}` for its embedded broker's port), hub account `account` of
-/// `anvil`. Returns the process and the port once the broker accepts
-/// connections.
+/// A `healthsense oracle` process as a ward runs it: hub `hub` (account
+/// `account` of `anvil`) on `contract`, its store and configuration in
+/// `dir`, an open embedded broker, batches cut every `interval_ms`;
+/// `mqtt` is added to its `[mqtt]` section and `extra` after the rest.
+/// Returns the process and the broker's port once it accepts connections.
+#[allow(clippy::too_many_arguments)]
 async fn spawn_oracle(
     root: &std::path::Path,
     anvil: &alloy::node_bindings::AnvilInstance,
     account: usize,
+    contract: Address,
     dir: &std::path::Path,
-    toml: &str,
+    hub: &str,
+    interval_ms: u64,
+    (mqtt, extra): (&str, &str),
 ) -> Result<(OracleProcess, u16)> {
     let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
-    let config = dir.join("oracle.toml");
-    std::fs::write(&config, toml.replace("{port}", &port.to_string()))?;
+    let config = dir.join(format!("{hub}.toml"));
+    let toml = format!(
+        "hub = \"{hub}\"\nward = \"bench\"\nstore = \"{}\"\n[chain]\nrpc_url = \"{}\"\ncontract = \"{contract}\"\n\
+         [mqtt]\nauth = false\nlisten = \"127.0.0.1:{port}\"\n{mqtt}[anchor]\nbatch_size = 2000\ninterval_ms = {interval_ms}\n\
+         [metrics]\nlisten = \"127.0.0.1:0\"\n{extra}",
+        dir.join(format!("{hub}.sqlite")).display(),
+        anvil.endpoint()
+    );
+    std::fs::write(&config, toml)?;
     let exe = std::env::current_exe()?.with_file_name("healthsense");
     let mut child = std::process::Command::new(&exe)
         .args(["oracle", "--config"])
@@ -1070,14 +1082,8 @@ async fn memory(
     beds: &[Bed],
     dir: PathBuf,
 ) -> Result<Memory> {
-    let toml = format!(
-        "hub = \"beds\"\nward = \"bench\"\nstore = \"{}\"\n[chain]\nrpc_url = \"{}\"\ncontract = \"{contract}\"\n\
-         [mqtt]\nauth = false\nlisten = \"127.0.0.1:{{port}}\"\n{}[anchor]\nbatch_size = 2000\ninterval_ms = 5000\n[metrics]\nlisten = \"127.0.0.1:0\"\n",
-        dir.join("memory.sqlite").display(),
-        anvil.endpoint(),
-        args.log_mib.map(|m| format!("log_mib = {m}\n")).unwrap_or_default(),
-    );
-    let (child, port) = spawn_oracle(root, anvil, account, &dir, &toml).await?;
+    let log_mib = args.log_mib.map(|m| format!("log_mib = {m}\n")).unwrap_or_default();
+    let (child, port) = spawn_oracle(root, anvil, account, contract, &dir, "beds", 5_000, (&log_mib, "")).await?;
     let pid = child.0.id();
     tokio::time::sleep(Duration::from_secs(1)).await;
     let idle = rss_kib(pid, "VmRSS:")?;
@@ -1197,14 +1203,8 @@ async fn alert_latency(args: &Args) -> Result<Alerts> {
     // minutes' hold) a device would raise one alert and hold it. The hub
     // runs in a process of its own, as on a ward: it shares no runtime
     // with the load generator.
-    let toml = format!(
-        "hub = \"bench\"\nward = \"bench\"\nstore = \"{}\"\n[chain]\nrpc_url = \"{}\"\ncontract = \"{contract}\"\n\
-         [mqtt]\nauth = false\nlisten = \"127.0.0.1:{{port}}\"\n[anchor]\nbatch_size = 2000\ninterval_ms = 2000\n[metrics]\nlisten = \"127.0.0.1:0\"\n\
-         [api]\nenabled = false\n[alerts]\nhold_ms = 0\n",
-        dir.path().join("hub.sqlite").display(),
-        anvil.endpoint()
-    );
-    let (hub_process, port) = spawn_oracle(&root, &anvil, 1, dir.path(), &toml).await?;
+    let (hub_process, port) =
+        spawn_oracle(&root, &anvil, 1, contract, dir.path(), "bench", 2_000, ("", "[alerts]\nhold_ms = 0\n")).await?;
     let topics = Topics::new("bench").map_err(anyhow::Error::msg)?;
     // The listener: a separate MQTT client on the alert topic, as a nurse station would be.
     let received: Arc<Mutex<HashMap<(String, u64), Instant>>> = Arc::default();
