@@ -216,6 +216,7 @@ pub async fn start(cfg: Config, key: PrivateKeySigner, options: Options) -> Resu
         max_age_ms: cfg.ingest.max_age_ms,
     };
     let (vitals_tx, vitals_rx) = mpsc::unbounded_channel::<Incoming>();
+    let known: Vec<B256> = ingest_store.last_seqs()?.into_keys().collect();
     let mut threads = ingest::start(shared, limits, ingest_store, vitals_rx)?;
     // Joined after the ingest threads, whose end closes its channel.
     threads.push(alert_thread);
@@ -275,7 +276,9 @@ pub async fn start(cfg: Config, key: PrivateKeySigner, options: Options) -> Resu
     };
     tasks.push(tokio::spawn(checkpoints(checkpoint_store, shutdown_rx.clone())));
     let poll_ms = cfg.chain.poll_ms.unwrap_or(1_000);
-    tasks.push(tokio::spawn(watch_devices(chain.clone(), registry.clone(), poll_ms, health.clone(), shutdown_rx.clone())));
+    let watched_from = warm_devices(&chain, &registry, known).await;
+    metrics.devices.set(registry.len() as i64);
+    tasks.push(tokio::spawn(watch_devices(chain.clone(), registry.clone(), poll_ms, health.clone(), watched_from, shutdown_rx.clone())));
 
     let (control_tx, control_rx) = mpsc::unbounded_channel::<(u64, Publish)>();
     let control = Control {
@@ -628,9 +631,54 @@ async fn checkpoints(store: Store, mut shutdown: watch::Receiver<bool>) {
     }
 }
 
+/// Device records read at once when the hub starts.
+const WARM_LOOKUPS_IN_FLIGHT: usize = 64;
+
+/// The longest the hub spends reading device records at start; a chain that
+/// slows down meanwhile does not hold the hub back (the rest are looked up
+/// as their readings come).
+const WARM_LIMIT: Duration = Duration::from_secs(30);
+
+/// Reads the on-chain records of `known` (the devices the store has readings
+/// of) into the cache before the hub takes messages, many at once, and
+/// returns the block they are at least as new as. A restarted hub with a
+/// backlog in its broker otherwise looked each device up as its first
+/// reading came, its verification threads waiting on each group's lookups
+/// (docs/BENCHMARKS.md, "Scaling"). `None` if the chain did not answer; the
+/// devices are then looked up as their readings come, as are those not read
+/// within [`WARM_LIMIT`].
+async fn warm_devices(chain: &Chain, registry: &Registry, known: Vec<B256>) -> Option<u64> {
+    use futures_util::StreamExt;
+    let block = chain.block_number().await.ok()?;
+    let started = std::time::Instant::now();
+    let mut records = futures_util::stream::iter(known).map(|id| async move { (id, chain.device(id).await) }).buffer_unordered(WARM_LOOKUPS_IN_FLIGHT);
+    let (mut cached, mut failed) = (0usize, 0usize);
+    let deadline = tokio::time::Instant::now() + WARM_LIMIT;
+    while let Ok(Some((id, record))) = tokio::time::timeout_at(deadline, records.next()).await {
+        match record {
+            Ok(info) => {
+                registry.insert(id, crate::devices::Device::from_info(&info));
+                cached += 1;
+            }
+            Err(_) => failed += 1,
+        }
+    }
+    tracing::info!(cached, failed, ms = started.elapsed().as_millis() as u64, "device records read");
+    Some(block)
+}
+
 /// Forgets cached device records when their on-chain state changes; its
 /// block-number polls also tell [`Health`] whether the chain answers.
-async fn watch_devices(chain: Chain, registry: Arc<Registry>, poll_ms: u64, health: Arc<Health>, mut shutdown: watch::Receiver<bool>) {
+/// Starts after block `from` when given (the block the cache was warmed
+/// at), else after the chain's current block.
+async fn watch_devices(
+    chain: Chain,
+    registry: Arc<Registry>,
+    poll_ms: u64,
+    health: Arc<Health>,
+    from: Option<u64>,
+    mut shutdown: watch::Receiver<bool>,
+) {
     let block_number = || async {
         let answer = chain.block_number().await;
         match &answer {
@@ -639,11 +687,14 @@ async fn watch_devices(chain: Chain, registry: Arc<Registry>, poll_ms: u64, heal
         }
         answer
     };
-    let mut from = loop {
-        match block_number().await {
-            Ok(b) => break b + 1,
-            Err(_) => tokio::time::sleep(Duration::from_secs(1)).await,
-        }
+    let mut from = match from {
+        Some(b) => b + 1,
+        None => loop {
+            match block_number().await {
+                Ok(b) => break b + 1,
+                Err(_) => tokio::time::sleep(Duration::from_secs(1)).await,
+            }
+        },
     };
     let every = Duration::from_millis(poll_ms.max(50));
     loop {

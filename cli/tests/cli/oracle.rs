@@ -677,6 +677,23 @@ fn a_killed_hub_loses_nothing_and_never_anchors_twice() {
         assert_eq!(seqs.len(), batches.len());
     });
     assert_eq!(hub.logs().matches("hub started").count(), 3, "two crashes, two restarts");
+    // Each restart read the five devices' records before taking messages.
+    let plain = without_ansi(&hub.logs());
+    assert_eq!(plain.matches("device records read cached=5 failed=0").count(), 2, "{plain}");
+}
+
+/// Log text without its colour codes.
+fn without_ansi(log: &str) -> String {
+    let mut out = String::with_capacity(log.len());
+    let mut chars = log.chars();
+    while let Some(c) = chars.next() {
+        if c == '\x1b' {
+            chars.by_ref().find(|&c| c == 'm');
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }
 
 #[test]

@@ -25,9 +25,12 @@
 //!    verifies on) - the baseline, measured before and after every ingest
 //!    measurement (each is read against the mean of the two);
 //! 2. ingest: the same readings published over the bench's broker to an
-//!    in-process hub, live and queued, timed until the last commit; with
-//!    `--auth both`, alternating rounds with authentication on and off, each
-//!    on a broker and hub of its own;
+//!    in-process hub, live and queued, timed until the last commit (queued
+//!    also from the hub's first commit after its restart, and that restart's
+//!    time apart); with `--auth both`, alternating rounds with
+//!    authentication on and off, each on a broker and hub of its own;
+//!    `--devices-per-connection` shares connections (the 20,000-device
+//!    scaling run, docs/BENCHMARKS.md);
 //! 3. latency: readings paced at `--rate` and then `--high-rate` per second,
 //!    publish -> commit;
 //! 4. gas: anchorBatch at 2,000 readings per batch against one postReadings
@@ -48,7 +51,7 @@ use std::time::{Duration, Instant};
 
 use alloy::network::TransactionBuilder;
 use alloy::node_bindings::Anvil;
-use alloy::primitives::{Address, Bytes, B256};
+use alloy::primitives::{Address, Bytes, B256, U256};
 use alloy::providers::{Provider, ProviderBuilder};
 use alloy::rpc::types::{Filter, TransactionRequest};
 use alloy::signers::local::PrivateKeySigner;
@@ -142,6 +145,13 @@ struct Args {
     /// plus steady readings from other devices.
     #[arg(long, default_value_t = 5_000)]
     alert_load: usize,
+    /// Devices sharing one MQTT connection in the throughput and latency
+    /// phases (1: each its own, as deployed). More than one needs `--auth
+    /// off`, as the ACLs bind a connection to one device. The scaling run
+    /// needs it for 20,000 devices: one process may hold 20,000 descriptors
+    /// here, and the in-process broker and clients take two per connection.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..))]
+    devices_per_connection: u64,
     /// Length of the alerts phase, seconds (0 leaves it out of `oracle`).
     #[arg(long, default_value_t = 15)]
     alert_seconds: u64,
@@ -227,8 +237,20 @@ async fn publisher(opts: MqttOptions, capacity: usize, key: Option<PrivateKeySig
 
 /// One MQTT client per device, each logged in as itself: with a signed
 /// login (the embedded broker), a password (`passwords`, Mosquitto's file),
-/// or none (authentication off).
-async fn device_clients(port: u16, devs: &[Bed], auth: Login<'_>, capacity: usize) -> Result<Vec<AsyncClient>> {
+/// or none (authentication off); or, with authentication off, one client
+/// per `per_connection` devices (device `k` on client `k / per_connection`).
+async fn device_clients(port: u16, devs: &[Bed], auth: Login<'_>, capacity: usize, per_connection: usize) -> Result<Vec<AsyncClient>> {
+    if per_connection > 1 {
+        if !matches!(auth, Login::Open) {
+            bail!("--devices-per-connection above 1 needs --auth off: the broker's ACLs give a connection one device");
+        }
+        let mut clients = Vec::with_capacity(devs.len().div_ceil(per_connection));
+        for i in 0..devs.len().div_ceil(per_connection) {
+            let opts = MqttOptions::new(format!("bench-connection-{i}"), "127.0.0.1", port);
+            clients.push(publisher(opts, capacity * per_connection, None).await);
+        }
+        return Ok(clients);
+    }
     let mut clients = Vec::with_capacity(devs.len());
     for b in devs {
         let opts = match auth {
@@ -263,6 +285,69 @@ enum AuthMode {
     /// process, each against the raw baseline measured around it: the cost
     /// of authentication without the drift between separate runs.
     Both,
+}
+
+/// Gas given to each provisioning transaction (sent before the ones before
+/// it are mined, so not estimated); provisionDevice takes about 98,000 (docs/GAS.md).
+const PROVISION_GAS: u64 = 150_000;
+
+/// Sends `calls` (sender, calldata) to `contract` many to a block, for the
+/// thousands of devices of a scaling run. Anvil's automine is off while they
+/// go; nonces and fees are set here, and the pool is mined empty after every
+/// 500. A block per transaction took over 5 minutes for 8,000 devices, and a
+/// pool of tens of thousands slowed each send to 11 ms. The gas is given,
+/// as an estimate against the latest block would find the device of an
+/// activation not yet provisioned.
+async fn send_in_bulk(p: &impl Provider, contract: Address, calls: &[(Address, Vec<u8>)]) -> Result<()> {
+    let chain_id = p.get_chain_id().await?;
+    let mut nonces: HashMap<Address, u64> = HashMap::new();
+    let mut hashes = Vec::with_capacity(calls.len());
+    // Full blocks would raise the base fee by 12.5 % each, until the
+    // accounts could not pay for the pool; it is held where it started.
+    let base_fee = p.get_gas_price().await?;
+    let gas_price = 2 * base_fee;
+    p.raw_request::<_, serde_json::Value>("evm_setAutomine".into(), (false,)).await?;
+    for chunk in calls.chunks(500) {
+        for (from, input) in chunk {
+            let nonce = match nonces.get_mut(from) {
+                Some(n) => {
+                    *n += 1;
+                    *n
+                }
+                None => *nonces.entry(*from).or_insert(p.get_transaction_count(*from).pending().await?),
+            };
+            let tx = TransactionRequest::default()
+                .with_from(*from)
+                .with_to(contract)
+                .with_input(input.clone())
+                .with_gas_limit(PROVISION_GAS)
+                .with_gas_price(gas_price)
+                .with_nonce(nonce)
+                .with_chain_id(chain_id);
+            hashes.push(*p.send_transaction(tx).await?.tx_hash());
+        }
+        loop {
+            let status: serde_json::Value = p.raw_request("txpool_status".into(), ()).await?;
+            let waiting = |k: &str| status[k].as_str().and_then(|h| u64::from_str_radix(h.trim_start_matches("0x"), 16).ok());
+            match (waiting("pending"), waiting("queued")) {
+                (Some(0), Some(0)) => break,
+                (Some(_), Some(_)) => {
+                    p.raw_request::<_, serde_json::Value>("anvil_setNextBlockBaseFeePerGas".into(), (U256::from(base_fee),)).await?;
+                    p.raw_request::<_, serde_json::Value>("evm_mine".into(), ()).await?
+                }
+                _ => bail!("anvil's txpool_status answered {status}"),
+            };
+        }
+    }
+    p.raw_request::<_, serde_json::Value>("evm_setAutomine".into(), (true,)).await?;
+    for h in hashes {
+        match p.get_transaction_receipt(h).await? {
+            Some(r) if r.status() => {}
+            Some(_) => bail!("provisioning transaction {h} reverted"),
+            None => bail!("provisioning transaction {h} was never mined"),
+        }
+    }
+    Ok(())
 }
 
 /// Anvil accounts: the admin, one per hub run (each its own, so their batch
@@ -334,6 +419,8 @@ struct HubRun {
     key: PrivateKeySigner,
     options: healthsense_oracle::Options,
     clients: Vec<AsyncClient>,
+    /// Devices per client: device `k` publishes on `clients[k / per_connection]`.
+    per_connection: usize,
     topics: Topics,
     serials: Vec<String>,
     committed: Arc<AtomicUsize>,
@@ -456,7 +543,8 @@ impl HubRun {
             (true, false) => Login::Signed,
         };
         let per_device = args.readings / ctx.devs.len() + (args.rate + args.high_rate) * args.latency_seconds as usize / ctx.devs.len();
-        let clients = device_clients(port, ctx.devs, login, 2 * per_device + 1_000).await?;
+        let per_connection = args.devices_per_connection as usize;
+        let clients = device_clients(port, ctx.devs, login, 2 * per_device + 1_000, per_connection).await?;
         let run = HubRun {
             auth,
             running: Some(running),
@@ -464,6 +552,7 @@ impl HubRun {
             key,
             options,
             clients,
+            per_connection,
             topics: Topics::new("bench").map_err(anyhow::Error::msg)?,
             serials: ctx.devs.iter().map(|b| b.serial.clone()).collect(),
             committed,
@@ -481,7 +570,7 @@ impl HubRun {
     async fn publish(&self, payloads: &[Payload]) -> Result<()> {
         for (payload, k) in payloads {
             let topic = self.topics.device(&self.serials[*k], DeviceTopic::Vitals);
-            self.clients[*k].publish(topic, QoS::AtLeastOnce, false, payload.clone()).await?;
+            self.clients[*k / self.per_connection].publish(topic, QoS::AtLeastOnce, false, payload.clone()).await?;
         }
         Ok(())
     }
@@ -505,7 +594,11 @@ impl HubRun {
     /// other half waits in the broker for the hub's persistent session while
     /// it is down (a restart, or a burst); the clock runs from the hub's
     /// start to its last commit: the hub's own capacity.
-    async fn ingest(&mut self, payloads: &[Payload]) -> Result<(f64, f64)> {
+    ///
+    /// Also: from the restart to the first queued commit (what the hub does
+    /// before it takes messages: opening its store, reading its devices'
+    /// records), and the queued rate from that commit on.
+    async fn ingest(&mut self, payloads: &[Payload]) -> Result<Ingest> {
         let base = self.committed.load(Ordering::SeqCst);
         let half = payloads.len() / 2;
         let t = Instant::now();
@@ -518,9 +611,16 @@ impl HubRun {
         wait_for(&PUBACKS, acked + (payloads.len() - half), "broker acknowledgements").await?;
         let t = Instant::now();
         self.restart().await?;
+        wait_for(&self.committed, base + half + 1, "queued ingest").await?;
+        let (first, at_first) = (t.elapsed(), self.committed.load(Ordering::SeqCst));
         wait_for(&self.committed, base + payloads.len(), "queued ingest").await?;
-        let queued = (payloads.len() - half) as f64 / t.elapsed().as_secs_f64();
-        Ok((live, queued))
+        let elapsed = t.elapsed();
+        Ok(Ingest {
+            live,
+            queued: (payloads.len() - half) as f64 / elapsed.as_secs_f64(),
+            first_commit_ms: first.as_secs_f64() * 1e3,
+            queued_from_first: (base + payloads.len() - at_first) as f64 / (elapsed - first).as_secs_f64(),
+        })
     }
 
     /// Readings paced at `rate` per second; publish call to commit, per
@@ -535,7 +635,7 @@ impl HubRun {
             for (key, payload, k) in chunk {
                 let topic = self.topics.device(&self.serials[*k], DeviceTopic::Vitals);
                 let at = Instant::now();
-                self.clients[*k].publish(topic, QoS::AtLeastOnce, false, payload.clone()).await?;
+                self.clients[*k / self.per_connection].publish(topic, QoS::AtLeastOnce, false, payload.clone()).await?;
                 published.insert(*key, at);
             }
         }
@@ -593,12 +693,19 @@ fn sign_all(devs: &[Bed], domain: B256, which: impl IntoParallelIterator<Item = 
         .collect()
 }
 
+/// What [`HubRun::ingest`] measures: readings/s, and ms to the first commit.
+struct Ingest {
+    live: f64,
+    queued: f64,
+    first_commit_ms: f64,
+    queued_from_first: f64,
+}
+
 /// One ingest measurement: authentication, live and queued readings/s, and
 /// the raw baselines measured just before and just after it.
 struct IngestRound {
     auth: bool,
-    live: f64,
-    queued: f64,
+    ingest: Ingest,
     raw_before: f64,
     raw_after: f64,
 }
@@ -624,6 +731,9 @@ async fn oracle(args: &Args) -> Result<()> {
     let threads = rayon::current_num_threads();
     let load_at_start = figures::machine()["load_average"].clone();
     let auth_mode = if args.no_auth { AuthMode::Off } else { args.auth };
+    if args.devices_per_connection > 1 && auth_mode != AuthMode::Off {
+        bail!("--devices-per-connection above 1 needs --auth off: the broker's ACLs give a connection one device");
+    }
     let plan: Vec<bool> = match auth_mode {
         AuthMode::On => vec![true],
         AuthMode::Off => vec![false],
@@ -655,28 +765,14 @@ async fn oracle(args: &Args) -> Result<()> {
     eprintln!("provisioning and activating {n_beds} devices ...");
     let ward = ids::ward_id("bench");
     let beds: Vec<Bed> = (0..n_beds).map(|i| Bed { serial: format!("BENCH-{i:05}"), key: PrivateKeySigner::random() }).collect();
-    let mut pending = Vec::new();
-    let batch_provider = ProviderBuilder::new().connect_http(url.clone());
-    for h in &hubs {
-        let tx = TransactionRequest::default().with_from(admin).with_to(contract).with_input(
-            H::grantRoleCall { role: ids::HUB_ROLE, account: *h }.abi_encode(),
-        );
-        pending.push(batch_provider.send_transaction(tx).await?);
-    }
+    let mut calls: Vec<(Address, Vec<u8>)> =
+        hubs.iter().map(|h| (admin, H::grantRoleCall { role: ids::HUB_ROLE, account: *h }.abi_encode())).collect();
     for b in &beds {
         let id = ids::device_id(&b.serial);
-        let calls = [
-            (admin, H::provisionDeviceCall { deviceId: id, signer: b.key.address(), ward }.abi_encode()),
-            (hub, H::activateDeviceCall { deviceId: id }.abi_encode()),
-        ];
-        for (from, input) in calls {
-            let tx = TransactionRequest::default().with_from(from).with_to(contract).with_input(input);
-            pending.push(batch_provider.send_transaction(tx).await?);
-        }
+        calls.push((admin, H::provisionDeviceCall { deviceId: id, signer: b.key.address(), ward }.abi_encode()));
+        calls.push((hub, H::activateDeviceCall { deviceId: id }.abi_encode()));
     }
-    for p in pending {
-        p.get_receipt().await?;
-    }
+    send_in_bulk(&ProviderBuilder::new().connect_http(url.clone()), contract, &calls).await?;
 
     // Every reading is signed before any phase, so no phase pays for signing:
     // sequence 1 warms each hub's device cache, then the throughput readings,
@@ -724,10 +820,10 @@ async fn oracle(args: &Args) -> Result<()> {
     let mut raw_before = raw_k256(&prepared)?;
     for (i, &auth) in plan.iter().enumerate() {
         let mut run = HubRun::start(&ctx, i, auth).await?;
-        let (live, queued) = run.ingest(&throughput).await?;
+        let ingest = run.ingest(&throughput).await?;
         run.stop().await;
         let raw_after = raw_k256(&prepared)?;
-        rounds.push(IngestRound { auth, live, queued, raw_before, raw_after });
+        rounds.push(IngestRound { auth, ingest, raw_before, raw_after });
         raw_before = raw_after;
         runs.push(run);
     }
@@ -789,9 +885,10 @@ async fn oracle(args: &Args) -> Result<()> {
     let ratio = |auth: bool, f: fn(&IngestRound) -> f64| median(rounds.iter().filter(|r| r.auth == auth).map(|r| f(r) / r.raw()).collect());
     let rate_of = |auth: bool, f: fn(&IngestRound) -> f64| median(rounds.iter().filter(|r| r.auth == auth).map(f).collect());
     let round_json = |r: &IngestRound| {
-        json!({ "auth": r.auth, "queued_per_s": r.queued.round(), "live_per_s": r.live.round(),
+        json!({ "auth": r.auth, "queued_per_s": r.ingest.queued.round(), "live_per_s": r.ingest.live.round(),
+                "restart_to_first_commit_ms": r.ingest.first_commit_ms.round(), "queued_from_first_commit_per_s": r.ingest.queued_from_first.round(),
                 "raw_before_per_s": r.raw_before.round(), "raw_after_per_s": r.raw_after.round(),
-                "queued_ratio": figures::round(r.queued / r.raw()), "live_ratio": figures::round(r.live / r.raw()) })
+                "queued_ratio": figures::round(r.ingest.queued / r.raw()), "live_ratio": figures::round(r.ingest.live / r.raw()) })
     };
     let mut figs = Vec::new();
     for auth in [true, false] {
@@ -801,26 +898,26 @@ async fn oracle(args: &Args) -> Result<()> {
         let suffix = if plan.contains(&!auth) && !auth { "_auth_off" } else { "" };
         let base = raw(auth);
         figs.push(
-            Figure::new(format!("ingest_queued_ratio{suffix}"), ratio(auth, |r| r.queued), "ratio")
+            Figure::new(format!("ingest_queued_ratio{suffix}"), ratio(auth, |r| r.ingest.queued), "ratio")
                 .at_least(0.8)
                 .baseline("raw_k256_verify_per_s", base)
                 .with("broker", broker)
                 .with("auth", auth)
-                .with("readings_per_s", rate_of(auth, |r| r.queued).round()),
+                .with("readings_per_s", rate_of(auth, |r| r.ingest.queued).round()),
         );
         figs.push(
-            Figure::new(format!("ingest_live_ratio{suffix}"), ratio(auth, |r| r.live), "ratio")
+            Figure::new(format!("ingest_live_ratio{suffix}"), ratio(auth, |r| r.ingest.live), "ratio")
                 .at_least(0.8)
                 .baseline("raw_k256_verify_per_s", base)
                 .with("broker", broker)
                 .with("auth", auth)
-                .with("readings_per_s", rate_of(auth, |r| r.live).round()),
+                .with("readings_per_s", rate_of(auth, |r| r.ingest.live).round()),
         );
     }
     if plan.contains(&true) && plan.contains(&false) {
         // Each "on" measurement against the "off" one of its round, which
         // ran right before or after it against the same bracket of baselines.
-        for (name, f) in [("auth_cost_queued", (|r: &IngestRound| r.queued) as fn(&IngestRound) -> f64), ("auth_cost_live", |r: &IngestRound| r.live)] {
+        for (name, f) in [("auth_cost_queued", (|r: &IngestRound| r.ingest.queued) as fn(&IngestRound) -> f64), ("auth_cost_live", |r: &IngestRound| r.ingest.live)] {
             let costs: Vec<f64> = rounds.chunks(2).filter(|c| c.len() == 2).map(|c| {
                 let (on, off) = if c[0].auth { (&c[0], &c[1]) } else { (&c[1], &c[0]) };
                 1.0 - (f(on) / on.raw()) / (f(off) / off.raw())
@@ -905,13 +1002,19 @@ async fn oracle(args: &Args) -> Result<()> {
         );
         println!(
             "  ingest, queued ({broker:>9}) {:>7.0} readings/s  = {:.0}% of raw   (target >= 80%)",
-            r.queued,
-            100.0 * r.queued / r.raw()
+            r.ingest.queued,
+            100.0 * r.ingest.queued / r.raw()
         );
         println!(
             "  ingest, live   ({broker:>9}) {:>7.0} readings/s  = {:.0}% of raw   (target >= 80%; devices publishing on the same cores)",
-            r.live,
-            100.0 * r.live / r.raw()
+            r.ingest.live,
+            100.0 * r.ingest.live / r.raw()
+        );
+        println!(
+            "  hub restart -> first queued commit {:.0} ms; queued from that commit {:.0} readings/s = {:.0}% of raw",
+            r.ingest.first_commit_ms,
+            r.ingest.queued_from_first,
+            100.0 * r.ingest.queued_from_first / r.raw()
         );
     }
     println!(
