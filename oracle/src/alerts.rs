@@ -39,6 +39,7 @@ use rusqlite::{params, OptionalExtension};
 use serde::{Deserialize, Serialize};
 use tokio::sync::broadcast;
 
+use crate::ingest::InOrder;
 use crate::metrics::Metrics;
 use crate::news2::{self, Risk, Score};
 use crate::protocol::Topics;
@@ -481,34 +482,19 @@ impl Ids {
 
 const RESERVED_KEY: &str = "alert_ids_reserved";
 
-/// Verified groups in arrival order, whatever order their verification
-/// finished in (the policy depends on each device's reading order).
-struct Ordered {
-    rx: std::sync::mpsc::Receiver<(u64, Vec<NewReading>)>,
-    early: std::collections::BTreeMap<u64, Vec<NewReading>>,
-    next: u64,
-}
+/// Verified groups in arrival order ([`InOrder`]), every group that is due
+/// taken at once.
+struct Ordered(InOrder<Vec<NewReading>>);
 
 impl Ordered {
     /// Every group that is next in order, waiting for the first; `None`
     /// once the verifier has stopped and everything is handed over.
     fn take(&mut self) -> Option<Vec<NewReading>> {
-        let mut out: Vec<NewReading> = Vec::new();
-        let mut got = false;
-        loop {
-            while let Some(group) = self.early.remove(&self.next) {
-                self.next += 1;
-                out.extend(group);
-                got = true;
-            }
-            let received = if got { self.rx.try_recv().ok() } else { Some(self.rx.recv().ok()?) };
-            match received {
-                Some((n, group)) => {
-                    self.early.insert(n, group);
-                }
-                None => return Some(out),
-            }
+        let mut out = self.0.next(true)?;
+        while let Some(more) = self.0.next(false) {
+            out.extend(more);
         }
+        Some(out)
     }
 }
 
@@ -538,24 +524,26 @@ struct State {
 }
 
 impl Engine {
-    /// Loads each device's latest reading, last sequence number and current
-    /// alert level, then starts the thread; it stops when every sender of
-    /// `rx` is gone. `rx` carries each verified group's accepted readings
-    /// with the group's number (0, 1, 2, ..., every number once).
+    /// Loads each device's latest reading and current alert level, then
+    /// starts the thread; it stops when every sender of `rx` is gone. `rx`
+    /// carries each verified group's accepted readings with the group's
+    /// number (0, 1, 2, ..., every number once); `last_seqs` is each
+    /// device's last stored sequence number (the store's, as ingest starts).
     pub fn start(
         self,
         rx: std::sync::mpsc::Receiver<(u64, Vec<NewReading>)>,
+        last_seqs: HashMap<B256, u64>,
     ) -> anyhow::Result<std::thread::JoinHandle<()>> {
         init(&self.store)?;
         let _ = self.live.alert_topic.set((self.client.clone(), self.topics.alerts()));
-        let state = self.load()?;
-        let ordered = Ordered { rx, early: Default::default(), next: 0 };
+        let state = self.load(last_seqs)?;
+        let ordered = Ordered(InOrder::new(rx));
         Ok(std::thread::Builder::new().name("hs-alerts".into()).spawn(move || self.run(state, ordered))?)
     }
 
     /// Each device's current level; a step-down that was pending when the
     /// hub stopped starts its hold again (the safe side).
-    fn load(&self) -> Result<State, StoreError> {
+    fn load(&self, last_seqs: HashMap<B256, u64>) -> Result<State, StoreError> {
         let conn = self.store.conn();
         let mut levels = HashMap::new();
         let mut stmt = conn.prepare(
@@ -571,7 +559,7 @@ impl Engine {
         for l in crate::api::queries::latest_readings(&self.store)? {
             self.live.set_latest(l);
         }
-        Ok(State { levels, last_seqs: self.store.last_seqs()?, ids: Ids::load(&self.store)? })
+        Ok(State { levels, last_seqs, ids: Ids::load(&self.store)? })
     }
 
     fn run(self, mut state: State, mut ordered: Ordered) {
@@ -785,7 +773,7 @@ mod tests {
     #[test]
     fn groups_verified_out_of_order_are_scored_in_arrival_order() {
         let (tx, rx) = std::sync::mpsc::channel();
-        let mut ordered = Ordered { rx, early: Default::default(), next: 0 };
+        let mut ordered = Ordered(InOrder::new(rx));
         tx.send((2, vec![reading("HS-1", 3)])).unwrap();
         tx.send((1, vec![reading("HS-1", 2)])).unwrap();
         // Group 0 is not there yet: nothing may be taken without it.

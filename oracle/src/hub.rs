@@ -171,6 +171,10 @@ pub async fn start(cfg: Config, key: PrivateKeySigner, options: Options) -> Resu
         false => None,
     };
     let live = Live::default();
+    // Each device's last stored sequence number: the writer's replay rule,
+    // the alert thread's "new reading" rule and the devices read at start.
+    let last_seqs = ingest_store.last_seqs()?;
+    let known: Vec<B256> = last_seqs.keys().copied().collect();
     let (alerts_tx, alerts_rx) = std::sync::mpsc::channel();
     let alert_thread = Engine {
         store: alert_store,
@@ -181,7 +185,7 @@ pub async fn start(cfg: Config, key: PrivateKeySigner, options: Options) -> Resu
         runtime: tokio::runtime::Handle::current(),
         policy: cfg.alerts,
     }
-    .start(alerts_rx)?;
+    .start(alerts_rx, last_seqs.clone())?;
     let (api_addr, api_uri) = match cfg.api.enabled {
         true => {
             let store = open()?;
@@ -216,8 +220,7 @@ pub async fn start(cfg: Config, key: PrivateKeySigner, options: Options) -> Resu
         max_age_ms: cfg.ingest.max_age_ms,
     };
     let (vitals_tx, vitals_rx) = mpsc::unbounded_channel::<Incoming>();
-    let known: Vec<B256> = ingest_store.last_seqs()?.into_keys().collect();
-    let mut threads = ingest::start(shared, limits, ingest_store, vitals_rx)?;
+    let mut threads = ingest::start(shared, limits, ingest_store, last_seqs, vitals_rx)?;
     // Joined after the ingest threads, whose end closes its channel.
     threads.push(alert_thread);
 

@@ -118,14 +118,15 @@ impl Group {
 }
 
 /// Starts the verifier and writer threads; returns when both are running.
-/// They stop when `rx` closes.
+/// They stop when `rx` closes. `last_seqs` is each device's last stored
+/// sequence number ([`Store::last_seqs`]).
 pub fn start(
     shared: Shared,
     limits: Limits,
     store: Store,
+    last_seqs: HashMap<B256, u64>,
     rx: mpsc::UnboundedReceiver<Incoming>,
 ) -> anyhow::Result<Vec<std::thread::JoinHandle<()>>> {
-    let last_seqs = store.last_seqs()?;
     // Unbounded, as a bounded one could fill with later groups while the
     // next one due waits to be sent. What it holds is bounded all the same:
     // every message in it is unacknowledged, and the broker sends no more
@@ -251,23 +252,24 @@ fn check(s: &Shared, limits: Limits, domain: B256, msgs: Vec<Incoming>) -> Group
 }
 
 /// Verified groups in the order they were taken (arrival order), whatever
-/// order their verification finished in: the writer's replay rule and the
-/// acknowledgement order depend on it.
-struct InOrder {
-    rx: std::sync::mpsc::Receiver<(u64, Group)>,
-    early: std::collections::BTreeMap<u64, Group>,
+/// order their verification finished in: the writer's replay rule, the
+/// acknowledgement order and the alert policy depend on it. The verifier
+/// numbers every group it takes, 0, 1, 2, ..., and sends each number once.
+pub(crate) struct InOrder<T> {
+    rx: std::sync::mpsc::Receiver<(u64, T)>,
+    early: std::collections::BTreeMap<u64, T>,
     next: u64,
 }
 
-impl InOrder {
-    fn new(rx: std::sync::mpsc::Receiver<(u64, Group)>) -> Self {
+impl<T> InOrder<T> {
+    pub(crate) fn new(rx: std::sync::mpsc::Receiver<(u64, T)>) -> Self {
         Self { rx, early: Default::default(), next: 0 }
     }
 
     /// The next group, waiting for it if `wait`; `None` when it is not
     /// verified yet (without `wait`) or once the verifier has stopped and
     /// every group is handed over.
-    fn next(&mut self, wait: bool) -> Option<Group> {
+    pub(crate) fn next(&mut self, wait: bool) -> Option<T> {
         loop {
             if let Some(group) = self.early.remove(&self.next) {
                 self.next += 1;
@@ -377,7 +379,7 @@ fn writer(
     s: Shared,
     mut store: Store,
     mut last_seqs: HashMap<B256, u64>,
-    mut rx: InOrder,
+    mut rx: InOrder<Group>,
 ) {
     while let Some(mut group) = rx.next(true) {
         while group.items.len() < MAX_COMMIT {

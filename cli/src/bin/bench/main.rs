@@ -157,6 +157,8 @@ struct Args {
     alert_seconds: u64,
 }
 
+/// A spawned process (a broker, an oracle), killed when dropped: a failed
+/// phase leaves none behind.
 struct KillOnDrop(std::process::Child);
 
 impl Drop for KillOnDrop {
@@ -1131,7 +1133,7 @@ async fn spawn_oracle(
     hub: &str,
     interval_ms: u64,
     (mqtt, extra): (&str, &str),
-) -> Result<(OracleProcess, u16)> {
+) -> Result<(KillOnDrop, u16)> {
     let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
     let config = dir.join(format!("{hub}.toml"));
     let toml = format!(
@@ -1160,17 +1162,7 @@ async fn spawn_oracle(
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    Ok((OracleProcess(child), port))
-}
-
-/// A spawned oracle, killed when dropped (a failed phase leaves none behind).
-struct OracleProcess(std::process::Child);
-
-impl Drop for OracleProcess {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
+    Ok((KillOnDrop(child), port))
 }
 
 /// RSS of a `healthsense oracle` process serving `beds` (its own store, an
