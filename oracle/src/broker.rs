@@ -120,13 +120,14 @@ impl DeviceLogins {
         if let Some(d) = self.registry.as_ref().and_then(|r| r.get(&id)) {
             return Ok(d);
         }
+        let generation = self.registry.as_ref().map(|r| r.generation()).unwrap_or(0);
         let info = tokio::time::timeout(LOGIN_CHAIN_WAIT, self.chain.device(id))
             .await
             .map_err(|_| "the chain did not answer in time".to_string())?
             .map_err(|e| format!("chain: {e}"))?;
         let device = Device::from_info(&info);
         Ok(match &self.registry {
-            Some(r) => r.insert(id, device),
+            Some(r) => r.insert(id, device, generation),
             None => Arc::new(device),
         })
     }

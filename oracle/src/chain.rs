@@ -206,6 +206,13 @@ impl Chain {
         self.provider.get_block_number().await.map_err(transport)
     }
 
+    /// The hash of block `number`, or `None` if the chain has no such block
+    /// (it was reset, or is behind).
+    pub async fn block_hash(&self, number: u64) -> Result<Option<B256>, ChainError> {
+        let block = self.provider.get_block_by_number(number.into()).await.map_err(transport)?;
+        Ok(block.map(|b| b.header.hash))
+    }
+
     /// Discharges a patient as the hub; returns the bill event.
     pub async fn discharge(&self, patient: B256) -> Result<(Mined, Option<H::PatientDischarged>), ChainError> {
         let (mined, receipt) = self.send_receipt(H::dischargeCall { patientId: patient }).await?;

@@ -14,8 +14,9 @@
 //! signature check"; docs/BENCHMARKS.md, "Issue 22"). Device keys, signing
 //! and the benchmark's baseline stay on k256.
 
-use std::collections::HashMap;
-use std::sync::{Arc, OnceLock, RwLock};
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
 
 use alloy::primitives::{Address, Signature, B256};
 use healthsense_abi::bindings::IHealthSense::DeviceInfo;
@@ -91,10 +92,39 @@ fn address_of(key: &PublicKey) -> Address {
     Address::from_raw_public_key(&key.serialize_uncompressed()[1..])
 }
 
+/// A device's on-chain record without its key, as the store keeps it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DeviceRecord {
+    /// Device id.
+    pub id: B256,
+    /// Registered signer address.
+    pub signer: Address,
+    /// Ward id.
+    pub ward: B256,
+    /// Lifecycle status.
+    pub status: DeviceStatus,
+}
+
+impl From<&DeviceRecord> for Device {
+    fn from(r: &DeviceRecord) -> Self {
+        Device::new(r.signer, r.ward, r.status)
+    }
+}
+
 /// The cache of device records, keyed by device id.
+///
+/// Every forgotten record bumps a generation. A record read from the chain
+/// is cached only if no record was forgotten while it was being read: else
+/// a read that began before a device event and ended after the watcher
+/// forgot the device would cache the old state until the next event.
+///
+/// The cache also notes which devices changed since the store's copy was
+/// last brought up to date ([`Registry::take_changes`]).
 #[derive(Debug, Default)]
 pub struct Registry {
     map: RwLock<HashMap<B256, Arc<Device>>>,
+    generation: AtomicU64,
+    changed: Mutex<HashSet<B256>>,
 }
 
 impl Registry {
@@ -103,19 +133,68 @@ impl Registry {
         self.map.read().ok()?.get(id).cloned()
     }
 
-    /// Caches a record.
-    pub fn insert(&self, id: B256, device: Device) -> Arc<Device> {
+    /// The generation to pass to [`Registry::insert`] for a record about to
+    /// be read from the chain.
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
+    }
+
+    /// Caches a record read from the chain since `generation` (see
+    /// [`Registry::generation`]); a record that may predate an event seen
+    /// meanwhile is returned without being cached.
+    pub fn insert(&self, id: B256, device: Device, generation: u64) -> Arc<Device> {
         let device = Arc::new(device);
         if let Ok(mut map) = self.map.write() {
-            map.insert(id, device.clone());
+            if self.generation.load(Ordering::Acquire) == generation {
+                map.insert(id, device.clone());
+                self.note_change(id);
+            }
         }
         device
+    }
+
+    /// Caches a record from the store's copy, which already holds it.
+    pub fn restore(&self, record: &DeviceRecord) {
+        if let Ok(mut map) = self.map.write() {
+            map.insert(record.id, Arc::new(Device::from(record)));
+        }
     }
 
     /// Forgets a record (its on-chain state changed).
     pub fn invalidate(&self, id: &B256) {
         if let Ok(mut map) = self.map.write() {
+            self.generation.fetch_add(1, Ordering::AcqRel);
             map.remove(id);
+            self.note_change(*id);
+        }
+    }
+
+    fn note_change(&self, id: B256) {
+        if let Ok(mut changed) = self.changed.lock() {
+            changed.insert(id);
+        }
+    }
+
+    /// The devices cached or forgotten since the last call, each with its
+    /// record now (`None`: forget it), for the store's copy
+    /// ([`crate::store::Store::save_device_cache`]).
+    pub fn take_changes(&self) -> Vec<(B256, Option<DeviceRecord>)> {
+        let ids = match self.changed.lock() {
+            Ok(mut changed) => std::mem::take(&mut *changed),
+            Err(_) => return Vec::new(),
+        };
+        ids.into_iter()
+            .map(|id| {
+                let record = self.get(&id).map(|d| DeviceRecord { id, signer: d.signer, ward: d.ward, status: d.status });
+                (id, record)
+            })
+            .collect()
+    }
+
+    /// Marks devices as changed again (their changes were not saved).
+    pub fn put_back(&self, ids: impl IntoIterator<Item = B256>) {
+        if let Ok(mut changed) = self.changed.lock() {
+            changed.extend(ids);
         }
     }
 
@@ -171,6 +250,35 @@ mod tests {
 
     fn sig_address(digest: &B256, sig: &Signature) -> Address {
         sig.recover_address_from_prehash(digest).unwrap()
+    }
+
+    #[test]
+    fn a_record_read_across_an_event_is_not_cached_and_changes_are_taken_once() {
+        let r = Registry::default();
+        let (a, b) = (B256::repeat_byte(1), B256::repeat_byte(2));
+        let signer = Address::repeat_byte(7);
+        let before = r.generation();
+        r.insert(a, active(signer), before);
+        assert!(r.get(&a).is_some());
+        // A read of b began, then an event made the watcher forget a.
+        r.invalidate(&a);
+        let returned = r.insert(b, active(signer), before);
+        assert_eq!(returned.signer, signer, "the caller still gets the record it read");
+        assert!(r.get(&b).is_none(), "a read that began before an event is not cached");
+        r.insert(b, active(signer), r.generation());
+        assert!(r.get(&b).is_some());
+        let mut changes = r.take_changes();
+        changes.sort_by_key(|(id, _)| *id);
+        assert_eq!(changes.len(), 2);
+        assert_eq!(changes[0], (a, None), "a was forgotten");
+        assert_eq!(changes[1].1.map(|d| (d.id, d.status)), Some((b, DeviceStatus::Active)));
+        assert!(r.take_changes().is_empty());
+        // Restored records are already in the store: no change to save.
+        r.restore(&DeviceRecord { id: a, signer, ward: B256::ZERO, status: DeviceStatus::Revoked });
+        assert_eq!(r.get(&a).map(|d| d.status), Some(DeviceStatus::Revoked));
+        assert!(r.take_changes().is_empty());
+        r.put_back([a]);
+        assert_eq!(r.take_changes().len(), 1);
     }
 
     #[test]

@@ -25,7 +25,7 @@ use crate::health::Health;
 use crate::ingest::{self, CommitHook, Incoming, Limits, Shared};
 use crate::metrics::Metrics;
 use crate::protocol::{self, Announcement, Code, DeviceTopic, Hello, Presence, StatusReply, Topics};
-use crate::store::{Binding, Store};
+use crate::store::{Binding, DeviceCache, Store};
 
 /// Extra hooks for tests and benchmarks.
 #[derive(Default, Clone)]
@@ -279,9 +279,15 @@ pub async fn start(cfg: Config, key: PrivateKeySigner, options: Options) -> Resu
     };
     tasks.push(tokio::spawn(checkpoints(checkpoint_store, shutdown_rx.clone())));
     let poll_ms = cfg.chain.poll_ms.unwrap_or(1_000);
-    let watched_from = warm_devices(&chain, &registry, known).await;
+    let cache_store = open()?;
+    let saved = cache_store.device_cache().unwrap_or_else(|e| {
+        tracing::warn!(error = %e, "the saved device cache is unreadable; reading device records from the chain");
+        None
+    });
+    let watched_from = warm_devices(&chain, &registry, saved, known).await;
     metrics.devices.set(registry.len() as i64);
-    tasks.push(tokio::spawn(watch_devices(chain.clone(), registry.clone(), poll_ms, health.clone(), watched_from, shutdown_rx.clone())));
+    let watcher = DeviceWatcher { chain: chain.clone(), registry: registry.clone(), store: std::sync::Mutex::new(cache_store), poll_ms, health: health.clone() };
+    tasks.push(tokio::spawn(watcher.run(watched_from, shutdown_rx.clone())));
 
     let (control_tx, control_rx) = mpsc::unbounded_channel::<(u64, Publish)>();
     let control = Control {
@@ -642,81 +648,208 @@ const WARM_LOOKUPS_IN_FLIGHT: usize = 64;
 /// as their readings come).
 const WARM_LIMIT: Duration = Duration::from_secs(30);
 
-/// Reads the on-chain records of `known` (the devices the store has readings
-/// of) into the cache before the hub takes messages, many at once, and
-/// returns the block they are at least as new as. A restarted hub with a
+/// The oldest saved device cache a starting hub brings up to date from the
+/// device events since; an older one is dropped and the records read again.
+/// About seven hours of Arbitrum One's blocks, 100,000 on a devnet.
+const CACHE_MAX_AGE_BLOCKS: u64 = 100_000;
+
+/// Blocks per `eth_getLogs` request when replaying device events: public
+/// RPC endpoints refuse wide ranges (10,000 is a common limit).
+const LOG_SPAN_BLOCKS: u64 = 10_000;
+
+/// How often the device watcher saves the cache's block when no record
+/// changed (changes are saved at the next poll).
+const CACHE_SAVE_EVERY: Duration = Duration::from_secs(60);
+
+/// Fills the device cache before the hub takes messages, and returns the
+/// block its records are at least as new as (`None` if the chain did not
+/// answer; devices are then looked up as their readings come).
+///
+/// First from `saved`, the cache the hub saved in its store (if its block is
+/// still on the chain): every record but those of devices with an event
+/// since that block, found with `eth_getLogs`. Then the records of `known`
+/// (the devices the store has readings of) that are still missing, from the
+/// chain, many at once, within [`WARM_LIMIT`]. A restarted hub with a
 /// backlog in its broker otherwise looked each device up as its first
-/// reading came, its verification threads waiting on each group's lookups
-/// (docs/BENCHMARKS.md, "Scaling"). `None` if the chain did not answer; the
-/// devices are then looked up as their readings come, as are those not read
-/// within [`WARM_LIMIT`].
-async fn warm_devices(chain: &Chain, registry: &Registry, known: Vec<B256>) -> Option<u64> {
+/// reading came, its verification threads waiting on each group's lookups;
+/// reading 20,000 records took about 3 s on anvil (docs/BENCHMARKS.md,
+/// "Scaling").
+async fn warm_devices(chain: &Chain, registry: &Registry, saved: Option<DeviceCache>, known: Vec<B256>) -> Option<u64> {
     use futures_util::StreamExt;
     let block = chain.block_number().await.ok()?;
     let started = std::time::Instant::now();
-    let mut records = futures_util::stream::iter(known).map(|id| async move { (id, chain.device(id).await) }).buffer_unordered(WARM_LOOKUPS_IN_FLIGHT);
-    let (mut cached, mut failed) = (0usize, 0usize);
+    let restored = match saved {
+        Some(saved) => {
+            let saved_ids: Vec<B256> = saved.records.iter().map(|r| r.id).collect();
+            match restore_devices(chain, registry, saved, block).await {
+                Ok(n) => n,
+                Err(why) => {
+                    tracing::warn!(%why, "saved device cache not used; reading device records from the chain");
+                    // The store's copy is rewritten from what is read now
+                    // at the watcher's first save: none of it survives.
+                    registry.put_back(saved_ids);
+                    0
+                }
+            }
+        }
+        None => 0,
+    };
+    let generation = registry.generation();
+    let missing: Vec<B256> = known.into_iter().filter(|id| registry.get(id).is_none()).collect();
+    let mut records = futures_util::stream::iter(missing).map(|id| async move { (id, chain.device(id).await) }).buffer_unordered(WARM_LOOKUPS_IN_FLIGHT);
+    let (mut read, mut failed) = (0usize, 0usize);
     let deadline = tokio::time::Instant::now() + WARM_LIMIT;
     while let Ok(Some((id, record))) = tokio::time::timeout_at(deadline, records.next()).await {
         match record {
             Ok(info) => {
-                registry.insert(id, crate::devices::Device::from_info(&info));
-                cached += 1;
+                registry.insert(id, crate::devices::Device::from_info(&info), generation);
+                read += 1;
             }
             Err(_) => failed += 1,
         }
     }
-    tracing::info!(cached, failed, ms = started.elapsed().as_millis() as u64, "device records read");
+    tracing::info!(restored, read, failed, ms = started.elapsed().as_millis() as u64, "device records ready");
     Some(block)
 }
 
-/// Forgets cached device records when their on-chain state changes; its
-/// block-number polls also tell [`Health`] whether the chain answers.
-/// Starts after block `from` when given (the block the cache was warmed
-/// at), else after the chain's current block.
-async fn watch_devices(
+/// Puts the records of `saved` that are still current at block `now` into
+/// the cache, and returns how many; `Err` says why the saved cache cannot be
+/// trusted (the chain was reset or reorganised past it, or it is too old).
+async fn restore_devices(chain: &Chain, registry: &Registry, saved: DeviceCache, now: u64) -> Result<usize, String> {
+    if saved.block > now {
+        return Err(format!("it is of block {}, the chain is at {now} (was the chain reset?)", saved.block));
+    }
+    if now - saved.block > CACHE_MAX_AGE_BLOCKS {
+        return Err(format!("it is {} blocks old (at most {CACHE_MAX_AGE_BLOCKS} are replayed)", now - saved.block));
+    }
+    match chain.block_hash(saved.block).await {
+        Ok(Some(hash)) if hash == saved.hash => {}
+        Ok(_) => return Err(format!("block {} is no longer the one it was saved at (the chain was reset or reorganised)", saved.block)),
+        Err(e) => return Err(format!("block {} could not be read: {e}", saved.block)),
+    }
+    let mut changed = std::collections::HashSet::new();
+    let mut from = saved.block + 1;
+    while from <= now {
+        let to = now.min(from + LOG_SPAN_BLOCKS - 1);
+        let ids = chain.device_changes(from, to).await.map_err(|e| format!("device events since block {} not read: {e}", saved.block))?;
+        changed.extend(ids);
+        from = to + 1;
+    }
+    let mut restored = 0;
+    for record in &saved.records {
+        if changed.contains(&record.id) {
+            // Dropped from the store's copy at its next save.
+            registry.invalidate(&record.id);
+        } else {
+            registry.restore(record);
+            restored += 1;
+        }
+    }
+    Ok(restored)
+}
+
+/// Forgets cached device records when their on-chain state changes, and
+/// keeps the store's copy of the cache up to date for the next start (its
+/// changes at the next poll, its block every [`CACHE_SAVE_EVERY`] and at
+/// shutdown). Its block-number polls also tell [`Health`] whether the chain
+/// answers.
+struct DeviceWatcher {
     chain: Chain,
     registry: Arc<Registry>,
+    store: std::sync::Mutex<Store>,
     poll_ms: u64,
     health: Arc<Health>,
-    from: Option<u64>,
-    mut shutdown: watch::Receiver<bool>,
-) {
-    let block_number = || async {
-        let answer = chain.block_number().await;
+}
+
+impl DeviceWatcher {
+    /// Watches from after block `from` when given (the block the cache was
+    /// warmed at), else from after the chain's current block.
+    async fn run(self, from: Option<u64>, mut shutdown: watch::Receiver<bool>) {
+        // The last block whose device events the cache reflects.
+        let mut seen = from;
+        let mut from = match from {
+            Some(b) => b + 1,
+            None => loop {
+                match self.block_number().await {
+                    Ok(b) => break b + 1,
+                    Err(_) => tokio::time::sleep(Duration::from_secs(1)).await,
+                }
+            },
+        };
+        let mut saved_at: Option<tokio::time::Instant> = None;
+        let every = Duration::from_millis(self.poll_ms.max(50));
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(every) => {}
+                _ = shutdown.changed() => if *shutdown.borrow() {
+                    if let Some(block) = seen {
+                        self.save(block, true).await;
+                    }
+                    return;
+                },
+            }
+            let Ok(to) = self.block_number().await else { continue };
+            if to >= from {
+                match self.chain.device_changes(from, to).await {
+                    Ok(ids) => {
+                        for id in ids {
+                            self.registry.invalidate(&id);
+                        }
+                        from = to + 1;
+                        seen = Some(to);
+                    }
+                    Err(e) => tracing::warn!(error = %e, "device events not read; retrying"),
+                }
+            }
+            if let Some(block) = seen {
+                // Changes at once; the block alone now and then, so that a
+                // restart replays few blocks.
+                let due = saved_at.is_none_or(|at| at.elapsed() >= CACHE_SAVE_EVERY);
+                if self.save(block, due).await {
+                    saved_at = Some(tokio::time::Instant::now());
+                }
+            }
+        }
+    }
+
+    async fn block_number(&self) -> Result<u64, ChainError> {
+        let answer = self.chain.block_number().await;
         match &answer {
-            Ok(_) => health.chain_answered(),
-            Err(e) => health.chain_failed(ingest::now_ms(), &e.to_string()),
+            Ok(_) => self.health.chain_answered(),
+            Err(e) => self.health.chain_failed(ingest::now_ms(), &e.to_string()),
         }
         answer
-    };
-    let mut from = match from {
-        Some(b) => b + 1,
-        None => loop {
-            match block_number().await {
-                Ok(b) => break b + 1,
-                Err(_) => tokio::time::sleep(Duration::from_secs(1)).await,
-            }
-        },
-    };
-    let every = Duration::from_millis(poll_ms.max(50));
-    loop {
-        tokio::select! {
-            _ = tokio::time::sleep(every) => {}
-            _ = shutdown.changed() => if *shutdown.borrow() { return },
+    }
+
+    /// Brings the store's copy of the cache up to `block`, if anything
+    /// changed since the last save or `even_unchanged`; whether it wrote.
+    async fn save(&self, block: u64, even_unchanged: bool) -> bool {
+        let changes = self.registry.take_changes();
+        if changes.is_empty() && !even_unchanged {
+            return false;
         }
-        let Ok(to) = block_number().await else { continue };
-        if to < from {
-            continue;
-        }
-        match chain.device_changes(from, to).await {
-            Ok(ids) => {
-                for id in ids {
-                    registry.invalidate(&id);
-                }
-                from = to + 1;
+        let hash = match self.chain.block_hash(block).await {
+            Ok(Some(hash)) => Ok(hash),
+            Ok(None) => Err(format!("the chain has no block {block}")),
+            Err(e) => Err(e.to_string()),
+        };
+        let written = match hash {
+            Ok(hash) => tokio::task::block_in_place(|| match self.store.lock() {
+                Ok(mut store) => store.save_device_cache(block, hash, &changes).map_err(|e| e.to_string()),
+                Err(_) => Err("the store's lock was poisoned".to_string()),
+            }),
+            Err(e) => Err(e),
+        };
+        match written {
+            Ok(()) => {
+                tracing::debug!(block, changes = changes.len(), "device cache saved");
+                true
             }
-            Err(e) => tracing::warn!(error = %e, "device events not read; retrying"),
+            Err(error) => {
+                tracing::warn!(%error, "device cache not saved; retrying at the next poll");
+                self.registry.put_back(changes.into_iter().map(|(id, _)| id));
+                false
+            }
         }
     }
 }

@@ -16,6 +16,9 @@
 //!   `anchored`.
 //! - `rejections`: every rejected message with its code (never its payload).
 //! - `device_state`: the latest battery and sleep state per device.
+//! - `device_cache`: a copy of the hub's cache of on-chain device records,
+//!   with the block (number and hash) it is valid at, so a restarted hub
+//!   reads only the device events since then instead of every record.
 //! - `meta`: the chain id, contract and hub this store belongs to; opening it
 //!   for another deployment is refused instead of mixing records.
 
@@ -24,8 +27,10 @@ use std::path::Path;
 
 use alloy::primitives::{Address, B256};
 use healthsense_abi::rules::merkle::StandardTree;
+use healthsense_abi::rules::status::DeviceStatus;
 use healthsense_abi::rules::reading::reading_leaf;
 use healthsense_abi::Reading;
+use crate::devices::DeviceRecord;
 use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 
 /// Store errors.
@@ -163,6 +168,18 @@ pub struct Counts {
     pub rejections: u64,
 }
 
+/// The hub's device cache as saved in the store: every record is the
+/// device's on-chain state at block `block` (whose hash is `hash`) or later.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeviceCache {
+    /// The block the records are valid at.
+    pub block: u64,
+    /// That block's hash, to tell a reorganised or reset chain.
+    pub hash: B256,
+    /// The records.
+    pub records: Vec<DeviceRecord>,
+}
+
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS readings (
@@ -198,6 +215,11 @@ CREATE TABLE IF NOT EXISTS rejections (
 CREATE TABLE IF NOT EXISTS device_state (
     serial TEXT PRIMARY KEY, battery REAL, asleep INTEGER, at_ms INTEGER NOT NULL
 );
+-- The hub's device cache as of meta's device_cache_block (hub.rs,
+-- warm_devices), brought up to date by save_device_cache.
+CREATE TABLE IF NOT EXISTS device_cache (
+    device_id BLOB PRIMARY KEY, signer BLOB NOT NULL, ward BLOB NOT NULL, status INTEGER NOT NULL
+) WITHOUT ROWID;
 -- A doctor's acknowledgement of a NEWS2 alert (alerts.rs; the API's one
 -- write, to this operational store only). Added by IF NOT EXISTS on open.
 CREATE TABLE IF NOT EXISTS alert_acks (
@@ -317,6 +339,56 @@ impl Store {
             .conn
             .query_row("SELECT serial FROM readings WHERE device_id = ?1 LIMIT 1", [device_id.as_slice()], |r| r.get(0))
             .optional()?)
+    }
+
+    /// The device records saved by [`Store::save_device_cache`], with the
+    /// block they are valid at; `None` if none were saved.
+    pub fn device_cache(&self) -> Result<Option<DeviceCache>> {
+        let (Some(block), Some(hash)) = (self.meta("device_cache_block")?, self.meta("device_cache_hash")?) else {
+            return Ok(None);
+        };
+        let block = block.parse().map_err(|_| StoreError::Corrupt(format!("device_cache_block {block:?}")))?;
+        let hash = hash.parse().map_err(|_| StoreError::Corrupt(format!("device_cache_hash {hash:?}")))?;
+        let mut stmt = self.conn.prepare("SELECT device_id, signer, ward, status FROM device_cache")?;
+        let rows = stmt.query_map([], |r| Ok((r.get::<_, Vec<u8>>(0)?, r.get::<_, Vec<u8>>(1)?, r.get::<_, Vec<u8>>(2)?, r.get::<_, i64>(3)?)))?;
+        let mut records = Vec::new();
+        for row in rows {
+            let (id, signer, ward, status) = row?;
+            let signer = (signer.len() == 20)
+                .then(|| Address::from_slice(&signer))
+                .ok_or_else(|| StoreError::Corrupt(format!("{}-byte signer in device_cache", signer.len())))?;
+            let status = u8::try_from(status)
+                .ok()
+                .and_then(DeviceStatus::from_code)
+                .ok_or_else(|| StoreError::Corrupt(format!("device status {status} in device_cache")))?;
+            records.push(DeviceRecord { id: b256(id)?, signer, ward: b256(ward)?, status });
+        }
+        Ok(Some(DeviceCache { block, hash, records }))
+    }
+
+    /// Brings the saved device cache up to block `block` (hash `hash`):
+    /// each of `changes` is a device's record now, or `None` to forget it.
+    /// One transaction, so the records and their block never disagree.
+    pub fn save_device_cache(&mut self, block: u64, hash: B256, changes: &[(B256, Option<DeviceRecord>)]) -> Result<()> {
+        let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        {
+            let mut upsert = tx.prepare(
+                "INSERT INTO device_cache (device_id, signer, ward, status) VALUES (?1, ?2, ?3, ?4)
+                 ON CONFLICT (device_id) DO UPDATE SET signer = excluded.signer, ward = excluded.ward, status = excluded.status",
+            )?;
+            let mut delete = tx.prepare("DELETE FROM device_cache WHERE device_id = ?1")?;
+            for (id, record) in changes {
+                match record {
+                    Some(d) => upsert.execute(params![id.as_slice(), d.signer.as_slice(), d.ward.as_slice(), d.status as u8])?,
+                    None => delete.execute([id.as_slice()])?,
+                };
+            }
+        }
+        for (key, value) in [("device_cache_block", block.to_string()), ("device_cache_hash", hash.to_string())] {
+            tx.execute("INSERT INTO meta (key, value) VALUES (?1, ?2) ON CONFLICT (key) DO UPDATE SET value = excluded.value", params![key, value])?;
+        }
+        tx.commit()?;
+        Ok(())
     }
 
     /// The highest stored sequence number of every device.
@@ -773,6 +845,29 @@ mod tests {
             signature: [7u8; 65],
             received_ms: 5_000 + seq,
         }
+    }
+
+    #[test]
+    fn the_device_cache_is_saved_by_changes_and_read_back_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("hub.sqlite");
+        let mut store = Store::open(&path, binding()).unwrap();
+        assert_eq!(store.device_cache().unwrap(), None, "nothing saved yet");
+        let record = |b: u8, status| DeviceRecord { id: B256::repeat_byte(b), signer: Address::repeat_byte(b), ward: B256::repeat_byte(9), status };
+        let (a, b) = (record(1, DeviceStatus::Active), record(2, DeviceStatus::Pending));
+        store.save_device_cache(10, B256::repeat_byte(0xa), &[(a.id, Some(a)), (b.id, Some(b))]).unwrap();
+        // b was activated, a forgotten, c added.
+        let b2 = DeviceRecord { status: DeviceStatus::Active, ..b };
+        let c = record(3, DeviceStatus::Revoked);
+        store.save_device_cache(12, B256::repeat_byte(0xc), &[(a.id, None), (b.id, Some(b2)), (c.id, Some(c))]).unwrap();
+        drop(store);
+        let mut saved = Store::open(&path, binding()).unwrap().device_cache().unwrap().unwrap();
+        saved.records.sort_by_key(|r| r.id);
+        assert_eq!(saved, DeviceCache { block: 12, hash: B256::repeat_byte(0xc), records: vec![b2, c] });
+        // A status the contract has no name for is corruption, not a device.
+        let store = Store::open(&path, binding()).unwrap();
+        store.conn.execute("UPDATE device_cache SET status = 9", []).unwrap();
+        assert!(matches!(store.device_cache(), Err(StoreError::Corrupt(_))));
     }
 
     #[test]

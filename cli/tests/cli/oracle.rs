@@ -18,6 +18,7 @@ use alloy::rpc::types::Filter;
 use alloy::signers::local::PrivateKeySigner;
 use alloy::sol_types::SolEvent;
 use healthsense_abi::bindings::HealthSense;
+use healthsense_abi::rules::status::DeviceStatus;
 use healthsense_abi::rules::{eip712, ids, reading::reading_leaf};
 use healthsense_abi::Reading;
 use healthsense_cli::tools;
@@ -677,9 +678,99 @@ fn a_killed_hub_loses_nothing_and_never_anchors_twice() {
         assert_eq!(seqs.len(), batches.len());
     });
     assert_eq!(hub.logs().matches("hub started").count(), 3, "two crashes, two restarts");
-    // Each restart read the five devices' records before taking messages.
-    let plain = without_ansi(&hub.logs());
-    assert_eq!(plain.matches("device records read cached=5 failed=0").count(), 2, "{plain}");
+    // Each restart had the five devices' records (from the store's copy of
+    // its cache, or the chain) before taking messages.
+    let ready = devices_ready(&hub.logs());
+    assert_eq!(ready.len(), 3, "{}", hub.logs());
+    for (restored, read, failed) in &ready[1..] {
+        assert_eq!((restored + read, *failed), (5, 0), "{}", hub.logs());
+    }
+}
+
+/// The (restored, read, failed) counts of each "device records ready" line.
+fn devices_ready(log: &str) -> Vec<(usize, usize, usize)> {
+    let field = |line: &str, name: &str| -> usize {
+        let at = line.find(&format!(" {name}=")).unwrap_or_else(|| panic!("no {name}= in {line}")) + name.len() + 2;
+        line[at..].split(|c: char| !c.is_ascii_digit()).next().unwrap().parse().unwrap()
+    };
+    without_ansi(log)
+        .lines()
+        .filter(|l| l.contains("device records ready"))
+        .map(|l| (field(l, "restored"), field(l, "read"), field(l, "failed")))
+        .collect()
+}
+
+/// The device cache a hub saved in its store, as (serial, status) by serial.
+fn saved_devices(hub: &Hub, serials: &[&str]) -> Vec<(String, u8)> {
+    let Some(cache) = Store::open(&hub.store, hub.binding).unwrap().device_cache().unwrap() else { return Vec::new() };
+    let mut out: Vec<(String, u8)> = cache
+        .records
+        .iter()
+        .filter_map(|r| serials.iter().find(|s| ids::device_id(s) == r.id).map(|s| (s.to_string(), r.status as u8)))
+        .collect();
+    out.sort();
+    out
+}
+
+#[test]
+fn a_restarted_hub_takes_its_devices_from_its_store_and_rereads_those_changed_meanwhile() {
+    let broker = Mosquitto::start();
+    let net = Net::new(&[1]);
+    let serials = ["HS-K1", "HS-K2", "HS-K3"];
+    let mut devices: Vec<Device> = serials.iter().map(|s| Device::new(s, net.provision(s, "ward-6"))).collect();
+    let mut hub = Hub::start(&net, "ward-6", "ward-6", 1, Broker::External(broker.port), 100);
+    let (active, revoked) = (DeviceStatus::Active as u8, DeviceStatus::Revoked as u8);
+    rt().block_on(async {
+        let mut mqtt = Mqtt::connect(broker.port, "beds", "ward-6").await;
+        for d in &devices {
+            assert_eq!(mqtt.hello(d).await, Code::Registered);
+        }
+        // A device's record is cached when its readings come, and forgotten
+        // when the watcher sees its activation event (which may come after
+        // the first reading); the watcher saves the cache's changes at its
+        // next poll. So readings until all three are saved.
+        let all_active: Vec<(String, u8)> = serials.iter().map(|s| (s.to_string(), active)).collect();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while saved_devices(&hub, &serials) != all_active {
+            assert!(Instant::now() < deadline, "the cache was not saved: {:?}\n{}", saved_devices(&hub, &serials), hub.logs());
+            for d in devices.iter_mut() {
+                let r = d.next(1);
+                mqtt.vitals(&net, d, &r).await;
+            }
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+        let sent = devices.iter().map(|d| d.seq).sum::<u64>();
+        hub.wait("every reading stored", |c| c.readings == sent);
+
+        // Killed, and a device revoked while the hub is down.
+        hub.kill();
+        net.cli(ADMIN, &["device", "revoke", "HS-K3"]);
+        hub.spawn(&net);
+        let ready = hub.poll("the devices ready", || devices_ready(&hub.logs()), |r| r.len() == 2);
+        assert_eq!(ready[1], (2, 1, 0), "two records from the store, the revoked one from the chain:\n{}", hub.logs());
+        for d in devices.iter_mut() {
+            let r = d.next(2);
+            mqtt.vitals(&net, d, &r).await;
+        }
+        assert_eq!(mqtt.rejection("HS-K3", &hub).await.code, Code::Revoked, "the revocation is not missed");
+        hub.wait("the two active devices' readings", |c| c.readings == sent + 2 && c.rejections == 1);
+        let expected = vec![("HS-K1".to_string(), active), ("HS-K2".to_string(), active), ("HS-K3".to_string(), revoked)];
+        hub.poll("the revocation saved", || saved_devices(&hub, &serials), |v| *v == expected);
+
+        // A saved cache whose block is not on the chain any more (a reset
+        // or reorganised chain) is not used, and is rewritten whole.
+        hub.kill();
+        let store = Store::open(&hub.store, hub.binding).unwrap();
+        store.set_meta("device_cache_hash", &B256::repeat_byte(0xee).to_string()).unwrap();
+        drop(store);
+        hub.spawn(&net);
+        let ready = hub.poll("the devices ready", || devices_ready(&hub.logs()), |r| r.len() == 3);
+        assert_eq!(ready[2], (0, 3, 0), "{}", hub.logs());
+        assert!(without_ansi(&hub.logs()).contains("saved device cache not used"), "{}", hub.logs());
+        let rewritten = || Store::open(&hub.store, hub.binding).unwrap().device_cache().unwrap().map(|c| c.hash);
+        hub.poll("the cache saved again", rewritten, |h| h.is_some_and(|h| h != B256::repeat_byte(0xee)));
+        assert_eq!(saved_devices(&hub, &serials), expected);
+    });
 }
 
 /// Log text without its colour codes.
