@@ -169,6 +169,16 @@ impl Registry {
         }
     }
 
+    /// Forgets every record (their state as of when they were read is not
+    /// known, as when the watcher could not learn its first block).
+    pub fn invalidate_all(&self) {
+        if let Ok(mut map) = self.map.write() {
+            self.generation.fetch_add(1, Ordering::AcqRel);
+            let ids: Vec<B256> = map.drain().map(|(id, _)| id).collect();
+            self.put_back(ids);
+        }
+    }
+
     fn note_change(&self, id: B256) {
         if let Ok(mut changed) = self.changed.lock() {
             changed.insert(id);
@@ -279,6 +289,15 @@ mod tests {
         assert!(r.take_changes().is_empty());
         r.put_back([a]);
         assert_eq!(r.take_changes().len(), 1);
+        // Forgetting everything also refuses reads begun before it.
+        let before = r.generation();
+        r.invalidate_all();
+        assert!(r.is_empty());
+        let mut forgotten: Vec<_> = r.take_changes().into_iter().map(|(id, d)| (id, d.is_none())).collect();
+        forgotten.sort();
+        assert_eq!(forgotten, vec![(a, true), (b, true)]);
+        r.insert(a, active(signer), before);
+        assert!(r.is_empty());
     }
 
     #[test]

@@ -676,22 +676,24 @@ const CACHE_SAVE_EVERY: Duration = Duration::from_secs(60);
 /// "Scaling").
 async fn warm_devices(chain: &Chain, registry: &Registry, saved: Option<DeviceCache>, known: Vec<B256>) -> Option<u64> {
     use futures_util::StreamExt;
-    let block = chain.block_number().await.ok()?;
+    // A saved copy that is not restored must not survive the watcher's
+    // first save under a newer block: marking its devices changed makes
+    // that save write each one as the cache has it then (or drop it).
+    let saved_ids: Vec<B256> = saved.iter().flat_map(|c| c.records.iter().map(|r| r.id)).collect();
+    let Ok(block) = chain.block_number().await else {
+        registry.put_back(saved_ids);
+        return None;
+    };
     let started = std::time::Instant::now();
     let restored = match saved {
-        Some(saved) => {
-            let saved_ids: Vec<B256> = saved.records.iter().map(|r| r.id).collect();
-            match restore_devices(chain, registry, saved, block).await {
-                Ok(n) => n,
-                Err(why) => {
-                    tracing::warn!(%why, "saved device cache not used; reading device records from the chain");
-                    // The store's copy is rewritten from what is read now
-                    // at the watcher's first save: none of it survives.
-                    registry.put_back(saved_ids);
-                    0
-                }
+        Some(saved) => match restore_devices(chain, registry, saved, block).await {
+            Ok(n) => n,
+            Err(why) => {
+                tracing::warn!(%why, "saved device cache not used; reading device records from the chain");
+                registry.put_back(saved_ids);
+                0
             }
-        }
+        },
         None => 0,
     };
     let generation = registry.generation();
@@ -771,7 +773,12 @@ impl DeviceWatcher {
             Some(b) => b + 1,
             None => loop {
                 match self.block_number().await {
-                    Ok(b) => break b + 1,
+                    Ok(b) => {
+                        // Records read before now may predate events up to
+                        // `b`, which this watcher will never see.
+                        self.registry.invalidate_all();
+                        break b + 1;
+                    }
                     Err(_) => tokio::time::sleep(Duration::from_secs(1)).await,
                 }
             },
