@@ -120,7 +120,7 @@ impl DeviceLogins {
         if let Some(d) = self.registry.as_ref().and_then(|r| r.get(&id)) {
             return Ok(d);
         }
-        let generation = self.registry.as_ref().map(|r| r.generation()).unwrap_or(0);
+        let generation = self.registry.as_ref().map(|r| r.generation(&id)).unwrap_or(0);
         let info = tokio::time::timeout(LOGIN_CHAIN_WAIT, self.chain.device(id))
             .await
             .map_err(|_| "the chain did not answer in time".to_string())?

@@ -111,32 +111,50 @@ impl From<&DeviceRecord> for Device {
     }
 }
 
+/// Generation counters of the registry, each shared by the devices whose
+/// ids fall in its slot.
+const GENERATION_SLOTS: usize = 1024;
+
 /// The cache of device records, keyed by device id.
 ///
-/// Every forgotten record bumps a generation. A record read from the chain
-/// is cached only if no record was forgotten while it was being read: else
-/// a read that began before a device event and ended after the watcher
-/// forgot the device would cache the old state until the next event.
+/// Every forgotten record bumps the generation of its id's slot. A record
+/// read from the chain is cached only if its slot's generation did not move
+/// while it was being read: else a read that began before a device event
+/// and ended after the watcher forgot the device would cache the old state
+/// until the next event. Slots rather than one counter, so that a burst of
+/// hellos (each forgets its device) does not keep every other device's
+/// lookup from being cached; a shared slot only costs a second read.
 ///
 /// The cache also notes which devices changed since the store's copy was
 /// last brought up to date ([`Registry::take_changes`]).
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Registry {
     map: RwLock<HashMap<B256, Arc<Device>>>,
-    generation: AtomicU64,
+    generations: Vec<AtomicU64>,
     changed: Mutex<HashSet<B256>>,
 }
 
+impl Default for Registry {
+    fn default() -> Self {
+        Self { map: RwLock::default(), generations: (0..GENERATION_SLOTS).map(|_| AtomicU64::new(0)).collect(), changed: Mutex::default() }
+    }
+}
+
 impl Registry {
+    /// Device ids are keccak hashes, so their last bytes spread evenly.
+    fn slot(&self, id: &B256) -> &AtomicU64 {
+        &self.generations[usize::from(u16::from_be_bytes([id[30], id[31]])) % GENERATION_SLOTS]
+    }
+
     /// A cached record.
     pub fn get(&self, id: &B256) -> Option<Arc<Device>> {
         self.map.read().ok()?.get(id).cloned()
     }
 
-    /// The generation to pass to [`Registry::insert`] for a record about to
-    /// be read from the chain.
-    pub fn generation(&self) -> u64 {
-        self.generation.load(Ordering::Acquire)
+    /// The generation to pass to [`Registry::insert`] for the record of
+    /// `id` about to be read from the chain.
+    pub fn generation(&self, id: &B256) -> u64 {
+        self.slot(id).load(Ordering::Acquire)
     }
 
     /// Caches a record read from the chain since `generation` (see
@@ -145,7 +163,7 @@ impl Registry {
     pub fn insert(&self, id: B256, device: Device, generation: u64) -> Arc<Device> {
         let device = Arc::new(device);
         if let Ok(mut map) = self.map.write() {
-            if self.generation.load(Ordering::Acquire) == generation {
+            if self.slot(&id).load(Ordering::Acquire) == generation {
                 map.insert(id, device.clone());
                 self.note_change(id);
             }
@@ -163,7 +181,7 @@ impl Registry {
     /// Forgets a record (its on-chain state changed).
     pub fn invalidate(&self, id: &B256) {
         if let Ok(mut map) = self.map.write() {
-            self.generation.fetch_add(1, Ordering::AcqRel);
+            self.slot(id).fetch_add(1, Ordering::AcqRel);
             map.remove(id);
             self.note_change(*id);
         }
@@ -173,7 +191,9 @@ impl Registry {
     /// known, as when the watcher could not learn its first block).
     pub fn invalidate_all(&self) {
         if let Ok(mut map) = self.map.write() {
-            self.generation.fetch_add(1, Ordering::AcqRel);
+            for g in &self.generations {
+                g.fetch_add(1, Ordering::AcqRel);
+            }
             let ids: Vec<B256> = map.drain().map(|(id, _)| id).collect();
             self.put_back(ids);
         }
@@ -267,21 +287,25 @@ mod tests {
         let r = Registry::default();
         let (a, b) = (B256::repeat_byte(1), B256::repeat_byte(2));
         let signer = Address::repeat_byte(7);
-        let before = r.generation();
-        r.insert(a, active(signer), before);
+        r.insert(a, active(signer), r.generation(&a));
         assert!(r.get(&a).is_some());
-        // A read of b began, then an event made the watcher forget a.
+        // A read of a began, then an event made the watcher forget a.
+        let before = r.generation(&a);
         r.invalidate(&a);
-        let returned = r.insert(b, active(signer), before);
+        let returned = r.insert(a, active(signer), before);
         assert_eq!(returned.signer, signer, "the caller still gets the record it read");
-        assert!(r.get(&b).is_none(), "a read that began before an event is not cached");
-        r.insert(b, active(signer), r.generation());
+        assert!(r.get(&a).is_none(), "a read that began before its device's event is not cached");
+        // Another device's event does not hold b's read back.
+        let before_b = r.generation(&b);
+        r.invalidate(&B256::repeat_byte(3));
+        r.insert(b, active(signer), before_b);
         assert!(r.get(&b).is_some());
         let mut changes = r.take_changes();
         changes.sort_by_key(|(id, _)| *id);
-        assert_eq!(changes.len(), 2);
+        assert_eq!(changes.len(), 3);
         assert_eq!(changes[0], (a, None), "a was forgotten");
         assert_eq!(changes[1].1.map(|d| (d.id, d.status)), Some((b, DeviceStatus::Active)));
+        assert_eq!(changes[2], (B256::repeat_byte(3), None));
         assert!(r.take_changes().is_empty());
         // Restored records are already in the store: no change to save.
         r.restore(&DeviceRecord { id: a, signer, ward: B256::ZERO, status: DeviceStatus::Revoked });
@@ -290,13 +314,13 @@ mod tests {
         r.put_back([a]);
         assert_eq!(r.take_changes().len(), 1);
         // Forgetting everything also refuses reads begun before it.
-        let before = r.generation();
+        let before = r.generation(&b);
         r.invalidate_all();
         assert!(r.is_empty());
         let mut forgotten: Vec<_> = r.take_changes().into_iter().map(|(id, d)| (id, d.is_none())).collect();
         forgotten.sort();
         assert_eq!(forgotten, vec![(a, true), (b, true)]);
-        r.insert(a, active(signer), before);
+        r.insert(b, active(signer), before);
         assert!(r.is_empty());
     }
 

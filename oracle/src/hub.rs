@@ -696,12 +696,13 @@ async fn warm_devices(chain: &Chain, registry: &Registry, saved: Option<DeviceCa
         },
         None => 0,
     };
-    let generation = registry.generation();
     let missing: Vec<B256> = known.into_iter().filter(|id| registry.get(id).is_none()).collect();
-    let mut records = futures_util::stream::iter(missing).map(|id| async move { (id, chain.device(id).await) }).buffer_unordered(WARM_LOOKUPS_IN_FLIGHT);
+    let mut records = futures_util::stream::iter(missing)
+        .map(|id| async move { (id, registry.generation(&id), chain.device(id).await) })
+        .buffer_unordered(WARM_LOOKUPS_IN_FLIGHT);
     let (mut read, mut failed) = (0usize, 0usize);
     let deadline = tokio::time::Instant::now() + WARM_LIMIT;
-    while let Ok(Some((id, record))) = tokio::time::timeout_at(deadline, records.next()).await {
+    while let Ok(Some((id, generation, record))) = tokio::time::timeout_at(deadline, records.next()).await {
         match record {
             Ok(info) => {
                 registry.insert(id, crate::devices::Device::from_info(&info), generation);

@@ -312,9 +312,9 @@ fn resolve(s: &Shared, parsed: &[Result<protocol::SignedReading, Rejection>]) ->
     }
     let missing: Vec<B256> = missing.into_iter().collect();
     for chunk in missing.chunks(LOOKUPS_IN_FLIGHT) {
-        let generation = s.registry.generation();
+        let generations: Vec<u64> = chunk.iter().map(|id| s.registry.generation(id)).collect();
         let infos = s.runtime.block_on(futures_util::future::join_all(chunk.iter().map(|&id| lookup(&s.chain, id))));
-        for (&id, info) in chunk.iter().zip(infos) {
+        for ((&id, info), generation) in chunk.iter().zip(infos).zip(generations) {
             out.insert(id, s.registry.insert(id, Device::from_info(&info), generation));
         }
     }
