@@ -9,6 +9,8 @@ use std::process::{Command, Output};
 use alloy::node_bindings::{Anvil, AnvilInstance};
 use healthsense_cli::tools;
 
+use common::free_port;
+
 struct Ward {
     anvil: AnvilInstance,
     root: PathBuf,
@@ -121,9 +123,6 @@ fn mistakes_say_what_to_do_and_exit_with_meaning() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("healthsense deploy"));
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
 
 /// `healthsense devnet up|status|down` as a new user runs them, with the
 /// devnet's own keystores for the roles, and a restart that keeps the chain.

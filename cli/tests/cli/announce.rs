@@ -6,7 +6,6 @@
 
 mod common;
 
-use std::net::TcpListener;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -19,13 +18,12 @@ use healthsense_oracle::protocol::{self, Topics};
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 use serde_json::Value;
 
+use common::free_port;
+
 const ADMIN: usize = 0;
 const HUB: usize = 1;
 const DOCTOR: usize = 2;
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
 
 /// A running `healthsense oracle`, killed on drop.
 struct Oracle(Child);

@@ -8,7 +8,6 @@
 
 mod common;
 
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -25,13 +24,12 @@ use healthsense_oracle::store::{Binding, Counts, Store};
 use rumqttc::{AsyncClient, Event, EventLoop, LastWill, MqttOptions, Packet, QoS};
 use tokio::sync::mpsc;
 
+use common::free_port;
+
 const ADMIN: usize = 0;
 const HUB: usize = 1;
 const WARD: &str = "ward-3";
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
 
 fn now_ms() -> u64 {
     healthsense_oracle::ingest::now_ms()

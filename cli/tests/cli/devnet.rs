@@ -3,15 +3,17 @@
 //! `devnet up`, `--broker` runs the devnet without its own broker, and its
 //! own broker takes MQTT 5 devices on `--mqtt5-port`.
 
+#[allow(dead_code)] // the devnet tests use only free_port
+mod common;
+
 use std::path::Path;
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
 use healthsense_cli::tools;
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
+use common::free_port;
+
 
 /// `healthsense ARGS --deployment FILE` as anvil's first dev account (the devnet's admin).
 fn hs(root: &Path, deployment: &Path, args: &[&str]) -> Output {
