@@ -182,6 +182,8 @@ impl<P: Provider> Client<P> {
             .with_input(call.abi_encode());
         // The dry run turns a revert into its reason before gas is spent.
         self.provider.call(tx.clone()).await.map_err(|e| self.refusal::<C>(e))?;
+        let estimate = self.provider.estimate_gas(tx.clone()).await.map_err(|e| self.refusal::<C>(e))?;
+        let tx = tx.with_gas_limit(healthsense_oracle::chain::gas_limit(estimate));
         let receipt = self
             .provider
             .send_transaction(tx)

@@ -524,8 +524,9 @@ struct State {
 }
 
 impl Engine {
-    /// Loads each device's latest reading and current alert level, then
-    /// starts the thread; it stops when every sender of `rx` is gone. `rx`
+    /// Loads each device's current alert level, then starts the thread,
+    /// which first loads each device's latest reading for the API; it
+    /// stops when every sender of `rx` is gone. `rx`
     /// carries each verified group's accepted readings with the group's
     /// number (0, 1, 2, ..., every number once); `last_seqs` is each
     /// device's last stored sequence number (the store's, as ingest starts).
@@ -538,7 +539,22 @@ impl Engine {
         let _ = self.live.alert_topic.set((self.client.clone(), self.topics.alerts()));
         let state = self.load(last_seqs)?;
         let ordered = Ordered(InOrder::new(rx));
-        Ok(std::thread::Builder::new().name("hs-alerts".into()).spawn(move || self.run(state, ordered))?)
+        Ok(std::thread::Builder::new().name("hs-alerts".into()).spawn(move || {
+            self.warm_live();
+            self.run(state, ordered)
+        })?)
+    }
+
+    /// Every device's latest stored reading, for the API's ward view.
+    /// Loaded here rather than before the hub takes messages: at 20,000
+    /// devices it took about 150 ms of every start (docs/BENCHMARKS.md).
+    /// Groups wait in the channel meanwhile, so a newer reading is always
+    /// set after the stored one.
+    fn warm_live(&self) {
+        match crate::api::queries::latest_readings(&self.store) {
+            Ok(latest) => latest.into_iter().for_each(|l| self.live.set_latest(l)),
+            Err(e) => tracing::warn!(error = %e, "the ward view's latest readings could not be loaded; each device shows again with its next reading"),
+        }
     }
 
     /// Each device's current level; a step-down that was pending when the
@@ -555,9 +571,6 @@ impl Engine {
             if let (true, Some(level)) = (id.len() == 32, Risk::from_name(&level)) {
                 levels.insert(B256::from_slice(&id), Track::at(level));
             }
-        }
-        for l in crate::api::queries::latest_readings(&self.store)? {
-            self.live.set_latest(l);
         }
         Ok(State { levels, last_seqs, ids: Ids::load(&self.store)? })
     }
