@@ -180,8 +180,9 @@ impl<P: Provider> Client<P> {
             .with_from(from)
             .with_to(self.deployment.address)
             .with_input(call.abi_encode());
-        // The dry run turns a revert into its reason before gas is spent.
-        self.provider.call(tx.clone()).await.map_err(|e| self.refusal::<C>(e))?;
+        // The estimate is the dry run: it turns a revert into its reason
+        // (the node answers with the revert data, as to `eth_call`) before
+        // gas is spent.
         let estimate = self.provider.estimate_gas(tx.clone()).await.map_err(|e| self.refusal::<C>(e))?;
         let tx = tx.with_gas_limit(healthsense_oracle::chain::gas_limit(estimate));
         let receipt = self

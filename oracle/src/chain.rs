@@ -152,8 +152,9 @@ impl Chain {
         C::abi_decode_returns(&out).map_err(|e| ChainError::Failed(format!("bad return of {}: {e}", C::SIGNATURE)))
     }
 
-    /// Sends a transaction as the hub after a dry run, with [`gas_limit`]'s
-    /// headroom on the estimate, and waits for its receipt.
+    /// Sends a transaction as the hub after a dry run (the gas estimate),
+    /// with [`gas_limit`]'s headroom on the estimate, and waits for its
+    /// receipt.
     pub async fn send<C: SolCall>(&self, call: C) -> Result<Mined, ChainError> {
         Ok(self.send_receipt(call).await?.0)
     }
@@ -161,7 +162,8 @@ impl Chain {
     /// [`Chain::send`], also returning the receipt (for its events).
     pub async fn send_receipt<C: SolCall>(&self, call: C) -> Result<(Mined, TransactionReceipt), ChainError> {
         let tx = self.request(&call);
-        self.provider.call(tx.clone()).await.map_err(|e| Self::decode(C::SIGNATURE, e))?;
+        // The estimate is the dry run: a revert comes back with its data,
+        // as from `eth_call`, before any gas is spent.
         let estimate = self.provider.estimate_gas(tx.clone()).await.map_err(|e| Self::decode(C::SIGNATURE, e))?;
         let tx = tx.with_gas_limit(gas_limit(estimate));
         let pending = self.provider.send_transaction(tx).await.map_err(|e| Self::decode(C::SIGNATURE, e))?;
