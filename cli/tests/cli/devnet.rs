@@ -14,7 +14,6 @@ use healthsense_cli::tools;
 
 use common::free_port;
 
-
 /// `healthsense ARGS --deployment FILE` as anvil's first dev account (the devnet's admin).
 fn hs(root: &Path, deployment: &Path, args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_healthsense"))

@@ -30,7 +30,6 @@ use common::free_port;
 
 const ADMIN: usize = 0;
 
-
 /// anvil with the contract deployed and hub roles granted.
 struct Net {
     anvil: AnvilInstance,
