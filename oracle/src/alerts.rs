@@ -8,8 +8,12 @@
 //! NEWS2 score ([`crate::news2`]) and keeps the device's latest reading for
 //! the API. When the device's alert level changes (none -> low-medium ->
 //! medium -> high, and back down) it publishes an alert on
-//! `hs/v1/{hub}/alerts`, stores it in the hub store's `alerts` table and
-//! counts it. Everything is also broadcast to the dashboard's live stream.
+//! `hs/v1/{hub}/alerts`, counts it, and hands it to a second thread that
+//! stores it in the hub store's `alerts` table (so the next group's alerts
+//! never wait for the write lock the ingest writer holds through its
+//! commits, nor for the disk). Readings are broadcast to the dashboard's
+//! live stream as they are scored, alerts once they are stored (so an alert
+//! a doctor sees can be acknowledged).
 //!
 //! An alert is published before its reading is committed (the reading's
 //! acknowledgement still waits for the commit). Its id is assigned first,
@@ -500,7 +504,7 @@ impl Ordered {
 
 /// Everything the alert thread needs.
 pub(crate) struct Engine {
-    /// Its own store connection.
+    /// Its own store connection (alert levels, id blocks, the ward view).
     pub store: Store,
     /// For publishing on the alert topic.
     pub client: AsyncClient,
@@ -529,19 +533,26 @@ impl Engine {
     /// stops when every sender of `rx` is gone. `rx`
     /// carries each verified group's accepted readings with the group's
     /// number (0, 1, 2, ..., every number once); `last_seqs` is each
-    /// device's last stored sequence number (the store's, as ingest starts).
+    /// device's last stored sequence number (the store's, as ingest starts);
+    /// `log` is a store connection for the thread that stores the alerts.
     pub fn start(
         self,
         rx: std::sync::mpsc::Receiver<(u64, Vec<NewReading>)>,
         last_seqs: HashMap<B256, u64>,
+        log: Store,
     ) -> anyhow::Result<std::thread::JoinHandle<()>> {
         init(&self.store)?;
         let _ = self.live.alert_topic.set((self.client.clone(), self.topics.alerts()));
         let state = self.load(last_seqs)?;
         let ordered = Ordered(InOrder::new(rx));
+        let (stored_tx, stored_rx) = std::sync::mpsc::channel();
+        let live = self.live.clone();
+        let logger = std::thread::Builder::new().name("hs-alert-log".into()).spawn(move || store_published(&log, &live, stored_rx))?;
         Ok(std::thread::Builder::new().name("hs-alerts".into()).spawn(move || {
             self.warm_live();
-            self.run(state, ordered)
+            self.run(state, ordered, stored_tx);
+            // `run` dropped the sender: the logger stores what is left, then ends.
+            let _ = logger.join();
         })?)
     }
 
@@ -575,7 +586,7 @@ impl Engine {
         Ok(State { levels, last_seqs, ids: Ids::load(&self.store)? })
     }
 
-    fn run(self, mut state: State, mut ordered: Ordered) {
+    fn run(&self, mut state: State, mut ordered: Ordered, stored: std::sync::mpsc::Sender<Vec<Alert>>) {
         let hub = self.topics.hub().to_string();
         let topic = self.topics.alerts();
         while let Some(group) = ordered.take() {
@@ -634,44 +645,59 @@ impl Engine {
                     }
                 }
             });
-            if raised.iter().all(|a| a.id > 0) {
-                if let Err(e) = self.store_alerts(&raised) {
-                    tracing::error!(error = %e, alerts = raised.len(), "alerts not stored (published)");
-                }
-            }
-            for a in raised {
-                tracing::info!(serial = %a.serial, seq = a.seq, score = a.score, level = a.level.name(), "NEWS2 alert");
-                self.live.send(LiveEvent::Alert(a));
-            }
+            let _ = stored.send(raised);
         }
     }
+}
 
-    fn store_alerts(&self, alerts: &[Alert]) -> Result<(), StoreError> {
-        let conn = self.store.conn();
-        let tx = conn.unchecked_transaction()?;
-        {
-            let mut ins = tx.prepare_cached(
-                "INSERT INTO alerts (id, device_id, serial, seq, ts, score, level, previous, parameters, at_ms)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
-            )?;
-            for a in alerts {
-                ins.execute(params![
-                    a.id,
-                    a.device_id.as_slice(),
-                    a.serial,
-                    a.seq as i64,
-                    a.timestamp as i64,
-                    a.score,
-                    a.level.name(),
-                    a.previous.name(),
-                    encode_parameters(&a.parameters),
-                    a.at as i64
-                ])?;
-            }
+/// The logger thread: stores the alerts the alert thread has published, all
+/// that are waiting in one transaction, then logs them and shows them on the
+/// live stream. Alerts published without an id (no block could be
+/// reserved) are shown but not stored.
+fn store_published(store: &Store, live: &Live, rx: std::sync::mpsc::Receiver<Vec<Alert>>) {
+    while let Ok(mut alerts) = rx.recv() {
+        while let Ok(more) = rx.try_recv() {
+            alerts.extend(more);
         }
-        tx.commit()?;
-        Ok(())
+        let with_id: Vec<&Alert> = alerts.iter().filter(|a| a.id > 0).collect();
+        if with_id.is_empty() {
+            // Nothing to store (every id block failed); shown all the same.
+        } else if let Err(e) = store_alerts(store, &with_id) {
+            tracing::error!(error = %e, alerts = with_id.len(), "alerts not stored (published)");
+        }
+        for a in alerts {
+            tracing::info!(serial = %a.serial, seq = a.seq, score = a.score, level = a.level.name(), "NEWS2 alert");
+            live.send(LiveEvent::Alert(a));
+        }
     }
+}
+
+/// One transaction for all of `alerts`.
+fn store_alerts(store: &Store, alerts: &[&Alert]) -> Result<(), StoreError> {
+    let conn = store.conn();
+    let tx = conn.unchecked_transaction()?;
+    {
+        let mut ins = tx.prepare_cached(
+            "INSERT INTO alerts (id, device_id, serial, seq, ts, score, level, previous, parameters, at_ms)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+        )?;
+        for a in alerts {
+            ins.execute(params![
+                a.id,
+                a.device_id.as_slice(),
+                a.serial,
+                a.seq as i64,
+                a.timestamp as i64,
+                a.score,
+                a.level.name(),
+                a.previous.name(),
+                encode_parameters(&a.parameters),
+                a.at as i64
+            ])?;
+        }
+    }
+    tx.commit()?;
+    Ok(())
 }
 
 #[cfg(test)]
@@ -804,6 +830,53 @@ mod tests {
         drop(tx);
         assert_eq!(ordered.take().map(|g| g.len()), Some(0), "an empty group still counts");
         assert!(ordered.take().is_none(), "ends when the verifier stops");
+    }
+
+    #[test]
+    fn the_logger_stores_published_alerts_before_the_live_stream_shows_them() {
+        let (_dir, store) = store();
+        let live = Live::default();
+        let mut events = live.subscribe();
+        let alert = |id: i64, seq: u64| Alert {
+            id,
+            hub: "h".into(),
+            serial: "HS-1".into(),
+            device_id: B256::repeat_byte(5),
+            seq,
+            timestamp: seq,
+            score: 7,
+            level: Risk::High,
+            previous: Risk::None,
+            parameters: Score::default(),
+            at: 0,
+            ack: None,
+        };
+        let (tx, rx) = std::sync::mpsc::channel();
+        // Two groups' alerts, and one published without an id (no block reserved).
+        tx.send(vec![alert(1, 1)]).unwrap();
+        tx.send(vec![alert(2, 2), alert(0, 3)]).unwrap();
+        drop(tx);
+        let reader = Store::open_existing(&_dir.path().join("s.sqlite"), 1, Address::repeat_byte(1)).unwrap();
+        let logger = std::thread::spawn(move || store_published(&store, &live, rx));
+        let mut shown = Vec::new();
+        while shown.len() < 3 {
+            if let LiveEvent::Alert(a) = &*events.blocking_recv().unwrap() {
+                // Shown only once stored: a doctor can acknowledge what the dashboard shows.
+                if a.id > 0 {
+                    assert!(alert_stored(&reader, a.id), "alert {} shown before it was stored", a.id);
+                }
+                shown.push((a.id, a.seq));
+            }
+        }
+        logger.join().unwrap();
+        assert_eq!(shown, [(1, 1), (2, 2), (0, 3)]);
+        let stored: Vec<i64> =
+            reader.conn().prepare("SELECT id FROM alerts ORDER BY id").unwrap().query_map([], |r| r.get(0)).unwrap().map(|r| r.unwrap()).collect();
+        assert_eq!(stored, [1, 2], "an alert without an id is not stored");
+    }
+
+    fn alert_stored(store: &Store, id: i64) -> bool {
+        alert(store, id, "h").unwrap().is_some()
     }
 
     #[test]

@@ -137,7 +137,7 @@ pub async fn start(cfg: Config, key: PrivateKeySigner, options: Options) -> Resu
     }
     let binding = Binding { chain_id: chain.chain_id(), contract: chain.contract(), hub };
     let open = || Store::open(&cfg.store, binding).with_context(|| format!("opening hub store {}", cfg.store.display()));
-    let (ingest_store, anchor_store, control_store, alert_store) = (open()?, open()?, open()?, open()?);
+    let (ingest_store, anchor_store, control_store, alert_store, alert_log) = (open()?, open()?, open()?, open()?, open()?);
     ingest_store.leave_checkpoints()?;
     let checkpoint_store = open()?;
 
@@ -185,7 +185,7 @@ pub async fn start(cfg: Config, key: PrivateKeySigner, options: Options) -> Resu
         runtime: tokio::runtime::Handle::current(),
         policy: cfg.alerts,
     }
-    .start(alerts_rx, last_seqs.clone())?;
+    .start(alerts_rx, last_seqs.clone(), alert_log)?;
     let (api_addr, api_uri) = match cfg.api.enabled {
         true => {
             let store = open()?;

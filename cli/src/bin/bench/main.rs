@@ -224,9 +224,14 @@ static PUBACKS: AtomicUsize = AtomicUsize::new(0);
 
 /// A publishing client; `key` renews a device's signed login before each
 /// reconnection.
-async fn publisher(opts: MqttOptions, capacity: usize, key: Option<PrivateKeySigner>) -> AsyncClient {
+/// An MQTT client publishing through its own event loop, with `capacity`
+/// requests queued and up to `inflight` unacknowledged publishes. rumqttc
+/// keeps a slot for every one of `inflight` from the start (64 bytes each),
+/// so the window is sized to what the client sends: 2,000 clients with the
+/// whole 65,535 held 8 GiB in the bench's process (docs/BENCHMARKS.md).
+async fn publisher(opts: MqttOptions, capacity: usize, inflight: u16, key: Option<PrivateKeySigner>) -> AsyncClient {
     let mut opts = opts;
-    opts.set_keep_alive(Duration::from_secs(30)).set_inflight(u16::MAX).set_max_packet_size(1 << 20, 1 << 20);
+    opts.set_keep_alive(Duration::from_secs(30)).set_inflight(inflight).set_max_packet_size(1 << 20, 1 << 20);
     let id = opts.client_id();
     let (client, eventloop) = AsyncClient::new(opts, capacity);
     healthsense_cli::simulate::drive(eventloop, id, key, |ev| {
@@ -241,7 +246,12 @@ async fn publisher(opts: MqttOptions, capacity: usize, key: Option<PrivateKeySig
 /// login (the embedded broker), a password (`passwords`, Mosquitto's file),
 /// or none (authentication off); or, with authentication off, one client
 /// per `per_connection` devices (device `k` on client `k / per_connection`).
-async fn device_clients(port: u16, devs: &[Bed], auth: Login<'_>, capacity: usize, per_connection: usize) -> Result<Vec<AsyncClient>> {
+/// Each device publishes up to `per_device` readings in a phase.
+async fn device_clients(port: u16, devs: &[Bed], auth: Login<'_>, per_device: usize, per_connection: usize) -> Result<Vec<AsyncClient>> {
+    let capacity = 2 * per_device + 1_000;
+    // A phase's readings of the connection, and some: the broker
+    // acknowledges as it logs, so a wider window is never used.
+    let inflight = |devices: usize| u16::try_from(2 * per_device * devices + 100).unwrap_or(u16::MAX);
     if per_connection > 1 {
         if !matches!(auth, Login::Open) {
             bail!("--devices-per-connection above 1 needs --auth off: the broker's ACLs give a connection one device");
@@ -249,7 +259,7 @@ async fn device_clients(port: u16, devs: &[Bed], auth: Login<'_>, capacity: usiz
         let mut clients = Vec::with_capacity(devs.len().div_ceil(per_connection));
         for i in 0..devs.len().div_ceil(per_connection) {
             let opts = MqttOptions::new(format!("bench-connection-{i}"), "127.0.0.1", port);
-            clients.push(publisher(opts, capacity * per_connection, None).await);
+            clients.push(publisher(opts, capacity * per_connection, inflight(per_connection), None).await);
         }
         return Ok(clients);
     }
@@ -264,7 +274,7 @@ async fn device_clients(port: u16, devs: &[Bed], auth: Login<'_>, capacity: usiz
             Login::Open => MqttOptions::new(b.serial.clone(), "127.0.0.1", port),
         };
         let key = matches!(auth, Login::Signed).then(|| b.key.clone());
-        clients.push(publisher(opts, capacity, key).await);
+        clients.push(publisher(opts, capacity, inflight(1), key).await);
     }
     Ok(clients)
 }
@@ -547,7 +557,7 @@ impl HubRun {
         };
         let per_device = args.readings / ctx.devs.len() + (args.rate + args.high_rate) * args.latency_seconds as usize / ctx.devs.len();
         let per_connection = args.devices_per_connection as usize;
-        let clients = device_clients(port, ctx.devs, login, 2 * per_device + 1_000, per_connection).await?;
+        let clients = device_clients(port, ctx.devs, login, per_device, per_connection).await?;
         let run = HubRun {
             auth,
             running: Some(running),
@@ -1186,7 +1196,7 @@ async fn memory(
     let topics = Topics::new("beds").map_err(anyhow::Error::msg)?;
     // One publisher for every bed, on an open broker: the figure is the
     // oracle's memory, not 2,000 device connections'.
-    let client = publisher(MqttOptions::new("memory-beds", "127.0.0.1", port), 1_000_000, None).await;
+    let client = publisher(MqttOptions::new("memory-beds", "127.0.0.1", port), 1_000_000, u16::MAX, None).await;
     let beds = &beds[..args.beds];
     let mut tick = tokio::time::interval(Duration::from_millis(10));
     let rate = memory_rate(args);
@@ -1342,7 +1352,7 @@ async fn alert_latency(args: &Args) -> Result<Alerts> {
     tokio::time::timeout(Duration::from_secs(60), online_rx.wait_for(|up| *up))
         .await
         .context("the hub did not come online within 60 s")??;
-    let client = publisher(MqttOptions::new("alert-beds", "127.0.0.1", port), 1_000_000, None).await;
+    let client = publisher(MqttOptions::new("alert-beds", "127.0.0.1", port), 1_000_000, u16::MAX, None).await;
     let mut published: HashMap<(String, u64), Instant> = HashMap::with_capacity(a_sent);
     let mut interval = tokio::time::interval(Duration::from_millis(10));
     let mut from = 0;
