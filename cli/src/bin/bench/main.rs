@@ -222,10 +222,9 @@ fn rss_kib(pid: u32, field: &str) -> Result<u64> {
 /// Broker acknowledgements received by the publishers.
 static PUBACKS: AtomicUsize = AtomicUsize::new(0);
 
-/// A publishing client; `key` renews a device's signed login before each
-/// reconnection.
-/// An MQTT client publishing through its own event loop, with `capacity`
-/// requests queued and up to `inflight` unacknowledged publishes. rumqttc
+/// A publishing client, with `capacity` requests queued and up to
+/// `inflight` unacknowledged publishes; `key` renews a device's signed login
+/// before each reconnection. rumqttc
 /// keeps a slot for every one of `inflight` from the start (64 bytes each),
 /// so the window is sized to what the client sends: 2,000 clients with the
 /// whole 65,535 held 8 GiB in the bench's process (docs/BENCHMARKS.md).
@@ -246,10 +245,10 @@ async fn publisher(opts: MqttOptions, capacity: usize, inflight: u16, key: Optio
 /// login (the embedded broker), a password (`passwords`, Mosquitto's file),
 /// or none (authentication off); or, with authentication off, one client
 /// per `per_connection` devices (device `k` on client `k / per_connection`).
-/// Each device publishes up to `per_device` readings in a phase.
+/// Each device publishes up to `per_device` readings in the run.
 async fn device_clients(port: u16, devs: &[Bed], auth: Login<'_>, per_device: usize, per_connection: usize) -> Result<Vec<AsyncClient>> {
     let capacity = 2 * per_device + 1_000;
-    // A phase's readings of the connection, and some: the broker
+    // Twice the connection's readings of the run, plus 100: the broker
     // acknowledges as it logs, so a wider window is never used.
     let inflight = |devices: usize| u16::try_from(2 * per_device * devices + 100).unwrap_or(u16::MAX);
     if per_connection > 1 {
