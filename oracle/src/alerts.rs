@@ -660,10 +660,10 @@ fn store_published(store: &Store, live: &Live, rx: std::sync::mpsc::Receiver<Vec
             alerts.extend(more);
         }
         let with_id: Vec<&Alert> = alerts.iter().filter(|a| a.id > 0).collect();
-        if with_id.is_empty() {
-            // Nothing to store (every id block failed); shown all the same.
-        } else if let Err(e) = store_alerts(store, &with_id) {
-            tracing::error!(error = %e, alerts = with_id.len(), "alerts not stored (published)");
+        if !with_id.is_empty() {
+            if let Err(e) = store_alerts(store, &with_id) {
+                tracing::error!(error = %e, alerts = with_id.len(), "alerts not stored (published)");
+            }
         }
         for a in alerts {
             tracing::info!(serial = %a.serial, seq = a.seq, score = a.score, level = a.level.name(), "NEWS2 alert");
@@ -834,7 +834,7 @@ mod tests {
 
     #[test]
     fn the_logger_stores_published_alerts_before_the_live_stream_shows_them() {
-        let (_dir, store) = store();
+        let (dir, store) = store();
         let live = Live::default();
         let mut events = live.subscribe();
         let alert = |id: i64, seq: u64| Alert {
@@ -856,7 +856,7 @@ mod tests {
         tx.send(vec![alert(1, 1)]).unwrap();
         tx.send(vec![alert(2, 2), alert(0, 3)]).unwrap();
         drop(tx);
-        let reader = Store::open_existing(&_dir.path().join("s.sqlite"), 1, Address::repeat_byte(1)).unwrap();
+        let reader = Store::open_existing(&dir.path().join("s.sqlite"), 1, Address::repeat_byte(1)).unwrap();
         let logger = std::thread::spawn(move || store_published(&store, &live, rx));
         let mut shown = Vec::new();
         while shown.len() < 3 {
