@@ -6,12 +6,16 @@
 //! cargo run --release -p healthsense-cli --bin healthsense-bench -- alerts
 //! cargo run --release -p healthsense-cli --bin healthsense-bench -- archive
 //! cargo run --release -p healthsense-cli --bin healthsense-bench -- store
+//! cargo run --release -p healthsense-cli --bin healthsense-bench -- chain
 //! ```
 //!
 //! `archive` is in `archive.rs`: a 7-day stay from discharge to CID on chain.
 //!
 //! `store` is in `store.rs`: ingest commit times on the hub store alone,
 //! without and with the anchorer's batch cut every second.
+//!
+//! `chain` is in `chain.rs`: an empty block's time on the bench's anvil as
+//! devices are registered on it (what `--chain-devices` holds fixed).
 //!
 //! `alerts` measures publish -> NEWS2 alert received on `hs/v1/{hub}/alerts`
 //! (target p99 <= 10 ms at 5,000 readings/s): devices alternate normal and
@@ -70,6 +74,7 @@ use rumqttc::{AsyncClient, MqttOptions, QoS};
 use serde_json::json;
 
 mod archive;
+mod chain;
 mod figures;
 mod store;
 
@@ -79,7 +84,7 @@ use figures::Figure;
 #[command(about = "Benchmarks the HealthSense oracle against its targets (docs/BENCHMARKS.md)")]
 struct Args {
     /// What to measure.
-    #[arg(value_parser = ["oracle", "archive", "alerts", "store"])]
+    #[arg(value_parser = ["oracle", "archive", "alerts", "store", "chain"])]
     what: String,
     /// Readings of the archived stay (archive: 604,800 = 7 days at 1 Hz).
     #[arg(long, default_value_t = 604_800)]
@@ -155,6 +160,14 @@ struct Args {
     /// Length of the alerts phase, seconds (0 leaves it out of `oracle`).
     #[arg(long, default_value_t = 15)]
     alert_seconds: u64,
+    /// Devices registered and active on the chain in all (`oracle`): those
+    /// beyond the bench's own (`--devices`, `--beds`) belong to another ward
+    /// and never publish. A hospital's chain holds every ward's devices, so
+    /// one hub's device count does not set its size; the scaling runs hold
+    /// it fixed, as anvil's blocks take longer the more the chain holds
+    /// (`healthsense-bench chain`, docs/BENCHMARKS.md).
+    #[arg(long, default_value_t = 0)]
+    chain_devices: usize,
 }
 
 /// A spawned process (a broker, an oracle), killed when dropped: a failed
@@ -222,23 +235,78 @@ fn rss_kib(pid: u32, field: &str) -> Result<u64> {
 /// Broker acknowledgements received by the publishers.
 static PUBACKS: AtomicUsize = AtomicUsize::new(0);
 
+/// What one bench client was asked to publish and what came of it, read
+/// when a wait runs out to say where the missing readings stopped.
+#[derive(Default)]
+struct Tally {
+    /// Publishes handed to the client.
+    requested: AtomicUsize,
+    /// Publishes its event loop wrote to the socket.
+    written: AtomicUsize,
+    /// PUBACKs it received.
+    acked: AtomicUsize,
+    /// CONNACKs it received: more than one is a reconnection.
+    connacks: AtomicUsize,
+}
+
+/// The clients that are short of acknowledgements, for an error message:
+/// requests not yet written are the client's (or its window's); writes
+/// without a PUBACK are the broker's, or lost with a reconnection.
+fn stalled(tallies: &[Arc<Tally>]) -> String {
+    let load = |a: &AtomicUsize| a.load(Ordering::SeqCst);
+    let short: Vec<(usize, [usize; 4])> = tallies
+        .iter()
+        .enumerate()
+        .map(|(i, t)| (i, [load(&t.requested), load(&t.written), load(&t.acked), load(&t.connacks)]))
+        .filter(|(_, [r, _, a, _])| a < r)
+        .collect();
+    if short.is_empty() {
+        return "every client has all its publishes acknowledged".into();
+    }
+    let unwritten: usize = short.iter().map(|(_, [r, w, _, _])| r.saturating_sub(*w)).sum();
+    let unacked: usize = short.iter().map(|(_, [r, w, a, _])| (*w).min(*r).saturating_sub(*a)).sum();
+    let reconnected = short.iter().filter(|(_, t)| t[3] > 1).count();
+    let first: Vec<String> = short
+        .iter()
+        .take(8)
+        .map(|(i, [r, w, a, c])| format!("client {i}: requested {r}, written {w}, acked {a}, connacks {c}"))
+        .collect();
+    format!(
+        "{} of {} clients short of PUBACKs ({unwritten} publishes never written, {unacked} written and not acknowledged; {reconnected} of them reconnected); {}",
+        short.len(),
+        tallies.len(),
+        first.join("; ")
+    )
+}
+
 /// A publishing client, with `capacity` requests queued and up to
 /// `inflight` unacknowledged publishes; `key` renews a device's signed login
 /// before each reconnection. rumqttc
 /// keeps a slot for every one of `inflight` from the start (64 bytes each),
 /// so the window is sized to what the client sends: 2,000 clients with the
 /// whole 65,535 held 8 GiB in the bench's process (docs/BENCHMARKS.md).
-async fn publisher(opts: MqttOptions, capacity: usize, inflight: u16, key: Option<PrivateKeySigner>) -> AsyncClient {
+async fn publisher(opts: MqttOptions, capacity: usize, inflight: u16, key: Option<PrivateKeySigner>) -> (AsyncClient, Arc<Tally>) {
+    use rumqttc::{Event, Outgoing, Packet};
     let mut opts = opts;
     opts.set_keep_alive(Duration::from_secs(30)).set_inflight(inflight).set_max_packet_size(1 << 20, 1 << 20);
     let id = opts.client_id();
     let (client, eventloop) = AsyncClient::new(opts, capacity);
-    healthsense_cli::simulate::drive(eventloop, id, key, |ev| {
-        if let rumqttc::Event::Incoming(rumqttc::Packet::PubAck(_)) = ev {
+    let tally = Arc::new(Tally::default());
+    let t = tally.clone();
+    healthsense_cli::simulate::drive(eventloop, id, key, move |ev| match ev {
+        Event::Incoming(Packet::PubAck(_)) => {
             PUBACKS.fetch_add(1, Ordering::Relaxed);
+            t.acked.fetch_add(1, Ordering::Relaxed);
         }
+        Event::Outgoing(Outgoing::Publish(_)) => {
+            t.written.fetch_add(1, Ordering::Relaxed);
+        }
+        Event::Incoming(Packet::ConnAck(_)) => {
+            t.connacks.fetch_add(1, Ordering::Relaxed);
+        }
+        _ => {}
     });
-    client
+    (client, tally)
 }
 
 /// One MQTT client per device, each logged in as itself: with a signed
@@ -246,7 +314,13 @@ async fn publisher(opts: MqttOptions, capacity: usize, inflight: u16, key: Optio
 /// or none (authentication off); or, with authentication off, one client
 /// per `per_connection` devices (device `k` on client `k / per_connection`).
 /// Each device publishes up to `per_device` readings in the run.
-async fn device_clients(port: u16, devs: &[Bed], auth: Login<'_>, per_device: usize, per_connection: usize) -> Result<Vec<AsyncClient>> {
+async fn device_clients(
+    port: u16,
+    devs: &[Bed],
+    auth: Login<'_>,
+    per_device: usize,
+    per_connection: usize,
+) -> Result<Vec<(AsyncClient, Arc<Tally>)>> {
     let capacity = 2 * per_device + 1_000;
     // Twice the connection's readings of the run, plus 100: the broker
     // acknowledges as it logs, so a wider window is never used.
@@ -362,6 +436,23 @@ async fn send_in_bulk(p: &impl Provider, contract: Address, calls: &[(Address, V
     Ok(())
 }
 
+/// Provisioning (by `admin`) and activation (by `hub`) calls for devices
+/// `range` of another ward, which no hub of the bench serves: the rest of a
+/// hospital's chain.
+fn other_ward_devices(admin: Address, hub: Address, range: std::ops::Range<usize>) -> Vec<(Address, Vec<u8>)> {
+    let ward = ids::ward_id("bench-other-wards");
+    range
+        .flat_map(|i| {
+            let id = ids::device_id(&format!("OTHER-{i:05}"));
+            let signer = Address::from_word(alloy::primitives::keccak256(id));
+            [
+                (admin, H::provisionDeviceCall { deviceId: id, signer, ward }.abi_encode()),
+                (hub, H::activateDeviceCall { deviceId: id }.abi_encode()),
+            ]
+        })
+        .collect()
+}
+
 /// Anvil accounts: the admin, one per hub run (each its own, so their batch
 /// ids, `keccak256(hub, seq)`, never collide on chain), the memory oracle's.
 const ACCOUNTS: usize = 40;
@@ -377,6 +468,7 @@ async fn main() -> Result<()> {
         .init();
     match args.what.as_str() {
         "archive" => archive::run(args.stay_readings, args.json).await,
+        "chain" => chain::run(args.json).await,
         "store" => {
             let settings =
                 store::Settings { readings: args.readings, beds: args.beds, rate: args.rate, seconds: args.latency_seconds };
@@ -431,6 +523,8 @@ struct HubRun {
     key: PrivateKeySigner,
     options: healthsense_oracle::Options,
     clients: Vec<AsyncClient>,
+    /// What each of `clients` was asked to publish and what came of it.
+    tallies: Vec<Arc<Tally>>,
     /// Devices per client: device `k` publishes on `clients[k / per_connection]`.
     per_connection: usize,
     topics: Topics,
@@ -556,7 +650,7 @@ impl HubRun {
         };
         let per_device = args.readings / ctx.devs.len() + (args.rate + args.high_rate) * args.latency_seconds as usize / ctx.devs.len();
         let per_connection = args.devices_per_connection as usize;
-        let clients = device_clients(port, ctx.devs, login, per_device, per_connection).await?;
+        let (clients, tallies) = device_clients(port, ctx.devs, login, per_device, per_connection).await?.into_iter().unzip();
         let run = HubRun {
             auth,
             running: Some(running),
@@ -564,6 +658,7 @@ impl HubRun {
             key,
             options,
             clients,
+            tallies,
             per_connection,
             topics: Topics::new("bench").map_err(anyhow::Error::msg)?,
             serials: ctx.devs.iter().map(|b| b.serial.clone()).collect(),
@@ -575,16 +670,29 @@ impl HubRun {
         };
         let warm: Vec<Payload> = ctx.warm.iter().cloned().zip(0..).collect();
         run.publish(&warm).await?;
-        wait_for(&run.committed, ctx.devs.len(), "warm-up").await?;
+        run.wait(&run.committed, ctx.devs.len(), "warm-up").await?;
         Ok(run)
     }
 
     async fn publish(&self, payloads: &[Payload]) -> Result<()> {
         for (payload, k) in payloads {
             let topic = self.topics.device(&self.serials[*k], DeviceTopic::Vitals);
-            self.clients[*k / self.per_connection].publish(topic, QoS::AtLeastOnce, false, payload.clone()).await?;
+            self.send(*k, topic, payload).await?;
         }
         Ok(())
+    }
+
+    /// Device `k`'s reading, on its client.
+    async fn send(&self, k: usize, topic: String, payload: &[u8]) -> Result<()> {
+        let c = k / self.per_connection;
+        self.tallies[c].requested.fetch_add(1, Ordering::Relaxed);
+        self.clients[c].publish(topic, QoS::AtLeastOnce, false, payload.to_vec()).await?;
+        Ok(())
+    }
+
+    /// [`wait_for`], saying on timeout which clients are short of PUBACKs.
+    async fn wait(&self, counter: &AtomicUsize, n: usize, what: &str) -> Result<()> {
+        wait_for(counter, n, what).await.map_err(|e| anyhow::anyhow!("{e}; {}", stalled(&self.tallies)))
     }
 
     async fn stop(&mut self) {
@@ -615,17 +723,17 @@ impl HubRun {
         let half = payloads.len() / 2;
         let t = Instant::now();
         self.publish(&payloads[..half]).await?;
-        wait_for(&self.committed, base + half, "live ingest").await?;
+        self.wait(&self.committed, base + half, "live ingest").await?;
         let live = half as f64 / t.elapsed().as_secs_f64();
         self.stop().await;
         let acked = PUBACKS.load(Ordering::SeqCst);
         self.publish(&payloads[half..]).await?;
-        wait_for(&PUBACKS, acked + (payloads.len() - half), "broker acknowledgements").await?;
+        self.wait(&PUBACKS, acked + (payloads.len() - half), "broker acknowledgements").await?;
         let t = Instant::now();
         self.restart().await?;
-        wait_for(&self.committed, base + half + 1, "queued ingest").await?;
+        self.wait(&self.committed, base + half + 1, "queued ingest").await?;
         let (first, at_first) = (t.elapsed(), self.committed.load(Ordering::SeqCst));
-        wait_for(&self.committed, base + payloads.len(), "queued ingest").await?;
+        self.wait(&self.committed, base + payloads.len(), "queued ingest").await?;
         let elapsed = t.elapsed();
         Ok(Ingest {
             live,
@@ -647,11 +755,11 @@ impl HubRun {
             for (key, payload, k) in chunk {
                 let topic = self.topics.device(&self.serials[*k], DeviceTopic::Vitals);
                 let at = Instant::now();
-                self.clients[*k / self.per_connection].publish(topic, QoS::AtLeastOnce, false, payload.clone()).await?;
+                self.send(*k, topic, payload).await?;
                 published.insert(*key, at);
             }
         }
-        wait_for(&self.committed, base + paced.len(), "latency phase").await?;
+        self.wait(&self.committed, base + paced.len(), "latency phase").await?;
         let times = self.commit_times.lock().map_err(|_| anyhow::anyhow!("poisoned"))?.take().unwrap_or_default();
         Ok(latencies(&published, &times))
     }
@@ -774,7 +882,8 @@ async fn oracle(args: &Args) -> Result<()> {
     let hubs: Vec<Address> = (1..=plan.len()).chain([memory_account]).map(|i| anvil.addresses()[i]).collect();
     let hub = hubs[0];
     let n_beds = args.devices.max(args.beds);
-    eprintln!("provisioning and activating {n_beds} devices ...");
+    let n_chain = n_beds.max(args.chain_devices);
+    eprintln!("provisioning and activating {n_beds} devices, {} more of another ward ...", n_chain - n_beds);
     let ward = ids::ward_id("bench");
     let beds: Vec<Bed> = (0..n_beds).map(|i| Bed { serial: format!("BENCH-{i:05}"), key: PrivateKeySigner::random() }).collect();
     let mut calls: Vec<(Address, Vec<u8>)> =
@@ -784,6 +893,7 @@ async fn oracle(args: &Args) -> Result<()> {
         calls.push((admin, H::provisionDeviceCall { deviceId: id, signer: b.key.address(), ward }.abi_encode()));
         calls.push((hub, H::activateDeviceCall { deviceId: id }.abi_encode()));
     }
+    calls.extend(other_ward_devices(admin, hub, n_beds..n_chain));
     send_in_bulk(&ProviderBuilder::new().connect_http(url.clone()), contract, &calls).await?;
 
     // Every reading is signed before any phase, so no phase pays for signing:
@@ -997,11 +1107,12 @@ async fn oracle(args: &Args) -> Result<()> {
     }
     if args.json {
         let extra = json!({ "threads": threads, "broker": broker, "load_average_at_start": load_at_start,
+                            "devices": args.devices, "devices_per_connection": args.devices_per_connection, "chain_devices": n_chain,
                             "rounds": rounds.iter().map(round_json).collect::<Vec<_>>() });
         println!("{}", serde_json::to_string_pretty(&figures::report("oracle", &figs, extra))?);
         return Ok(());
     }
-    println!("HealthSense oracle benchmark ({threads} verification threads)");
+    println!("HealthSense oracle benchmark ({threads} verification threads, {} devices, {n_chain} on chain)", args.devices);
     for r in &rounds {
         if plan.len() > 1 {
             println!("  authentication {}", if r.auth { "on" } else { "off" });
@@ -1086,7 +1197,7 @@ async fn wait_for(counter: &AtomicUsize, n: usize, what: &str) -> Result<()> {
     let deadline = Instant::now() + Duration::from_secs(300);
     while counter.load(Ordering::SeqCst) < n {
         if Instant::now() > deadline {
-            bail!("{what}: only {} of {n} readings committed", counter.load(Ordering::SeqCst));
+            bail!("{what}: only {} of {n} after 300 s", counter.load(Ordering::SeqCst));
         }
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
@@ -1195,7 +1306,7 @@ async fn memory(
     let topics = Topics::new("beds").map_err(anyhow::Error::msg)?;
     // One publisher for every bed, on an open broker: the figure is the
     // oracle's memory, not 2,000 device connections'.
-    let client = publisher(MqttOptions::new("memory-beds", "127.0.0.1", port), 1_000_000, u16::MAX, None).await;
+    let (client, _) = publisher(MqttOptions::new("memory-beds", "127.0.0.1", port), 1_000_000, u16::MAX, None).await;
     let beds = &beds[..args.beds];
     let mut tick = tokio::time::interval(Duration::from_millis(10));
     let rate = memory_rate(args);
@@ -1351,7 +1462,7 @@ async fn alert_latency(args: &Args) -> Result<Alerts> {
     tokio::time::timeout(Duration::from_secs(60), online_rx.wait_for(|up| *up))
         .await
         .context("the hub did not come online within 60 s")??;
-    let client = publisher(MqttOptions::new("alert-beds", "127.0.0.1", port), 1_000_000, u16::MAX, None).await;
+    let (client, _) = publisher(MqttOptions::new("alert-beds", "127.0.0.1", port), 1_000_000, u16::MAX, None).await;
     let mut published: HashMap<(String, u64), Instant> = HashMap::with_capacity(a_sent);
     let mut interval = tokio::time::interval(Duration::from_millis(10));
     let mut from = 0;
@@ -1379,4 +1490,52 @@ async fn alert_latency(args: &Args) -> Result<Alerts> {
         bail!("only {} of {a_sent} alerts arrived", lat.len());
     }
     Ok(Alerts { alerting: alert_rate, steady: steady_rate, alerts: lat.len(), p50, p99, max })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tally(requested: usize, written: usize, acked: usize, connacks: usize) -> Arc<Tally> {
+        let t = Tally::default();
+        t.requested.store(requested, Ordering::SeqCst);
+        t.written.store(written, Ordering::SeqCst);
+        t.acked.store(acked, Ordering::SeqCst);
+        t.connacks.store(connacks, Ordering::SeqCst);
+        Arc::new(t)
+    }
+
+    #[test]
+    fn a_stall_report_tells_unwritten_from_unacknowledged_publishes() {
+        let all_acked = [tally(30, 30, 30, 1), tally(12, 12, 12, 1)];
+        assert_eq!(stalled(&all_acked), "every client has all its publishes acknowledged");
+
+        // Client 1: four requests never written; client 2: ten written,
+        // three acknowledged, after a reconnection.
+        let report = stalled(&[tally(30, 30, 30, 1), tally(20, 16, 16, 1), tally(10, 10, 3, 2)]);
+        assert!(report.starts_with("2 of 3 clients short of PUBACKs"), "{report}");
+        assert!(report.contains("4 publishes never written, 7 written and not acknowledged; 1 of them reconnected"), "{report}");
+        assert!(report.contains("client 1: requested 20, written 16, acked 16, connacks 1"), "{report}");
+        assert!(!report.contains("client 0"), "{report}");
+    }
+
+    #[test]
+    fn other_wards_devices_are_provisioned_then_activated_and_never_the_benchs_own() {
+        let (admin, hub) = (Address::repeat_byte(1), Address::repeat_byte(2));
+        let calls = other_ward_devices(admin, hub, 3..5);
+        assert_eq!(calls.len(), 4);
+        let mut ids = Vec::new();
+        for pair in calls.chunks(2) {
+            let p = H::provisionDeviceCall::abi_decode(&pair[0].1).expect("a provisioning call");
+            let a = H::activateDeviceCall::abi_decode(&pair[1].1).expect("an activation call");
+            assert_eq!((pair[0].0, pair[1].0), (admin, hub));
+            assert_eq!(p.deviceId, a.deviceId);
+            assert_eq!(p.ward, ids::ward_id("bench-other-wards"));
+            assert_ne!(p.ward, ids::ward_id("bench"));
+            assert_ne!(p.signer, Address::ZERO);
+            ids.push(p.deviceId);
+        }
+        assert_ne!(ids[0], ids[1]);
+        assert!(!ids.contains(&ids::device_id("BENCH-00003")), "the bench's own serials are BENCH-*");
+    }
 }
