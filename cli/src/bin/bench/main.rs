@@ -436,19 +436,22 @@ async fn send_in_bulk(p: &impl Provider, contract: Address, calls: &[(Address, V
     Ok(())
 }
 
-/// Provisioning (by `admin`) and activation (by `hub`) calls for devices
-/// `range` of another ward, which no hub of the bench serves: the rest of a
-/// hospital's chain.
+/// A device's provisioning (sent by `admin`) and activation (by `hub`).
+fn register(admin: Address, hub: Address, id: B256, signer: Address, ward: B256) -> [(Address, Vec<u8>); 2] {
+    [
+        (admin, H::provisionDeviceCall { deviceId: id, signer, ward }.abi_encode()),
+        (hub, H::activateDeviceCall { deviceId: id }.abi_encode()),
+    ]
+}
+
+/// [`register`] calls for devices `range` of another ward, which no hub of
+/// the bench serves: the rest of a hospital's chain.
 fn other_ward_devices(admin: Address, hub: Address, range: std::ops::Range<usize>) -> Vec<(Address, Vec<u8>)> {
     let ward = ids::ward_id("bench-other-wards");
     range
         .flat_map(|i| {
             let id = ids::device_id(&format!("OTHER-{i:05}"));
-            let signer = Address::from_word(alloy::primitives::keccak256(id));
-            [
-                (admin, H::provisionDeviceCall { deviceId: id, signer, ward }.abi_encode()),
-                (hub, H::activateDeviceCall { deviceId: id }.abi_encode()),
-            ]
+            register(admin, hub, id, Address::from_word(alloy::primitives::keccak256(id)), ward)
         })
         .collect()
 }
@@ -889,9 +892,7 @@ async fn oracle(args: &Args) -> Result<()> {
     let mut calls: Vec<(Address, Vec<u8>)> =
         hubs.iter().map(|h| (admin, H::grantRoleCall { role: ids::HUB_ROLE, account: *h }.abi_encode())).collect();
     for b in &beds {
-        let id = ids::device_id(&b.serial);
-        calls.push((admin, H::provisionDeviceCall { deviceId: id, signer: b.key.address(), ward }.abi_encode()));
-        calls.push((hub, H::activateDeviceCall { deviceId: id }.abi_encode()));
+        calls.extend(register(admin, hub, ids::device_id(&b.serial), b.key.address(), ward));
     }
     calls.extend(other_ward_devices(admin, hub, n_beds..n_chain));
     send_in_bulk(&ProviderBuilder::new().connect_http(url.clone()), contract, &calls).await?;
