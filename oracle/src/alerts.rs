@@ -43,7 +43,7 @@ use rusqlite::{params, OptionalExtension};
 use serde::{Deserialize, Serialize};
 use tokio::sync::broadcast;
 
-use crate::ingest::InOrder;
+use crate::ingest::Part;
 use crate::metrics::Metrics;
 use crate::news2::{self, Risk, Score};
 use crate::protocol::Topics;
@@ -486,19 +486,51 @@ impl Ids {
 
 const RESERVED_KEY: &str = "alert_ids_reserved";
 
-/// Verified groups in arrival order ([`InOrder`]), every group that is due
-/// taken at once.
-struct Ordered(InOrder<Vec<NewReading>>);
+/// Verified readings in arrival order, whatever order their groups'
+/// checks finished in: the verifier numbers its groups 0, 1, 2, ... as it
+/// takes them and sends each group's parts in order, the last one marked
+/// ([`Part`]). Per device, a reading must be scored after the ones before
+/// it (the alert policy and the "new reading" rule depend on it).
+struct Ordered {
+    rx: std::sync::mpsc::Receiver<(u64, Part)>,
+    /// Parts of groups after the next one, gathered, and whether the
+    /// group's last part is among them.
+    early: std::collections::BTreeMap<u64, (Vec<NewReading>, bool)>,
+    next: u64,
+}
 
 impl Ordered {
-    /// Every group that is next in order, waiting for the first; `None`
-    /// once the verifier has stopped and everything is handed over.
+    fn new(rx: std::sync::mpsc::Receiver<(u64, Part)>) -> Self {
+        Self { rx, early: Default::default(), next: 0 }
+    }
+
+    /// Every reading that is due (the next group's parts received so far,
+    /// and the groups after it while each is complete), waiting for at
+    /// least one; `None` once the verifier has stopped and everything is
+    /// handed over.
     fn take(&mut self) -> Option<Vec<NewReading>> {
-        let mut out = self.0.next(true)?;
-        while let Some(more) = self.0.next(false) {
-            out.extend(more);
+        let mut out = Vec::new();
+        loop {
+            while let Some((readings, last)) = self.early.get_mut(&self.next) {
+                out.append(readings);
+                if !*last {
+                    break;
+                }
+                self.early.remove(&self.next);
+                self.next += 1;
+            }
+            let (n, part) = if out.is_empty() {
+                self.rx.recv().ok()?
+            } else {
+                match self.rx.try_recv() {
+                    Ok(received) => received,
+                    Err(_) => return Some(out),
+                }
+            };
+            let entry = self.early.entry(n).or_default();
+            entry.0.extend(part.readings);
+            entry.1 |= part.last;
         }
-        Some(out)
     }
 }
 
@@ -531,20 +563,21 @@ impl Engine {
     /// Loads each device's current alert level, then starts the thread,
     /// which first loads each device's latest reading for the API; it
     /// stops when every sender of `rx` is gone. `rx`
-    /// carries each verified group's accepted readings with the group's
-    /// number (0, 1, 2, ..., every number once); `last_seqs` is each
+    /// carries each verified group's accepted readings, part by part, with
+    /// the group's number (0, 1, 2, ..., every number with a last part;
+    /// [`Part`]); `last_seqs` is each
     /// device's last stored sequence number (the store's, as ingest starts);
     /// `log` is a store connection for the thread that stores the alerts.
     pub fn start(
         self,
-        rx: std::sync::mpsc::Receiver<(u64, Vec<NewReading>)>,
+        rx: std::sync::mpsc::Receiver<(u64, Part)>,
         last_seqs: HashMap<B256, u64>,
         log: Store,
     ) -> anyhow::Result<std::thread::JoinHandle<()>> {
         init(&self.store)?;
         let _ = self.live.alert_topic.set((self.client.clone(), self.topics.alerts()));
         let state = self.load(last_seqs)?;
-        let ordered = Ordered(InOrder::new(rx));
+        let ordered = Ordered::new(rx);
         let (stored_tx, stored_rx) = std::sync::mpsc::channel();
         let live = self.live.clone();
         let logger = std::thread::Builder::new().name("hs-alert-log".into()).spawn(move || store_published(&log, &live, stored_rx))?;
@@ -809,27 +842,50 @@ mod tests {
         NewReading { serial: serial.into(), reading: Reading { seq, ..Default::default() }, signature: [0; 65], received_ms: 0 }
     }
 
+    fn part(readings: &[(&str, u64)], last: bool) -> Part {
+        Part { readings: readings.iter().map(|&(s, q)| reading(s, q)).collect(), last }
+    }
+
+    fn seqs(readings: Option<Vec<NewReading>>) -> Option<Vec<u64>> {
+        readings.map(|r| r.iter().map(|n| n.reading.seq).collect())
+    }
+
     #[test]
     fn groups_verified_out_of_order_are_scored_in_arrival_order() {
         let (tx, rx) = std::sync::mpsc::channel();
-        let mut ordered = Ordered(InOrder::new(rx));
-        tx.send((2, vec![reading("HS-1", 3)])).unwrap();
-        tx.send((1, vec![reading("HS-1", 2)])).unwrap();
+        let mut ordered = Ordered::new(rx);
+        tx.send((2, part(&[("HS-1", 3)], true))).unwrap();
+        tx.send((1, part(&[("HS-1", 2)], true))).unwrap();
         // Group 0 is not there yet: nothing may be taken without it.
         let (probe_tx, probe_rx) = std::sync::mpsc::channel();
         let waiter = std::thread::spawn(move || {
-            let got = ordered.take().unwrap();
-            probe_tx.send(got.iter().map(|n| n.reading.seq).collect::<Vec<_>>()).unwrap();
+            probe_tx.send(seqs(ordered.take())).unwrap();
             ordered
         });
         assert!(probe_rx.recv_timeout(std::time::Duration::from_millis(200)).is_err(), "took groups before group 0");
-        tx.send((0, vec![reading("HS-1", 1)])).unwrap();
-        assert_eq!(probe_rx.recv().unwrap(), [1, 2, 3]);
+        tx.send((0, part(&[("HS-1", 1)], true))).unwrap();
+        assert_eq!(probe_rx.recv().unwrap(), Some(vec![1, 2, 3]));
         let mut ordered = waiter.join().unwrap();
-        tx.send((3, vec![])).unwrap();
+        // An empty group (every message rejected) still counts.
+        tx.send((4, part(&[("HS-1", 4)], true))).unwrap();
+        tx.send((3, part(&[], true))).unwrap();
+        assert_eq!(seqs(ordered.take()), Some(vec![4]));
         drop(tx);
-        assert_eq!(ordered.take().map(|g| g.len()), Some(0), "an empty group still counts");
         assert!(ordered.take().is_none(), "ends when the verifier stops");
+    }
+
+    #[test]
+    fn a_groups_first_part_is_scored_at_once_but_never_before_an_earlier_groups_last() {
+        let (tx, rx) = std::sync::mpsc::channel();
+        let mut ordered = Ordered::new(rx);
+        tx.send((0, part(&[("HS-1", 1)], false))).unwrap();
+        assert_eq!(seqs(ordered.take()), Some(vec![1]), "group 0's first part waits for nothing");
+        // Group 1 is complete, group 0 is not: only group 0's part is due.
+        tx.send((1, part(&[("HS-2", 1), ("HS-1", 3)], true))).unwrap();
+        tx.send((0, part(&[("HS-1", 2)], false))).unwrap();
+        assert_eq!(seqs(ordered.take()), Some(vec![2]));
+        tx.send((0, part(&[], true))).unwrap();
+        assert_eq!(seqs(ordered.take()), Some(vec![1, 3]), "group 1 follows group 0's last part");
     }
 
     #[test]

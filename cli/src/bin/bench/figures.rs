@@ -107,6 +107,7 @@ pub fn report(mode: &str, figures: &[Figure], extra: Value) -> Value {
     o.insert("mode".into(), mode.into());
     o.insert("figures".into(), figures.iter().map(Figure::to_json).collect());
     o.insert("machine".into(), machine());
+    o.insert("contend_percent".into(), super::contend::percent().into());
     if let Value::Object(extra) = extra {
         o.extend(extra);
     }

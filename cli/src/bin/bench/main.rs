@@ -75,6 +75,7 @@ use serde_json::json;
 
 mod archive;
 mod chain;
+mod contend;
 mod figures;
 mod store;
 
@@ -168,6 +169,12 @@ struct Args {
     /// (`healthsense-bench chain`, docs/BENCHMARKS.md).
     #[arg(long, default_value_t = 0)]
     chain_devices: usize,
+    /// Another load on the cores while the bench runs: a process of its own
+    /// session that keeps each core busy this share of the time (percent,
+    /// in bursts of about 3 ms). Stands in for a slow hour of a shared VM,
+    /// so that two builds can be compared under one on any hour.
+    #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u8).range(0..=90))]
+    contend: u8,
 }
 
 /// A spawned process (a broker, an oracle), killed when dropped: a failed
@@ -462,6 +469,9 @@ const ACCOUNTS: usize = 40;
 
 #[tokio::main(flavor = "multi_thread")]
 async fn main() -> Result<()> {
+    if let Some(never) = contend::child() {
+        match never {}
+    }
     let args = Args::parse();
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -469,6 +479,10 @@ async fn main() -> Result<()> {
         )
         .with_writer(std::io::stderr)
         .init();
+    let _contention = contend::start(args.contend)?;
+    if args.contend > 0 && !args.json {
+        println!("(another process keeps each core {} % busy throughout: --contend)", args.contend);
+    }
     match args.what.as_str() {
         "archive" => archive::run(args.stay_readings, args.json).await,
         "chain" => chain::run(args.json).await,
@@ -1260,9 +1274,11 @@ async fn spawn_oracle(
     let toml = format!(
         "hub = \"{hub}\"\nward = \"bench\"\nstore = \"{}\"\n[chain]\nrpc_url = \"{}\"\ncontract = \"{contract}\"\n\
          [mqtt]\nauth = false\nlisten = \"127.0.0.1:{port}\"\n{mqtt}[anchor]\nbatch_size = 2000\ninterval_ms = {interval_ms}\n\
-         [metrics]\nlisten = \"127.0.0.1:0\"\n{extra}",
+         [metrics]\nlisten = \"127.0.0.1:0\"\n{extra}{tuning}",
         dir.join(format!("{hub}.sqlite")).display(),
-        anvil.endpoint()
+        anvil.endpoint(),
+        // More hub settings for a trial run, as TOML (tables the bench does not write).
+        tuning = std::env::var("HEALTHSENSE_BENCH_HUB_TOML").unwrap_or_default(),
     );
     std::fs::write(&config, toml)?;
     let exe = std::env::current_exe()?.with_file_name("healthsense");
@@ -1271,7 +1287,8 @@ async fn spawn_oracle(
         .arg(&config)
         .env("HEALTHSENSE_HUB_PRIVATE_KEY", alloy::hex::encode(anvil.keys()[account].to_bytes()))
         .env("HEALTHSENSE_HOME", root)
-        .env("HEALTHSENSE_LOG", "warn,rumqttd=off")
+        // The hub's own log filter, for a look inside a run (stderr).
+        .env("HEALTHSENSE_LOG", std::env::var("HEALTHSENSE_BENCH_HUB_LOG").unwrap_or_else(|_| "warn,rumqttd=off".into()))
         .stdout(std::process::Stdio::null())
         .spawn()
         .with_context(|| format!("starting {} (build the healthsense binary first)", exe.display()))?;
@@ -1428,7 +1445,8 @@ async fn alert_latency(args: &Args) -> Result<Alerts> {
     // The hub's retained presence says it has subscribed: readings sent
     // before that would find no subscriber.
     let (online_tx, mut online_rx) = tokio::sync::watch::channel(false);
-    {
+    let (stop_listener, mut stopped) = tokio::sync::oneshot::channel::<()>();
+    let listening = {
         let mut opts = MqttOptions::new("alert-listener", "127.0.0.1", port);
         opts.set_keep_alive(Duration::from_secs(30)).set_max_packet_size(1 << 20, 1 << 20);
         let (listener, mut ev) = AsyncClient::new(opts, 10_000);
@@ -1436,10 +1454,18 @@ async fn alert_latency(args: &Args) -> Result<Alerts> {
         listener.subscribe(topics.alerts(), QoS::AtLeastOnce).await?;
         listener.subscribe(topics.online(), QoS::AtLeastOnce).await?;
         let (got, online, online_topic) = (received.clone(), online_tx, topics.online());
-        tokio::spawn(async move {
+        // A thread and runtime of its own, as a nurse station is a machine
+        // of its own: on the bench's runtime the arrival would wait for the
+        // load generator's publishing, and its time would count as the hub's.
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+        std::thread::Builder::new().name("alert-listener".into()).spawn(move || runtime.block_on(async move {
             let _keep = listener;
             loop {
-                match ev.poll().await {
+                let event = tokio::select! {
+                    _ = &mut stopped => break,
+                    event = ev.poll() => event,
+                };
+                match event {
                     Ok(rumqttc::Event::Incoming(rumqttc::Packet::Publish(p))) if p.topic == online_topic => {
                         let up = serde_json::from_slice::<serde_json::Value>(&p.payload).is_ok_and(|v| v["online"] == true);
                         let _ = online.send(up);
@@ -1458,8 +1484,8 @@ async fn alert_latency(args: &Args) -> Result<Alerts> {
                     Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
                 }
             }
-        });
-    }
+        }))?
+    };
     tokio::time::timeout(Duration::from_secs(60), online_rx.wait_for(|up| *up))
         .await
         .context("the hub did not come online within 60 s")??;
@@ -1484,6 +1510,8 @@ async fn alert_latency(args: &Args) -> Result<Alerts> {
     while received.lock().map(|m| m.len()).unwrap_or(0) < a_sent && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    let _ = stop_listener.send(());
+    let _ = listening.join();
     let got = received.lock().map_err(|_| anyhow::anyhow!("poisoned"))?.clone();
     let (lat, p50, p99, max) = latencies(&published, &got);
     drop(hub_process);
