@@ -299,15 +299,12 @@ fn check(s: &Shared, limits: Limits, domain: B256, n: u64, msgs: Vec<Incoming>) 
     // a large group (a backlog, where throughput matters more than the
     // first alert) in 16 parts.
     let size = (msgs.len() / PARTS_OF_LARGE).max((msgs.len() / rayon::current_num_threads().max(1)).clamp(1, PART));
-    let mut parts: Vec<Vec<_>> = Vec::with_capacity(msgs.len().div_ceil(size));
-    for (i, pair) in parsed.into_iter().zip(msgs.iter()).enumerate() {
-        if i % size == 0 {
-            parts.push(Vec::with_capacity(size));
-        }
-        if let Some(part) = parts.last_mut() {
-            part.push(pair);
-        }
-    }
+    let mut pairs = parsed.into_iter().zip(msgs.iter());
+    let parts: Vec<Vec<_>> = std::iter::from_fn(|| {
+        let part: Vec<_> = pairs.by_ref().take(size).collect();
+        (!part.is_empty()).then_some(part)
+    })
+    .collect();
     let handoff = s.alerts.as_ref().map(|tx| Handoff::new(tx, n, parts.len()));
     let verdicts: Vec<Vec<Verdict>> = parts
         .into_par_iter()
