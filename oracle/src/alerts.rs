@@ -1,15 +1,16 @@
 //! Early-warning alerts and the live view of the ward.
 //!
-//! The ingest verifier hands every verified group of readings to one thread
-//! here, numbered, as soon as its signatures check out (before the commit:
-//! an alert must not wait for the disk). The thread takes the groups in
-//! arrival order, skips what the writer will not store as new (a sequence
-//! number at or below the device's last), and for each reading computes the
-//! NEWS2 score ([`crate::news2`]) and keeps the device's latest reading for
-//! the API. When the device's alert level changes (none -> low-medium ->
-//! medium -> high, and back down) it publishes an alert on
-//! `hs/v1/{hub}/alerts`, counts it, and hands it to a second thread that
-//! stores it in the hub store's `alerts` table (so the next group's alerts
+//! The ingest verifier hands every verified part of a group of readings to
+//! the [`Scorer`] here, numbered, as soon as its signatures check out
+//! (before the commit: an alert must not wait for the disk). The scorer
+//! takes the parts in arrival order, on whichever verification thread
+//! completes the next one due, skips what the writer will not store as new
+//! (a sequence number at or below the device's last), and for each reading
+//! computes the NEWS2 score ([`crate::news2`]) and keeps the device's latest
+//! reading for the API. When the device's alert level changes (none ->
+//! low-medium -> medium -> high, and back down) it publishes an alert on
+//! `hs/v1/{hub}/alerts`, counts it, and hands it to a logger thread that
+//! stores it in the hub store's `alerts` table (so the next part's alerts
 //! never wait for the write lock the ingest writer holds through its
 //! commits, nor for the disk). Readings are broadcast to the dashboard's
 //! live stream as they are scored, alerts once they are stored (so an alert
@@ -43,7 +44,6 @@ use rusqlite::{params, OptionalExtension};
 use serde::{Deserialize, Serialize};
 use tokio::sync::broadcast;
 
-use crate::ingest::Part;
 use crate::metrics::Metrics;
 use crate::news2::{self, Risk, Score};
 use crate::protocol::Topics;
@@ -486,57 +486,40 @@ impl Ids {
 
 const RESERVED_KEY: &str = "alert_ids_reserved";
 
-/// Verified readings in arrival order, whatever order their groups'
+/// Parts of the verified groups in arrival order, whatever order their
 /// checks finished in: the verifier numbers its groups 0, 1, 2, ... as it
-/// takes them and sends each group's parts in order, the last one marked
-/// ([`Part`]). Per device, a reading must be scored after the ones before
-/// it (the alert policy and the "new reading" rule depend on it).
-struct Ordered {
-    rx: std::sync::mpsc::Receiver<(u64, Part)>,
-    /// Parts of groups after the next one, gathered, and whether the
-    /// group's last part is among them.
-    early: std::collections::BTreeMap<u64, (Vec<NewReading>, bool)>,
-    next: u64,
+/// takes them, and a group's parts 0, 1, 2, ..., the last one marked
+/// ([`crate::ingest`]). Per device, a reading must be scored after the ones
+/// before it (the alert policy and the "new reading" rule depend on it).
+pub(crate) struct Sequence<T> {
+    /// The next part due: (group, part).
+    next: (u64, usize),
+    /// Parts after it, and whether each is its group's last.
+    early: std::collections::BTreeMap<(u64, usize), (T, bool)>,
 }
 
-impl Ordered {
-    fn new(rx: std::sync::mpsc::Receiver<(u64, Part)>) -> Self {
-        Self { rx, early: Default::default(), next: 0 }
+impl<T> Default for Sequence<T> {
+    fn default() -> Self {
+        Self { next: (0, 0), early: Default::default() }
     }
+}
 
-    /// Every reading that is due (the next group's parts received so far,
-    /// and the groups after it while each is complete), waiting for at
-    /// least one; `None` once the verifier has stopped and everything is
-    /// handed over.
-    fn take(&mut self) -> Option<Vec<NewReading>> {
-        let mut out = Vec::new();
-        loop {
-            while let Some((readings, last)) = self.early.get_mut(&self.next) {
-                out.append(readings);
-                if !*last {
-                    break;
-                }
-                self.early.remove(&self.next);
-                self.next += 1;
-            }
-            let (n, part) = if out.is_empty() {
-                self.rx.recv().ok()?
-            } else {
-                match self.rx.try_recv() {
-                    Ok(received) => received,
-                    Err(_) => return Some(out),
-                }
-            };
-            let entry = self.early.entry(n).or_default();
-            entry.0.extend(part.readings);
-            entry.1 |= part.last;
+impl<T> Sequence<T> {
+    /// Part `part` of group `group` (`last` if it is the group's last) is
+    /// verified: appends it, and every part after it that has come, to
+    /// `due`, up to the first that has not.
+    pub(crate) fn arrived(&mut self, group: u64, part: usize, last: bool, item: T, due: &mut Vec<T>) {
+        self.early.insert((group, part), (item, last));
+        while let Some((item, last)) = self.early.remove(&self.next) {
+            due.push(item);
+            self.next = if last { (self.next.0 + 1, 0) } else { (self.next.0, self.next.1 + 1) };
         }
     }
 }
 
-/// Everything the alert thread needs.
+/// Everything the alert engine needs.
 pub(crate) struct Engine {
-    /// Its own store connection (alert levels, id blocks, the ward view).
+    /// Its own store connection (alert levels, id blocks).
     pub store: Store,
     /// For publishing on the alert topic.
     pub client: AsyncClient,
@@ -546,65 +529,97 @@ pub(crate) struct Engine {
     pub metrics: Arc<Metrics>,
     /// The live view to update.
     pub live: Live,
-    /// For the MQTT publishes from this thread.
+    /// For an MQTT publish that must wait (the client's queue full).
     pub runtime: tokio::runtime::Handle,
     /// When an alert steps down.
     pub policy: Policy,
 }
 
-/// What the alert thread keeps between groups.
+/// What scoring keeps between parts, under the [`Scorer`]'s lock.
 struct State {
+    order: Sequence<Vec<NewReading>>,
+    /// Readings due before the ward view was loaded: scored after it.
+    waiting: Option<Vec<NewReading>>,
     levels: HashMap<B256, Track>,
     last_seqs: HashMap<B256, u64>,
     ids: Ids,
+    /// Where the id blocks are reserved.
+    store: Store,
+    /// The alerts published, for the logger thread to store.
+    stored: std::sync::mpsc::Sender<Vec<Alert>>,
+}
+
+/// Scores verified readings on the thread that verified them, in arrival
+/// order ([`Sequence`]): whichever verification thread completes the next
+/// part due scores it, and every later part already verified, under one
+/// lock, and publishes the alerts they raise. An alert so waits for no
+/// thread to wake but the broker's (docs/BENCHMARKS.md, "Issue 22, eleventh
+/// session").
+pub struct Scorer {
+    client: AsyncClient,
+    metrics: Arc<Metrics>,
+    live: Live,
+    runtime: tokio::runtime::Handle,
+    policy: Policy,
+    hub: String,
+    topic: String,
+    state: std::sync::Mutex<State>,
 }
 
 impl Engine {
-    /// Loads each device's current alert level, then starts the thread,
-    /// which first loads each device's latest reading for the API; it
-    /// stops when every sender of `rx` is gone. `rx`
-    /// carries each verified group's accepted readings, part by part, with
-    /// the group's number (0, 1, 2, ..., every number with a last part;
-    /// [`Part`]); `last_seqs` is each
-    /// device's last stored sequence number (the store's, as ingest starts);
-    /// `log` is a store connection for the thread that stores the alerts.
-    pub fn start(
-        self,
-        rx: std::sync::mpsc::Receiver<(u64, Part)>,
-        last_seqs: HashMap<B256, u64>,
-        log: Store,
-    ) -> anyhow::Result<std::thread::JoinHandle<()>> {
+    /// Loads each device's current alert level and starts the logger
+    /// thread, which loads each device's latest reading for the API, then
+    /// stores the published alerts, both through `log`, a store connection
+    /// of its own. Returns the scorer the verifier hands its parts to, and
+    /// the logger thread, which ends once the scorer is dropped and every
+    /// alert is stored. `last_seqs` is each device's last stored sequence number
+    /// (the store's, as ingest starts).
+    pub fn start(self, last_seqs: HashMap<B256, u64>, log: Store) -> anyhow::Result<(Arc<Scorer>, std::thread::JoinHandle<()>)> {
         init(&self.store)?;
         let _ = self.live.alert_topic.set((self.client.clone(), self.topics.alerts()));
-        let state = self.load(last_seqs)?;
-        let ordered = Ordered::new(rx);
-        let (stored_tx, stored_rx) = std::sync::mpsc::channel();
-        let live = self.live.clone();
-        let logger = std::thread::Builder::new().name("hs-alert-log".into()).spawn(move || store_published(&log, &live, stored_rx))?;
-        Ok(std::thread::Builder::new().name("hs-alerts".into()).spawn(move || {
-            self.warm_live();
-            self.run(state, ordered, stored_tx);
-            // `run` dropped the sender: the logger stores what is left, then ends.
-            let _ = logger.join();
-        })?)
+        let (stored, stored_rx) = std::sync::mpsc::channel();
+        let state = load(self.store, last_seqs, stored)?;
+        let scorer = Arc::new(Scorer {
+            hub: self.topics.hub().to_string(),
+            topic: self.topics.alerts(),
+            client: self.client,
+            metrics: self.metrics,
+            live: self.live.clone(),
+            runtime: self.runtime,
+            policy: self.policy,
+            state: std::sync::Mutex::new(state),
+        });
+        // Weak: the logger must not keep the scorer, whose end ends it.
+        let (live, warm) = (self.live, Arc::downgrade(&scorer));
+        let logger = std::thread::Builder::new().name("hs-alert-log".into()).spawn(move || {
+            warm_live(&log, &live);
+            if let Some(scorer) = warm.upgrade() {
+                scorer.warmed();
+            }
+            drop(warm);
+            store_published(&log, &live, stored_rx)
+        })?;
+        Ok((scorer, logger))
     }
+}
 
-    /// Every device's latest stored reading, for the API's ward view.
-    /// Loaded here rather than before the hub takes messages: at 20,000
-    /// devices it took about 150 ms of every start (docs/BENCHMARKS.md).
-    /// Groups wait in the channel meanwhile, so a newer reading is always
-    /// set after the stored one.
-    fn warm_live(&self) {
-        match crate::api::queries::latest_readings(&self.store) {
-            Ok(latest) => latest.into_iter().for_each(|l| self.live.set_latest(l)),
-            Err(e) => tracing::warn!(error = %e, "the ward view's latest readings could not be loaded; each device shows again with its next reading"),
-        }
+/// Every device's latest stored reading, for the API's ward view. Loaded
+/// off the hub's start (at 20,000 devices it took about 150 ms,
+/// docs/BENCHMARKS.md); readings verified meanwhile are scored after it
+/// ([`Scorer::warmed`]), so a newer reading is always set after the stored
+/// one.
+fn warm_live(store: &Store, live: &Live) {
+    match crate::api::queries::latest_readings(store) {
+        Ok(latest) => latest.into_iter().for_each(|l| live.set_latest(l)),
+        Err(e) => tracing::warn!(error = %e, "the ward view's latest readings could not be loaded; each device shows again with its next reading"),
     }
+}
 
-    /// Each device's current level; a step-down that was pending when the
-    /// hub stopped starts its hold again (the safe side).
-    fn load(&self, last_seqs: HashMap<B256, u64>) -> Result<State, StoreError> {
-        let conn = self.store.conn();
+/// Each device's current level; a step-down that was pending when the hub
+/// stopped starts its hold again (the safe side).
+fn load(store: Store, last_seqs: HashMap<B256, u64>, stored: std::sync::mpsc::Sender<Vec<Alert>>) -> Result<State, StoreError> {
+    let levels = {
+        let conn = store.conn();
         let mut levels = HashMap::new();
         let mut stmt = conn.prepare(
             "SELECT device_id, level FROM alerts WHERE id IN (SELECT MAX(id) FROM alerts GROUP BY device_id)",
@@ -616,74 +631,109 @@ impl Engine {
                 levels.insert(B256::from_slice(&id), Track::at(level));
             }
         }
-        Ok(State { levels, last_seqs, ids: Ids::load(&self.store)? })
+        levels
+    };
+    let ids = Ids::load(&store)?;
+    Ok(State { order: Sequence::default(), waiting: Some(Vec::new()), levels, last_seqs, ids, store, stored })
+}
+
+impl Scorer {
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        // Scoring panics on no input; a poisoned lock still holds consistent state.
+        self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    fn run(&self, mut state: State, mut ordered: Ordered, stored: std::sync::mpsc::Sender<Vec<Alert>>) {
-        let hub = self.topics.hub().to_string();
-        let topic = self.topics.alerts();
-        while let Some(group) = ordered.take() {
-            let now = crate::ingest::now_ms();
-            let mut raised = Vec::new();
-            for n in group {
-                // What the writer will store: a sequence number after the
-                // device's last (a redelivery or a replay is not a reading).
-                if !crate::ingest::is_new(n.reading.seq, state.last_seqs.get(&n.reading.deviceId).copied()) {
-                    continue;
-                }
-                state.last_seqs.insert(n.reading.deviceId, n.reading.seq);
-                let score = news2::score(&n.reading);
-                let track = state.levels.entry(n.reading.deviceId).or_insert(Track::at(Risk::None));
-                let previous = track.level;
-                if let Some(level) = self.policy.step(track, alert_level(&score), n.reading.timestamp) {
-                    raised.push(Alert {
-                        id: 0,
-                        hub: hub.clone(),
-                        serial: n.serial.clone(),
-                        device_id: n.reading.deviceId,
-                        seq: n.reading.seq,
-                        timestamp: n.reading.timestamp,
-                        score: score.total,
-                        level,
-                        previous,
-                        parameters: score,
-                        at: now,
-                        ack: None,
-                    });
-                }
-                let latest = Latest { serial: n.serial, reading: n.reading, score, received_ms: n.received_ms };
-                // Buffered readings of a device that slept arrive late: the
-                // latest stays the one with the highest sequence number.
-                let newer = self.live.latest_of(&latest.reading.deviceId).is_none_or(|l| l.reading.seq < latest.reading.seq);
-                if newer {
-                    self.live.set_latest(latest.clone());
-                }
-                self.live.send(LiveEvent::Reading(latest));
-            }
-            if raised.is_empty() {
+    /// The ward view is loaded ([`warm_live`]): scores the readings that
+    /// came meanwhile, and from now on each part as it is due.
+    fn warmed(&self) {
+        let mut state = self.lock();
+        if let Some(waiting) = state.waiting.take() {
+            self.score(&mut state, waiting);
+        }
+    }
+
+    /// Part `part` of group `group` is verified (`last`: the group's last
+    /// part), with these accepted readings: scores it now if it is due,
+    /// with every later part that is waiting, and publishes their alerts.
+    pub fn verified(&self, group: u64, part: usize, last: bool, readings: Vec<NewReading>) {
+        let mut state = self.lock();
+        let mut due = Vec::new();
+        state.order.arrived(group, part, last, readings, &mut due);
+        let due: Vec<NewReading> = due.into_iter().flatten().collect();
+        match &mut state.waiting {
+            Some(waiting) => waiting.extend(due),
+            None if !due.is_empty() => self.score(&mut state, due),
+            None => {}
+        }
+    }
+
+    fn score(&self, state: &mut State, readings: Vec<NewReading>) {
+        let now = crate::ingest::now_ms();
+        let mut raised = Vec::new();
+        for n in readings {
+            // What the writer will store: a sequence number after the
+            // device's last (a redelivery or a replay is not a reading).
+            if !crate::ingest::is_new(n.reading.seq, state.last_seqs.get(&n.reading.deviceId).copied()) {
                 continue;
             }
-            match state.ids.take(&self.store, raised.len()) {
-                Ok(first) => raised.iter_mut().zip(first..).for_each(|(a, id)| a.id = id),
-                // Published without ids rather than late; not stored.
-                Err(e) => tracing::error!(error = %e, alerts = raised.len(), "no alert ids reserved"),
+            state.last_seqs.insert(n.reading.deviceId, n.reading.seq);
+            let score = news2::score(&n.reading);
+            let track = state.levels.entry(n.reading.deviceId).or_insert(Track::at(Risk::None));
+            let previous = track.level;
+            if let Some(level) = self.policy.step(track, alert_level(&score), n.reading.timestamp) {
+                raised.push(Alert {
+                    id: 0,
+                    hub: self.hub.clone(),
+                    serial: n.serial.clone(),
+                    device_id: n.reading.deviceId,
+                    seq: n.reading.seq,
+                    timestamp: n.reading.timestamp,
+                    score: score.total,
+                    level,
+                    previous,
+                    parameters: score,
+                    at: now,
+                    ack: None,
+                });
             }
-            // Published first: the nurse station should not wait for the disk.
-            self.runtime.block_on(async {
-                for a in &raised {
-                    self.metrics.alert(a.level.name());
-                    let body = serde_json::to_vec(&AlertMessage { kind: "alert", alert: a }).unwrap_or_default();
-                    if let Err(e) = self.client.publish(topic.clone(), QoS::AtLeastOnce, false, body).await {
-                        tracing::warn!(error = %e, "alert not published");
-                    }
-                }
-            });
-            let _ = stored.send(raised);
+            let latest = Latest { serial: n.serial, reading: n.reading, score, received_ms: n.received_ms };
+            // Buffered readings of a device that slept arrive late: the
+            // latest stays the one with the highest sequence number.
+            let newer = self.live.latest_of(&latest.reading.deviceId).is_none_or(|l| l.reading.seq < latest.reading.seq);
+            if newer {
+                self.live.set_latest(latest.clone());
+            }
+            self.live.send(LiveEvent::Reading(latest));
         }
+        if raised.is_empty() {
+            return;
+        }
+        match state.ids.take(&state.store, raised.len()) {
+            Ok(first) => raised.iter_mut().zip(first..).for_each(|(a, id)| a.id = id),
+            // Published without ids rather than late; not stored.
+            Err(e) => tracing::error!(error = %e, alerts = raised.len(), "no alert ids reserved"),
+        }
+        // Published first: the nurse station should not wait for the disk.
+        for a in &raised {
+            self.metrics.alert(a.level.name());
+            let body = serde_json::to_vec(&AlertMessage { kind: "alert", alert: a }).unwrap_or_default();
+            let sent = match self.client.try_publish(self.topic.clone(), QoS::AtLeastOnce, false, body) {
+                // The client's queue is full (the broker is away): wait, as
+                // every later alert would.
+                Err(rumqttc::ClientError::TryRequest(rumqttc::Request::Publish(p))) => {
+                    self.runtime.block_on(self.client.publish(self.topic.clone(), QoS::AtLeastOnce, false, p.payload))
+                }
+                other => other,
+            };
+            if let Err(e) = sent {
+                tracing::warn!(error = %e, "alert not published");
+            }
+        }
+        let _ = state.stored.send(raised);
     }
 }
 
-/// The logger thread: stores the alerts the alert thread has published, all
+/// The logger thread: stores the alerts the scorer has published, all
 /// that are waiting in one transaction, then logs them and shows them on the
 /// live stream. Alerts published without an id (no block could be
 /// reserved) are shown but not stored.
@@ -842,50 +892,87 @@ mod tests {
         NewReading { serial: serial.into(), reading: Reading { seq, ..Default::default() }, signature: [0; 65], received_ms: 0 }
     }
 
-    fn part(readings: &[(&str, u64)], last: bool) -> Part {
-        Part { readings: readings.iter().map(|&(s, q)| reading(s, q)).collect(), last }
-    }
-
-    fn seqs(readings: Option<Vec<NewReading>>) -> Option<Vec<u64>> {
-        readings.map(|r| r.iter().map(|n| n.reading.seq).collect())
+    /// Feeds parts (group, part, last, seqs) to a [`Sequence`]; returns the
+    /// sequence numbers due after each.
+    fn due(order: &mut Sequence<Vec<u64>>, parts: &[(u64, usize, bool, &[u64])]) -> Vec<Vec<u64>> {
+        parts
+            .iter()
+            .map(|&(group, part, last, seqs)| {
+                let mut due = Vec::new();
+                order.arrived(group, part, last, seqs.to_vec(), &mut due);
+                due.concat()
+            })
+            .collect()
     }
 
     #[test]
-    fn groups_verified_out_of_order_are_scored_in_arrival_order() {
-        let (tx, rx) = std::sync::mpsc::channel();
-        let mut ordered = Ordered::new(rx);
-        tx.send((2, part(&[("HS-1", 3)], true))).unwrap();
-        tx.send((1, part(&[("HS-1", 2)], true))).unwrap();
-        // Group 0 is not there yet: nothing may be taken without it.
-        let (probe_tx, probe_rx) = std::sync::mpsc::channel();
-        let waiter = std::thread::spawn(move || {
-            probe_tx.send(seqs(ordered.take())).unwrap();
-            ordered
-        });
-        assert!(probe_rx.recv_timeout(std::time::Duration::from_millis(200)).is_err(), "took groups before group 0");
-        tx.send((0, part(&[("HS-1", 1)], true))).unwrap();
-        assert_eq!(probe_rx.recv().unwrap(), Some(vec![1, 2, 3]));
-        let mut ordered = waiter.join().unwrap();
+    fn groups_verified_out_of_order_are_due_in_arrival_order() {
+        let mut order = Sequence::default();
+        // Groups 2 and 1 first: nothing is due without group 0.
+        let got = due(&mut order, &[(2, 0, true, &[3]), (1, 0, true, &[2]), (0, 0, true, &[1])]);
+        assert_eq!(got, [vec![], vec![], vec![1, 2, 3]]);
         // An empty group (every message rejected) still counts.
-        tx.send((4, part(&[("HS-1", 4)], true))).unwrap();
-        tx.send((3, part(&[], true))).unwrap();
-        assert_eq!(seqs(ordered.take()), Some(vec![4]));
-        drop(tx);
-        assert!(ordered.take().is_none(), "ends when the verifier stops");
+        assert_eq!(due(&mut order, &[(4, 0, true, &[4]), (3, 0, true, &[])]), [vec![], vec![4]]);
     }
 
     #[test]
-    fn a_groups_first_part_is_scored_at_once_but_never_before_an_earlier_groups_last() {
-        let (tx, rx) = std::sync::mpsc::channel();
-        let mut ordered = Ordered::new(rx);
-        tx.send((0, part(&[("HS-1", 1)], false))).unwrap();
-        assert_eq!(seqs(ordered.take()), Some(vec![1]), "group 0's first part waits for nothing");
-        // Group 1 is complete, group 0 is not: only group 0's part is due.
-        tx.send((1, part(&[("HS-2", 1), ("HS-1", 3)], true))).unwrap();
-        tx.send((0, part(&[("HS-1", 2)], false))).unwrap();
-        assert_eq!(seqs(ordered.take()), Some(vec![2]));
-        tx.send((0, part(&[], true))).unwrap();
-        assert_eq!(seqs(ordered.take()), Some(vec![1, 3]), "group 1 follows group 0's last part");
+    fn a_groups_first_part_is_due_at_once_but_never_before_an_earlier_groups_last() {
+        let mut order = Sequence::default();
+        assert_eq!(due(&mut order, &[(0, 0, false, &[1])]), [vec![1]], "group 0's first part waits for nothing");
+        // Group 1 is complete, group 0 is not: only group 0's parts are due.
+        let got = due(&mut order, &[(1, 0, true, &[11, 3]), (0, 2, false, &[5]), (0, 1, false, &[2])]);
+        assert_eq!(got, [vec![], vec![], vec![2, 5]]);
+        assert_eq!(due(&mut order, &[(0, 3, true, &[])]), [vec![11, 3]], "group 1 follows group 0's last part");
+    }
+
+    fn high(serial: &str, seq: u64) -> NewReading {
+        let mut n = reading(serial, seq);
+        n.reading = Reading { seq, heartRate: 118, respRate: 22, spo2: 93, systolic: 98, temperature: 3_860, consciousness: 2, ..Default::default() };
+        n
+    }
+
+    #[test]
+    fn the_verifying_thread_scores_in_arrival_order_and_the_logger_ends_with_the_scorer() {
+        let (dir, store) = store();
+        let log = Store::open_existing(&dir.path().join("s.sqlite"), 1, Address::repeat_byte(1)).unwrap();
+        let runtime = tokio::runtime::Builder::new_current_thread().build().unwrap();
+        // Never polled: publishes wait in the client's queue.
+        let (client, _eventloop) = AsyncClient::new(rumqttc::MqttOptions::new("t", "localhost", 1883), 100);
+        let live = Live::default();
+        let mut events = live.subscribe();
+        let engine = Engine {
+            store,
+            client,
+            topics: Topics::new("h").unwrap(),
+            metrics: Arc::default(),
+            live: live.clone(),
+            runtime: runtime.handle().clone(),
+            policy: Policy { hold_ms: 0, hold_readings: 0 },
+        };
+        let (scorer, logger) = engine.start(HashMap::new(), log).unwrap();
+        // Group 1 (a high reading) is verified before group 0.
+        scorer.verified(1, 0, true, vec![high("HS-1", 2)]);
+        scorer.verified(0, 0, true, vec![reading("HS-1", 1)]);
+        // A replayed number is not scored; the normal reading after it steps the alert down.
+        scorer.verified(2, 0, true, vec![high("HS-1", 2), reading("HS-1", 3)]);
+        drop(scorer);
+        logger.join().unwrap();
+        let mut seen = Vec::new();
+        while let Ok(event) = events.try_recv() {
+            seen.push(match &*event {
+                LiveEvent::Reading(l) => format!("reading {}", l.reading.seq),
+                LiveEvent::Alert(a) => format!("alert {} {} id {}", a.seq, a.level.name(), a.id),
+                _ => "other".into(),
+            });
+        }
+        // Readings are shown as scored; alerts once stored, which the logger did before it ended.
+        let readings: Vec<&String> = seen.iter().filter(|e| e.starts_with("reading")).collect();
+        assert_eq!(readings, ["reading 1", "reading 2", "reading 3"]);
+        let alerts: Vec<&String> = seen.iter().filter(|e| e.starts_with("alert")).collect();
+        assert_eq!(alerts, ["alert 2 high id 1", "alert 3 none id 2"]);
+        let reader = Store::open_existing(&dir.path().join("s.sqlite"), 1, Address::repeat_byte(1)).unwrap();
+        assert!(alert_stored(&reader, 1) && alert_stored(&reader, 2));
+        assert_eq!(live.latest_of(&B256::ZERO).map(|l| l.reading.seq), Some(3));
     }
 
     #[test]

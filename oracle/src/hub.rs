@@ -1,5 +1,5 @@
 //! The ward hub: starts the broker (if embedded), the MQTT session, the
-//! ingest threads, the NEWS2 alert thread, the anchorer, the device-event
+//! ingest threads, the NEWS2 alert scorer, the anchorer, the device-event
 //! watcher, the metrics endpoint and the REST API, and stops them in an
 //! order that loses nothing.
 
@@ -172,11 +172,10 @@ pub async fn start(cfg: Config, key: PrivateKeySigner, options: Options) -> Resu
     };
     let live = Live::default();
     // Each device's last stored sequence number: the writer's replay rule,
-    // the alert thread's "new reading" rule and the devices read at start.
+    // the alert scorer's "new reading" rule and the devices read at start.
     let last_seqs = ingest_store.last_seqs()?;
     let known: Vec<B256> = last_seqs.keys().copied().collect();
-    let (alerts_tx, alerts_rx) = std::sync::mpsc::channel();
-    let alert_thread = Engine {
+    let (scorer, alert_thread) = Engine {
         store: alert_store,
         client: client.clone(),
         topics: topics.clone(),
@@ -185,7 +184,7 @@ pub async fn start(cfg: Config, key: PrivateKeySigner, options: Options) -> Resu
         runtime: tokio::runtime::Handle::current(),
         policy: cfg.alerts,
     }
-    .start(alerts_rx, last_seqs.clone(), alert_log)?;
+    .start(last_seqs.clone(), alert_log)?;
     let (api_addr, api_uri) = match cfg.api.enabled {
         true => {
             let store = open()?;
@@ -210,7 +209,7 @@ pub async fn start(cfg: Config, key: PrivateKeySigner, options: Options) -> Resu
         unbatched: unbatched.clone(),
         wake_anchor: wake.clone(),
         on_commit: options.on_commit,
-        alerts: Some(alerts_tx),
+        alerts: Some(scorer),
         health: health.clone(),
     };
     let limits = Limits {
@@ -219,9 +218,10 @@ pub async fn start(cfg: Config, key: PrivateKeySigner, options: Options) -> Resu
         max_future_ms: cfg.ingest.max_future_ms,
         max_age_ms: cfg.ingest.max_age_ms,
     };
-    let (vitals_tx, vitals_rx) = mpsc::unbounded_channel::<Incoming>();
-    let mut threads = ingest::start(shared, limits, ingest_store, last_seqs, vitals_rx)?;
-    // Joined after the ingest threads, whose end closes its channel.
+    let (intake, writer) = ingest::start(shared, limits, ingest_store, last_seqs)?;
+    let mut threads = vec![writer];
+    // The alert logger: joined after the ingest threads, whose end drops
+    // the scorer and so ends it once every alert is stored.
     threads.push(alert_thread);
 
     let mut tasks = Vec::new();
@@ -337,7 +337,7 @@ pub async fn start(cfg: Config, key: PrivateKeySigner, options: Options) -> Resu
         topics,
         announcement: latest_announcement,
         presence: serde_json::to_vec(&presence)?,
-        vitals: Some(vitals_tx),
+        vitals: Some(intake),
         control: control_tx,
         acks,
         health,
@@ -408,7 +408,7 @@ struct Session {
     /// The latest contract announcement (it gains `abiCid` once the ABI is pinned).
     announcement: watch::Receiver<Vec<u8>>,
     presence: Vec<u8>,
-    vitals: Option<mpsc::UnboundedSender<Incoming>>,
+    vitals: Option<ingest::Intake>,
     control: mpsc::UnboundedSender<(u64, Publish)>,
     acks: Arc<crate::acks::AckGate>,
     subscribed: watch::Sender<bool>,
@@ -454,10 +454,10 @@ impl Session {
                 let serial = serial.to_string();
                 // While draining the message is left unacknowledged: the
                 // broker keeps it for the next session.
-                if let Some(tx) = &self.vitals {
+                if let Some(intake) = &self.vitals {
                     self.health.received(1, ingest::now_ms());
                     let ticket = self.acks.ticket();
-                    let _ = tx.send(Incoming { publish: p, ticket, serial, received: std::time::Instant::now() });
+                    intake.push(Incoming { publish: p, ticket, serial, received: std::time::Instant::now() });
                 }
             }
             Some((_, DeviceTopic::Status)) | None => {

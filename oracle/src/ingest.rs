@@ -1,15 +1,16 @@
 //! Vitals ingest: parse -> verify -> commit -> acknowledge, in groups.
 //!
-//! After the MQTT event loop, the verifier thread takes every message
-//! waiting (up to `ingest.max_batch`) as a group and hands it to the rayon
-//! pool, where its messages are parsed and their signatures checked in
-//! parallel, while it takes the next group (up to [`GROUPS_IN_FLIGHT`] at
-//! once). A group is checked in parts, and each part's accepted readings go
-//! to the alert thread as soon as it and the parts before it are checked
-//! ([`Part`]). The writer thread receives the verified groups back in arrival
-//! order, rejects replays, commits them in one SQLite transaction, and only
-//! then acknowledges each message to the broker, in arrival order, and
-//! answers rejections on the device's status topic.
+//! The MQTT event loop leaves each message at the [`Intake`], where a job on
+//! the rayon pool takes every message waiting (up to `ingest.max_batch`)
+//! as a group; its messages are parsed and their signatures checked in
+//! parallel (up to [`GROUPS_IN_FLIGHT`] groups at once). A group is checked
+//! in parts, and the thread that checks a part hands its accepted readings
+//! to the alert scorer ([`crate::alerts::Scorer`]), which scores them as
+//! soon as the parts before them are. The writer thread receives the
+//! verified groups back in arrival order, rejects replays, commits them in
+//! one SQLite transaction, and only then acknowledges each message to the
+//! broker, in arrival order, and answers rejections on the device's status
+//! topic.
 //!
 //! Nothing is acknowledged that is not committed: if the commit fails the
 //! writer retries it, and a crash before the commit leaves the messages
@@ -25,7 +26,7 @@ use healthsense_abi::rules::eip712;
 use rayon::prelude::*;
 use rumqttc::{AsyncClient, Publish, QoS};
 use tokio::runtime::Handle;
-use tokio::sync::{mpsc, Notify};
+use tokio::sync::Notify;
 
 use crate::chain::Chain;
 use crate::devices::{Device, Registry};
@@ -77,10 +78,9 @@ pub struct Shared {
     pub wake_anchor: Arc<Notify>,
     /// Commit observer.
     pub on_commit: Option<CommitHook>,
-    /// Where each verified group's readings go for NEWS2 alerts
-    /// ([`crate::alerts`]), part by part, numbered as taken, before the
-    /// commit.
-    pub alerts: Option<std::sync::mpsc::Sender<(u64, Part)>>,
+    /// Scores each verified part of a group for NEWS2 alerts
+    /// ([`crate::alerts::Scorer`]), before the commit.
+    pub alerts: Option<Arc<crate::alerts::Scorer>>,
     /// Readiness: told of each commit ([`crate::health`]).
     pub health: Arc<crate::health::Health>,
 }
@@ -118,22 +118,11 @@ fn accepted(verdicts: &[Verdict]) -> Vec<NewReading> {
         .collect()
 }
 
-/// Part of a verified group for the alert thread: the accepted readings of
-/// some of its messages, in arrival order. A group's parts are sent in
-/// order, the last one marked, so an alert waits for the checks of its own
-/// part rather than of its whole group (at 5,000 readings/s a group of 50
-/// took 2.5 ms of both cores).
-#[derive(Debug, Default)]
-pub struct Part {
-    /// The part's accepted readings.
-    pub readings: Vec<NewReading>,
-    /// Whether it is the group's last part.
-    pub last: bool,
-}
-
-/// Most messages in a part: small enough that a part is checked in well
-/// under a millisecond, large enough that handing it over costs nothing
-/// next to its checks.
+/// Most messages in a part of a group: small enough that a part is checked
+/// in well under a millisecond (an alerting reading waits for its part's
+/// checks, not its group's: at 5,000 readings/s a group of 50 took 2.5 ms of
+/// both cores), large enough that handing it over costs nothing next to its
+/// checks.
 const PART: usize = 8;
 
 /// Parts of a group of more than `PART * PARTS_OF_LARGE` messages: a
@@ -141,60 +130,35 @@ const PART: usize = 8;
 /// to cost the queued phase 12 % in two rounds; docs/BENCHMARKS.md).
 const PARTS_OF_LARGE: usize = 16;
 
-/// Hands a group's parts to the alert thread as a prefix of them is
-/// verified, whichever rayon thread finishes a part.
-struct Handoff<'a> {
-    tx: &'a std::sync::mpsc::Sender<(u64, Part)>,
-    group: u64,
-    /// The next part to send, and the parts verified but not sent yet.
-    done: std::sync::Mutex<(usize, Vec<Option<Vec<NewReading>>>)>,
-}
-
-impl<'a> Handoff<'a> {
-    fn new(tx: &'a std::sync::mpsc::Sender<(u64, Part)>, group: u64, parts: usize) -> Self {
-        if parts == 0 {
-            // Still a number the alert thread waits for.
-            let _ = tx.send((group, Part { readings: Vec::new(), last: true }));
-        }
-        Self { tx, group, done: std::sync::Mutex::new((0, (0..parts).map(|_| None).collect())) }
-    }
-
-    /// Part `i` is verified: sends it and every part after it that is, up
-    /// to the first that is not. Sent under the lock, so in order.
-    fn verified(&self, i: usize, readings: Vec<NewReading>) {
-        let mut done = self.done.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        let (next, parts) = &mut *done;
-        parts[i] = Some(readings);
-        while let Some(readings) = parts.get_mut(*next).and_then(Option::take) {
-            *next += 1;
-            let _ = self.tx.send((self.group, Part { readings, last: *next == parts.len() }));
-        }
-    }
-}
-
-/// Starts the verifier and writer threads; returns when both are running.
-/// They stop when `rx` closes. `last_seqs` is each device's last stored
-/// sequence number ([`Store::last_seqs`]).
+/// Starts the writer thread and returns the [`Intake`] the MQTT event loop
+/// hands vitals messages to. The writer stops once the intake is dropped
+/// and every group taken is committed. `last_seqs` is each device's last
+/// stored sequence number ([`Store::last_seqs`]).
 pub fn start(
     shared: Shared,
     limits: Limits,
     store: Store,
     last_seqs: HashMap<B256, u64>,
-    rx: mpsc::UnboundedReceiver<Incoming>,
-) -> anyhow::Result<Vec<std::thread::JoinHandle<()>>> {
+) -> anyhow::Result<(Intake, std::thread::JoinHandle<()>)> {
     // Unbounded, as a bounded one could fill with later groups while the
     // next one due waits to be sent. What it holds is bounded all the same:
     // every message in it is unacknowledged, and the broker sends no more
     // than its QoS 1 window of those.
     let (group_tx, group_rx) = std::sync::mpsc::channel::<(u64, Group)>();
-    let s = shared.clone();
-    let verifier = std::thread::Builder::new()
-        .name("hs-verify".into())
-        .spawn(move || verifier(s, limits, rx, group_tx))?;
+    // Named for `top -H` and `perf`; unnamed they take the name of the
+    // thread that first used the pool. Fails harmlessly if it is running.
+    let _ = rayon::ThreadPoolBuilder::new().thread_name(|i| format!("hs-verify-{i}")).build_global();
+    let intake = Intake(Arc::new(Taker {
+        domain: shared.chain.domain_separator(),
+        shared: shared.clone(),
+        limits,
+        waiting: Default::default(),
+        out: group_tx,
+    }));
     let writer = std::thread::Builder::new()
         .name("hs-write".into())
         .spawn(move || writer(shared, store, last_seqs, InOrder::new(group_rx)))?;
-    Ok(vec![verifier, writer])
+    Ok((intake, writer))
 }
 
 /// Groups being verified at once. Each group's checks already run in
@@ -203,70 +167,95 @@ pub fn start(
 /// verifying one group at a time left a core idle.
 const GROUPS_IN_FLIGHT: usize = 4;
 
-/// Counts groups in flight; the verifier waits while [`GROUPS_IN_FLIGHT`]
-/// are.
-#[derive(Default)]
-struct InFlight {
-    count: std::sync::Mutex<usize>,
-    freed: std::sync::Condvar,
-}
+/// Where the MQTT event loop leaves vitals messages. A message that finds
+/// fewer than [`GROUPS_IN_FLIGHT`] groups in flight starts a job on the
+/// rayon pool, which takes every message waiting (up to `max_batch`) as a
+/// group, verifies it, and takes the next while any wait. Groups are
+/// numbered as taken, so the writer gets them back in arrival order
+/// ([`InOrder`]). No thread of its own stands between the event loop and
+/// the pool: at 5,000 readings/s every wake-up on an alert's way costs its
+/// tail (docs/BENCHMARKS.md, "Issue 22, eleventh session").
+pub struct Intake(Arc<Taker>);
 
-impl InFlight {
-    fn acquire(&self) {
-        let Ok(mut n) = self.count.lock() else { return };
-        while *n >= GROUPS_IN_FLIGHT {
-            match self.freed.wait(n) {
-                Ok(guard) => n = guard,
-                Err(_) => return,
-            }
-        }
-        *n += 1;
-    }
-
-    fn release(&self) {
-        if let Ok(mut n) = self.count.lock() {
-            *n = n.saturating_sub(1);
-        }
-        self.freed.notify_one();
-    }
-}
-
-/// Takes every message waiting, up to `max_batch`, and verifies the group on
-/// the rayon pool while it takes the next; groups are numbered so the writer
-/// gets them back in arrival order ([`InOrder`]).
-fn verifier(
-    s: Shared,
+struct Taker {
+    shared: Shared,
     limits: Limits,
-    mut rx: mpsc::UnboundedReceiver<Incoming>,
+    domain: B256,
+    waiting: std::sync::Mutex<Waiting<Incoming>>,
     out: std::sync::mpsc::Sender<(u64, Group)>,
-) {
-    let domain = s.chain.domain_separator();
-    let in_flight = Arc::new(InFlight::default());
-    let mut number = 0u64;
-    while let Some(first) = rx.blocking_recv() {
-        let mut msgs = vec![first];
-        while msgs.len() < limits.max_batch {
-            match rx.try_recv() {
-                Ok(m) => msgs.push(m),
-                Err(_) => break,
-            }
+}
+
+/// Messages waiting at the [`Intake`], and the jobs that take them.
+struct Waiting<T> {
+    msgs: std::collections::VecDeque<T>,
+    /// Jobs running or queued on the pool.
+    jobs: usize,
+    /// The next group's number.
+    number: u64,
+}
+
+impl<T> Default for Waiting<T> {
+    fn default() -> Self {
+        Self { msgs: Default::default(), jobs: 0, number: 0 }
+    }
+}
+
+impl<T> Waiting<T> {
+    /// Adds a message; true if a job is to be started for it.
+    fn push(&mut self, msg: T) -> bool {
+        self.msgs.push_back(msg);
+        let start = self.jobs < GROUPS_IN_FLIGHT;
+        self.jobs += usize::from(start);
+        start
+    }
+
+    /// A job's next group, numbered, of at most `max` messages; `None` (and
+    /// the job ends) when none wait. A job ends only with no message
+    /// waiting, so none is left without a job to take it.
+    fn take(&mut self, max: usize) -> Option<(u64, Vec<T>)> {
+        if self.msgs.is_empty() {
+            self.jobs -= 1;
+            return None;
         }
-        s.metrics.ingested.inc_by(msgs.len() as u64);
-        in_flight.acquire();
-        let (s, out, in_flight) = (s.clone(), out.clone(), in_flight.clone());
-        let n = number;
-        number += 1;
-        rayon::spawn(move || {
-            let group = check(&s, limits, domain, n, msgs);
-            in_flight.release();
-            let _ = out.send((n, group));
-        });
+        let take = self.msgs.len().min(max.max(1));
+        let n = self.number;
+        self.number += 1;
+        Some((n, self.msgs.drain(..take).collect()))
+    }
+}
+
+impl Intake {
+    /// Takes a vitals message for verification.
+    pub fn push(&self, msg: Incoming) {
+        if self.0.lock().push(msg) {
+            let taker = self.0.clone();
+            rayon::spawn(move || taker.run());
+        }
+    }
+}
+
+impl Taker {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Waiting<Incoming>> {
+        // Nothing under the lock panics; a poisoned lock still holds whole messages.
+        self.waiting.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Verifies groups while messages wait.
+    fn run(&self) {
+        loop {
+            // Its own statement: the lock must not be held through the checks.
+            let taken = self.lock().take(self.limits.max_batch);
+            let Some((n, msgs)) = taken else { return };
+            self.shared.metrics.ingested.inc_by(msgs.len() as u64);
+            let group = check(&self.shared, self.limits, self.domain, n, msgs);
+            let _ = self.out.send((n, group));
+        }
     }
 }
 
 /// Parses and verifies group `n`, handing its accepted readings to the
-/// alert thread part by part ([`Part`]; every group sends at least its last
-/// part, as the alert thread takes the groups in order).
+/// alert scorer part by part as each is verified (every group hands over
+/// at least its last part, as the scorer takes the groups in order).
 fn check(s: &Shared, limits: Limits, domain: B256, n: u64, msgs: Vec<Incoming>) -> Group {
     let started = Instant::now();
     let clock = Clock { now_ms: now_ms(), max_future_ms: limits.max_future_ms, max_age_ms: limits.max_age_ms };
@@ -305,14 +294,18 @@ fn check(s: &Shared, limits: Limits, domain: B256, n: u64, msgs: Vec<Incoming>) 
         (!part.is_empty()).then_some(part)
     })
     .collect();
-    let handoff = s.alerts.as_ref().map(|tx| Handoff::new(tx, n, parts.len()));
+    let count = parts.len();
+    if let (Some(scorer), 0) = (&s.alerts, count) {
+        // Still a group number the scorer waits for.
+        scorer.verified(n, 0, true, Vec::new());
+    }
     let verdicts: Vec<Vec<Verdict>> = parts
         .into_par_iter()
         .enumerate()
         .map(|(i, part)| {
             let verdicts: Vec<Verdict> = part.into_iter().map(|(p, m)| verdict(p, m)).collect();
-            if let Some(h) = &handoff {
-                h.verified(i, accepted(&verdicts));
+            if let Some(scorer) = &s.alerts {
+                scorer.verified(n, i, i + 1 == count, accepted(&verdicts));
             }
             verdicts
         })
@@ -423,7 +416,7 @@ enum Sequence {
 }
 
 /// Whether sequence number `seq` is new for a device whose last stored one
-/// is `last`: the writer stores it, and the alert thread scores it.
+/// is `last`: the writer stores it, and the alert scorer scores it.
 pub(crate) fn is_new(seq: u64, last: Option<u64>) -> bool {
     last.is_none_or(|last| seq > last)
 }
@@ -559,23 +552,22 @@ mod tests {
     }
 
     #[test]
-    fn parts_verified_out_of_order_reach_the_alert_thread_in_order_the_last_marked() {
-        let (tx, rx) = std::sync::mpsc::channel();
-        let handoff = Handoff::new(&tx, 7, 3);
-        handoff.verified(2, vec![reading(3, 1)]);
-        assert!(rx.try_recv().is_err(), "part 2 was sent before parts 0 and 1");
-        handoff.verified(0, vec![reading(1, 1)]);
-        let (n, part) = rx.try_recv().unwrap();
-        assert_eq!((n, part.readings.len(), part.last), (7, 1, false));
-        assert!(rx.try_recv().is_err(), "part 2 was sent before part 1");
-        // A part whose messages were all rejected is sent all the same.
-        handoff.verified(1, vec![]);
-        let got: Vec<_> = rx.try_iter().map(|(n, p)| (n, p.readings.iter().map(|r| r.reading.seq).collect::<Vec<_>>(), p.last)).collect();
-        assert_eq!(got, [(7, vec![], false), (7, vec![3], true)]);
-        // A group of no parts still sends its number.
-        drop(Handoff::new(&tx, 8, 0));
-        let (n, part) = rx.try_recv().unwrap();
-        assert_eq!((n, part.readings.len(), part.last), (8, 0, true));
+    fn the_intake_numbers_groups_in_arrival_order_and_leaves_no_message_without_a_job() {
+        let mut w = Waiting::default();
+        // The first GROUPS_IN_FLIGHT messages each start a job; later ones wait for those.
+        let started: Vec<bool> = (0..6).map(|m| w.push(m)).collect();
+        assert_eq!(started, [true, true, true, true, false, false]);
+        // A job takes everything waiting, up to the batch limit, numbered as taken.
+        assert_eq!(w.take(4), Some((0, vec![0, 1, 2, 3])));
+        assert_eq!(w.take(4), Some((1, vec![4, 5])));
+        // Jobs that find nothing end; the last running ones still count.
+        assert_eq!((w.take(4), w.take(4), w.jobs), (None, None, 2));
+        // A message while jobs run and fewer than the limit: a new job starts.
+        assert!(w.push(6));
+        assert_eq!(w.take(4), Some((2, vec![6])));
+        assert_eq!((w.take(4), w.take(4), w.take(4)), (None, None, None));
+        assert_eq!(w.jobs, 0, "every job ended, no message waits");
+        assert!(w.push(7), "an idle intake starts a job for the next message");
     }
 
     #[test]
