@@ -589,13 +589,13 @@ impl Engine {
             policy: self.policy,
             state: std::sync::Mutex::new(state),
         });
-        // Weak: the logger must not keep the scorer, whose end ends it.
-        let (live, warm) = (self.live, Arc::downgrade(&scorer));
+        // Kept only until the ward view is loaded: the readings verified
+        // meanwhile are scored even if the hub stops at once, and then the
+        // scorer's end (its sender's) ends the logger.
+        let (live, warm) = (self.live, scorer.clone());
         let logger = std::thread::Builder::new().name("hs-alert-log".into()).spawn(move || {
             warm_live(&log, &live);
-            if let Some(scorer) = warm.upgrade() {
-                scorer.warmed();
-            }
+            warm.warmed();
             drop(warm);
             store_published(&log, &live, stored_rx)
         })?;
