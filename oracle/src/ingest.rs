@@ -173,8 +173,9 @@ const GROUPS_IN_FLIGHT: usize = 4;
 /// group, verifies it, and takes the next while any wait. Groups are
 /// numbered as taken, so the writer gets them back in arrival order
 /// ([`InOrder`]). No thread of its own stands between the event loop and
-/// the pool: at 5,000 readings/s every wake-up on an alert's way costs its
-/// tail (docs/BENCHMARKS.md, "Issue 22, eleventh session").
+/// the pool: one that woke for each group only to hand it on cost, with the
+/// alert thread that went with it, 12 % of the hub's CPU at 5,000
+/// readings/s (docs/BENCHMARKS.md, "Issue 22, eleventh session").
 pub struct Intake(Arc<Taker>);
 
 struct Taker {
