@@ -44,6 +44,7 @@ use rusqlite::{params, OptionalExtension};
 use serde::{Deserialize, Serialize};
 use tokio::sync::broadcast;
 
+use crate::ingest::ArrivalOrder;
 use crate::metrics::Metrics;
 use crate::news2::{self, Risk, Score};
 use crate::protocol::Topics;
@@ -486,37 +487,6 @@ impl Ids {
 
 const RESERVED_KEY: &str = "alert_ids_reserved";
 
-/// Parts of the verified groups in arrival order, whatever order their
-/// checks finished in: the verifier numbers its groups 0, 1, 2, ... as it
-/// takes them, and a group's parts 0, 1, 2, ..., the last one marked
-/// ([`crate::ingest`]). Per device, a reading must be scored after the ones
-/// before it (the alert policy and the "new reading" rule depend on it).
-pub(crate) struct Sequence<T> {
-    /// The next part due: (group, part).
-    next: (u64, usize),
-    /// Parts after it, and whether each is its group's last.
-    early: std::collections::BTreeMap<(u64, usize), (T, bool)>,
-}
-
-impl<T> Default for Sequence<T> {
-    fn default() -> Self {
-        Self { next: (0, 0), early: Default::default() }
-    }
-}
-
-impl<T> Sequence<T> {
-    /// Part `part` of group `group` (`last` if it is the group's last) is
-    /// verified: appends it, and every part after it that has come, to
-    /// `due`, up to the first that has not.
-    pub(crate) fn arrived(&mut self, group: u64, part: usize, last: bool, item: T, due: &mut Vec<T>) {
-        self.early.insert((group, part), (item, last));
-        while let Some((item, last)) = self.early.remove(&self.next) {
-            due.push(item);
-            self.next = if last { (self.next.0 + 1, 0) } else { (self.next.0, self.next.1 + 1) };
-        }
-    }
-}
-
 /// Everything the alert engine needs.
 pub(crate) struct Engine {
     /// Its own store connection (alert levels, id blocks).
@@ -537,7 +507,7 @@ pub(crate) struct Engine {
 
 /// What scoring keeps between parts, under the [`Scorer`]'s lock.
 struct State {
-    order: Sequence<Vec<NewReading>>,
+    order: ArrivalOrder<Vec<NewReading>>,
     /// Readings due before the ward view was loaded: scored after it.
     waiting: Option<Vec<NewReading>>,
     levels: HashMap<B256, Track>,
@@ -550,7 +520,7 @@ struct State {
 }
 
 /// Scores verified readings on the thread that verified them, in arrival
-/// order ([`Sequence`]): whichever verification thread completes the next
+/// order ([`ArrivalOrder`]): whichever verification thread completes the next
 /// part due scores it, and every later part already verified, under one
 /// lock, and publishes the alerts they raise. No thread wakes for it: the
 /// alert thread that did the scoring before, with the verifier thread that
@@ -635,12 +605,13 @@ fn load(store: Store, last_seqs: HashMap<B256, u64>, stored: std::sync::mpsc::Se
         levels
     };
     let ids = Ids::load(&store)?;
-    Ok(State { order: Sequence::default(), waiting: Some(Vec::new()), levels, last_seqs, ids, store, stored })
+    Ok(State { order: ArrivalOrder::default(), waiting: Some(Vec::new()), levels, last_seqs, ids, store, stored })
 }
 
 impl Scorer {
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
-        // Scoring panics on no input; a poisoned lock still holds consistent state.
+        // Nothing under the lock unwraps outside input; a poisoned lock
+        // still holds consistent state.
         self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
@@ -658,7 +629,7 @@ impl Scorer {
     /// with every later part that is waiting, and publishes their alerts.
     pub fn verified(&self, group: u64, part: usize, last: bool, readings: Vec<NewReading>) {
         let mut state = self.lock();
-        let mut due = Vec::new();
+        let mut due: Vec<Vec<NewReading>> = Vec::new();
         state.order.arrived(group, part, last, readings, &mut due);
         let due: Vec<NewReading> = due.into_iter().flatten().collect();
         match &mut state.waiting {
@@ -891,39 +862,6 @@ mod tests {
 
     fn reading(serial: &str, seq: u64) -> NewReading {
         NewReading { serial: serial.into(), reading: Reading { seq, ..Default::default() }, signature: [0; 65], received_ms: 0 }
-    }
-
-    /// Feeds parts (group, part, last, seqs) to a [`Sequence`]; returns the
-    /// sequence numbers due after each.
-    fn due(order: &mut Sequence<Vec<u64>>, parts: &[(u64, usize, bool, &[u64])]) -> Vec<Vec<u64>> {
-        parts
-            .iter()
-            .map(|&(group, part, last, seqs)| {
-                let mut due = Vec::new();
-                order.arrived(group, part, last, seqs.to_vec(), &mut due);
-                due.concat()
-            })
-            .collect()
-    }
-
-    #[test]
-    fn groups_verified_out_of_order_are_due_in_arrival_order() {
-        let mut order = Sequence::default();
-        // Groups 2 and 1 first: nothing is due without group 0.
-        let got = due(&mut order, &[(2, 0, true, &[3]), (1, 0, true, &[2]), (0, 0, true, &[1])]);
-        assert_eq!(got, [vec![], vec![], vec![1, 2, 3]]);
-        // An empty group (every message rejected) still counts.
-        assert_eq!(due(&mut order, &[(4, 0, true, &[4]), (3, 0, true, &[])]), [vec![], vec![4]]);
-    }
-
-    #[test]
-    fn a_groups_first_part_is_due_at_once_but_never_before_an_earlier_groups_last() {
-        let mut order = Sequence::default();
-        assert_eq!(due(&mut order, &[(0, 0, false, &[1])]), [vec![1]], "group 0's first part waits for nothing");
-        // Group 1 is complete, group 0 is not: only group 0's parts are due.
-        let got = due(&mut order, &[(1, 0, true, &[11, 3]), (0, 2, false, &[5]), (0, 1, false, &[2])]);
-        assert_eq!(got, [vec![], vec![], vec![2, 5]]);
-        assert_eq!(due(&mut order, &[(0, 3, true, &[])]), [vec![11, 3]], "group 1 follows group 0's last part");
     }
 
     fn high(serial: &str, seq: u64) -> NewReading {

@@ -255,8 +255,7 @@ impl Taker {
 }
 
 /// Parses and verifies group `n`, handing its accepted readings to the
-/// alert scorer part by part as each is verified (every group hands over
-/// at least its last part, as the scorer takes the groups in order).
+/// alert scorer part by part as each is verified.
 fn check(s: &Shared, limits: Limits, domain: B256, n: u64, msgs: Vec<Incoming>) -> Group {
     let started = Instant::now();
     let clock = Clock { now_ms: now_ms(), max_future_ms: limits.max_future_ms, max_age_ms: limits.max_age_ms };
@@ -295,11 +294,9 @@ fn check(s: &Shared, limits: Limits, domain: B256, n: u64, msgs: Vec<Incoming>) 
         (!part.is_empty()).then_some(part)
     })
     .collect();
+    // A group holds at least one message ([`Waiting::take`]), so it has a
+    // last part: the scorer, which takes the groups in order, gets it.
     let count = parts.len();
-    if let (Some(scorer), 0) = (&s.alerts, count) {
-        // Still a group number the scorer waits for.
-        scorer.verified(n, 0, true, Vec::new());
-    }
     let verdicts: Vec<Vec<Verdict>> = parts
         .into_par_iter()
         .enumerate()
@@ -316,19 +313,48 @@ fn check(s: &Shared, limits: Limits, domain: B256, n: u64, msgs: Vec<Incoming>) 
     Group { items: msgs.into_iter().zip(verdicts).collect() }
 }
 
-/// Verified groups in the order they were taken (arrival order), whatever
-/// order their verification finished in: the writer's replay rule, the
-/// acknowledgement order and the alert policy depend on it. The verifier
-/// numbers every group it takes, 0, 1, 2, ..., and sends each number once.
+/// Parts of the verified groups in arrival order, whatever order their
+/// checks finished in: groups are numbered 0, 1, 2, ... as they are taken
+/// ([`Intake`]), and a group's parts 0, 1, 2, ..., the last one marked. The
+/// writer's replay rule, the acknowledgement order and the alert policy
+/// depend on it; the writer takes whole groups (each its own last part).
+pub(crate) struct ArrivalOrder<T> {
+    /// The next part due: (group, part).
+    next: (u64, usize),
+    /// Parts after it, and whether each is its group's last.
+    early: std::collections::BTreeMap<(u64, usize), (T, bool)>,
+}
+
+impl<T> Default for ArrivalOrder<T> {
+    fn default() -> Self {
+        Self { next: (0, 0), early: Default::default() }
+    }
+}
+
+impl<T> ArrivalOrder<T> {
+    /// Part `part` of group `group` (`last` if it is the group's last) is
+    /// verified: appends it, and every part after it that has come, to
+    /// `due`, up to the first that has not.
+    pub(crate) fn arrived(&mut self, group: u64, part: usize, last: bool, item: T, due: &mut impl Extend<T>) {
+        self.early.insert((group, part), (item, last));
+        while let Some((item, last)) = self.early.remove(&self.next) {
+            due.extend([item]);
+            self.next = if last { (self.next.0 + 1, 0) } else { (self.next.0, self.next.1 + 1) };
+        }
+    }
+}
+
+/// Verified groups in the order they were taken ([`ArrivalOrder`]), as the
+/// jobs that verified them send them.
 pub(crate) struct InOrder<T> {
     rx: std::sync::mpsc::Receiver<(u64, T)>,
-    early: std::collections::BTreeMap<u64, T>,
-    next: u64,
+    order: ArrivalOrder<T>,
+    due: std::collections::VecDeque<T>,
 }
 
 impl<T> InOrder<T> {
     pub(crate) fn new(rx: std::sync::mpsc::Receiver<(u64, T)>) -> Self {
-        Self { rx, early: Default::default(), next: 0 }
+        Self { rx, order: ArrivalOrder::default(), due: Default::default() }
     }
 
     /// The next group, waiting for it if `wait`; `None` when it is not
@@ -336,12 +362,11 @@ impl<T> InOrder<T> {
     /// every group is handed over.
     pub(crate) fn next(&mut self, wait: bool) -> Option<T> {
         loop {
-            if let Some(group) = self.early.remove(&self.next) {
-                self.next += 1;
+            if let Some(group) = self.due.pop_front() {
                 return Some(group);
             }
             let (n, group) = if wait { self.rx.recv().ok()? } else { self.rx.try_recv().ok()? };
-            self.early.insert(n, group);
+            self.order.arrived(n, 0, true, group, &mut self.due);
         }
     }
 }
@@ -569,6 +594,39 @@ mod tests {
         assert_eq!((w.take(4), w.take(4), w.take(4)), (None, None, None));
         assert_eq!(w.jobs, 0, "every job ended, no message waits");
         assert!(w.push(7), "an idle intake starts a job for the next message");
+    }
+
+    /// Feeds parts (group, part, last, seqs) to an [`ArrivalOrder`]; returns the
+    /// sequence numbers due after each.
+    fn due(order: &mut ArrivalOrder<Vec<u64>>, parts: &[(u64, usize, bool, &[u64])]) -> Vec<Vec<u64>> {
+        parts
+            .iter()
+            .map(|&(group, part, last, seqs)| {
+                let mut due: Vec<Vec<u64>> = Vec::new();
+                order.arrived(group, part, last, seqs.to_vec(), &mut due);
+                due.concat()
+            })
+            .collect()
+    }
+
+    #[test]
+    fn groups_verified_out_of_order_are_due_in_arrival_order() {
+        let mut order = ArrivalOrder::default();
+        // Groups 2 and 1 first: nothing is due without group 0.
+        let got = due(&mut order, &[(2, 0, true, &[3]), (1, 0, true, &[2]), (0, 0, true, &[1])]);
+        assert_eq!(got, [vec![], vec![], vec![1, 2, 3]]);
+        // An empty group (every message rejected) still counts.
+        assert_eq!(due(&mut order, &[(4, 0, true, &[4]), (3, 0, true, &[])]), [vec![], vec![4]]);
+    }
+
+    #[test]
+    fn a_groups_first_part_is_due_at_once_but_never_before_an_earlier_groups_last() {
+        let mut order = ArrivalOrder::default();
+        assert_eq!(due(&mut order, &[(0, 0, false, &[1])]), [vec![1]], "group 0's first part waits for nothing");
+        // Group 1 is complete, group 0 is not: only group 0's parts are due.
+        let got = due(&mut order, &[(1, 0, true, &[11, 3]), (0, 2, false, &[5]), (0, 1, false, &[2])]);
+        assert_eq!(got, [vec![], vec![], vec![2, 5]]);
+        assert_eq!(due(&mut order, &[(0, 3, true, &[])]), [vec![11, 3]], "group 1 follows group 0's last part");
     }
 
     #[test]
