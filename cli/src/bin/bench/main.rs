@@ -22,6 +22,8 @@
 //! septic readings, so every one of their readings changes the device's
 //! alert level and raises an alert, at `--alert-rate` readings per second,
 //! among steady readings from other devices up to `--alert-load` in all.
+//! With `--mosquitto` the hub, the beds and the listener meet on a
+//! Mosquitto the bench starts, as on a ward with an external broker.
 //!
 //! `oracle` phases (one anvil, one deployment; every reading signed first):
 //! 1. raw k256: verify the throughput phase's signatures with k256's
@@ -121,8 +123,8 @@ struct Args {
     /// Print one JSON object instead of the report.
     #[arg(long)]
     json: bool,
-    /// Run the throughput and latency phases through a Mosquitto the bench
-    /// starts instead of the embedded rumqttd.
+    /// Run the throughput, latency and alerts phases through a Mosquitto
+    /// the bench starts instead of the embedded rumqttd.
     #[arg(long)]
     mosquitto: bool,
     /// Mosquitto's QoS 1 window per client (`max_inflight_messages`); 1000
@@ -501,11 +503,12 @@ async fn main() -> Result<()> {
                     .with("max_ms", figures::round(a.max))
                     .with("alerts", a.alerts as u64)
                     .with("slowest_1pct_before_raised_ms", figures::round(a.slowest_split.0))
-                    .with("slowest_1pct_after_raised_ms", figures::round(a.slowest_split.1));
+                    .with("slowest_1pct_after_raised_ms", figures::round(a.slowest_split.1))
+                    .with("broker", broker_name(&args));
                 println!("{}", serde_json::to_string_pretty(&figures::report("alerts", &[figure], json!({})))?);
                 return Ok(());
             }
-            println!("HealthSense NEWS2 alert benchmark");
+            println!("HealthSense NEWS2 alert benchmark (broker: {})", broker_name(&args));
             println!(
                 "  publish -> alert received  p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms; {} alerts at {}/s alerting + {}/s steady readings  (target p99 <= 10 ms)",
                 a.p50, a.p99, a.max, a.alerts, a.alerting, a.steady
@@ -559,6 +562,78 @@ struct HubRun {
     _broker: Option<KillOnDrop>,
 }
 
+/// The broker the hub and the bench's clients meet on.
+fn broker_name(args: &Args) -> &'static str {
+    if args.mosquitto {
+        "Mosquitto"
+    } else {
+        "rumqttd"
+    }
+}
+
+/// A Mosquitto of the bench's own, for hub `bench`, on a free port.
+struct Mosquitto {
+    process: KillOnDrop,
+    port: u16,
+    /// The hub's password file (with authentication).
+    hub_password: PathBuf,
+    /// Each device's password (with authentication).
+    passwords: HashMap<String, String>,
+}
+
+impl Mosquitto {
+    /// Writes its configuration under `dir` (QoS 1 window `inflight`, no
+    /// persistence) and starts it. With `devices`, clients log in and keep to
+    /// their topics as deployed (a password each); without, it is open:
+    /// anonymous clients, no password or ACL file, and no username as client
+    /// id (Mosquitto refuses a client without a username when that is on).
+    async fn start(dir: &std::path::Path, inflight: u32, devices: Option<&[Bed]>) -> Result<Self> {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+        let conf_dir = dir.join("mosquitto");
+        let g = healthsense_cli::broker::mosquitto_config(&healthsense_cli::broker::MosquittoArgs {
+            dir: conf_dir.clone(),
+            hubs: vec!["bench".into()],
+            port,
+            bind: "127.0.0.1".into(),
+            user: "mosquitto".into(),
+        })?;
+        let mut text = std::fs::read_to_string(&g.config)?
+            .replace("max_inflight_messages 1000", &format!("max_inflight_messages {inflight}"))
+            .replace("persistence true", "persistence false");
+        let mut passwords = HashMap::new();
+        match devices {
+            Some(devs) => {
+                for b in devs {
+                    passwords.insert(b.serial.clone(), healthsense_cli::broker::add_device(&conf_dir, &b.serial)?);
+                }
+            }
+            None => {
+                text = text
+                    .replace("allow_anonymous false", "allow_anonymous true")
+                    .replace("use_username_as_clientid true", "")
+                    .replace(&format!("password_file {}", g.password_file.display()), "")
+                    .replace(&format!("acl_file {}", g.acl_file.display()), "");
+            }
+        }
+        std::fs::write(&g.config, text)?;
+        let child = std::process::Command::new("mosquitto")
+            .arg("-c")
+            .arg(&g.config)
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .context("starting mosquitto (apt-get install mosquitto; scripts/setup installs it)")?;
+        let process = KillOnDrop(child);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            if Instant::now() > deadline {
+                bail!("mosquitto did not listen on port {port} within 10 s");
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        Ok(Self { process, port, hub_password: g.hubs[0].1.clone(), passwords })
+    }
+}
+
 impl HubRun {
     /// Starts broker `index` (authentication `auth`) and a hub on it, connects
     /// the devices and loads the hub's device cache with one reading each.
@@ -589,39 +664,11 @@ impl HubRun {
         let hub_password = dir.join("hub.password");
         let mut passwords = HashMap::new();
         let port = if args.mosquitto {
-            let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
-            let conf_dir = dir.join("mosquitto");
-            let g = healthsense_cli::broker::mosquitto_config(&healthsense_cli::broker::MosquittoArgs {
-                dir: conf_dir.clone(),
-                hubs: vec!["bench".into()],
-                port,
-                bind: "127.0.0.1".into(),
-                user: "mosquitto".into(),
-            })?;
-            std::fs::copy(&g.hubs[0].1, &hub_password)?;
-            let mut text = std::fs::read_to_string(&g.config)?
-                .replace("max_inflight_messages 1000", &format!("max_inflight_messages {}", args.mosquitto_inflight))
-                .replace("persistence true", "persistence false");
-            if auth {
-                for b in ctx.devs {
-                    passwords.insert(b.serial.clone(), healthsense_cli::broker::add_device(&conf_dir, &b.serial)?);
-                }
-            } else {
-                // Open: anonymous clients, no password or ACL file, and no
-                // username as client id (Mosquitto refuses a client without a
-                // username when that is on).
-                text = text
-                    .replace("allow_anonymous false", "allow_anonymous true")
-                    .replace("use_username_as_clientid true", "")
-                    .replace(&format!("password_file {}", g.password_file.display()), "")
-                    .replace(&format!("acl_file {}", g.acl_file.display()), "");
-            }
-            std::fs::write(&g.config, text)?;
-            let child =
-                std::process::Command::new("mosquitto").arg("-c").arg(&g.config).stderr(std::process::Stdio::null()).spawn()?;
-            broker = Some(KillOnDrop(child));
-            tokio::time::sleep(Duration::from_millis(300)).await;
-            port
+            let m = Mosquitto::start(&dir, args.mosquitto_inflight, auth.then_some(ctx.devs)).await?;
+            std::fs::copy(&m.hub_password, &hub_password)?;
+            passwords = m.passwords;
+            broker = Some(m.process);
+            m.port
         } else {
             let broker_auth = if auth {
                 let secret = alloy::hex::encode(rand::random::<[u8; 24]>());
@@ -1023,7 +1070,7 @@ async fn oracle(args: &Args) -> Result<()> {
     // 6. Alerts, on a hub of their own.
     let alerts = if args.alert_seconds > 0 { Some(alert_latency(args).await?) } else { None };
 
-    let broker = if args.mosquitto { "Mosquitto" } else { "rumqttd" };
+    let broker = broker_name(args);
     let raw = |auth: bool| median(rounds.iter().filter(|r| r.auth == auth).map(IngestRound::raw).collect());
     let ratio = |auth: bool, f: fn(&IngestRound) -> f64| median(rounds.iter().filter(|r| r.auth == auth).map(|r| f(r) / r.raw()).collect());
     let rate_of = |auth: bool, f: fn(&IngestRound) -> f64| median(rounds.iter().filter(|r| r.auth == auth).map(f).collect());
@@ -1273,13 +1320,20 @@ async fn spawn_oracle(
     dir: &std::path::Path,
     hub: &str,
     interval_ms: u64,
+    broker: Option<u16>,
     (mqtt, extra): (&str, &str),
 ) -> Result<(KillOnDrop, u16)> {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+    let (port, broker_lines) = match broker {
+        Some(port) => (port, format!("embedded = false\nport = {port}\n")),
+        None => {
+            let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+            (port, format!("listen = \"127.0.0.1:{port}\"\n"))
+        }
+    };
     let config = dir.join(format!("{hub}.toml"));
     let toml = format!(
         "hub = \"{hub}\"\nward = \"bench\"\nstore = \"{}\"\n[chain]\nrpc_url = \"{}\"\ncontract = \"{contract}\"\n\
-         [mqtt]\nauth = false\nlisten = \"127.0.0.1:{port}\"\n{mqtt}[anchor]\nbatch_size = 2000\ninterval_ms = {interval_ms}\n\
+         [mqtt]\nauth = false\n{broker_lines}{mqtt}[anchor]\nbatch_size = 2000\ninterval_ms = {interval_ms}\n\
          [metrics]\nlisten = \"127.0.0.1:0\"\n{extra}{tuning}",
         dir.join(format!("{hub}.sqlite")).display(),
         anvil.endpoint(),
@@ -1299,7 +1353,9 @@ async fn spawn_oracle(
         .spawn()
         .with_context(|| format!("starting {} (build the healthsense binary first)", exe.display()))?;
     let deadline = Instant::now() + Duration::from_secs(30);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+    // Its embedded broker listening says it started; on an external broker
+    // the caller waits for its retained presence instead.
+    while broker.is_none() && std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
         if Instant::now() > deadline {
             let _ = child.kill();
             bail!("the oracle process did not start");
@@ -1323,7 +1379,7 @@ async fn memory(
     dir: PathBuf,
 ) -> Result<Memory> {
     let log_mib = args.log_mib.map(|m| format!("log_mib = {m}\n")).unwrap_or_default();
-    let (child, port) = spawn_oracle(root, anvil, account, contract, &dir, "beds", 5_000, (&log_mib, "")).await?;
+    let (child, port) = spawn_oracle(root, anvil, account, contract, &dir, "beds", 5_000, None, (&log_mib, "")).await?;
     let pid = child.0.id();
     tokio::time::sleep(Duration::from_secs(1)).await;
     let idle = rss_kib(pid, "VmRSS:")?;
@@ -1474,8 +1530,24 @@ async fn alert_latency(args: &Args) -> Result<Alerts> {
     // minutes' hold) a device would raise one alert and hold it. The hub
     // runs in a process of its own, as on a ward: it shares no runtime
     // with the load generator.
-    let (hub_process, port) =
-        spawn_oracle(&root, &anvil, 1, contract, dir.path(), "bench", 2_000, ("", "[alerts]\nhold_ms = 0\n")).await?;
+    // On `--mosquitto` the hub, the beds and the listener share one
+    // Mosquitto, as a ward on an external broker would.
+    let mosquitto = match args.mosquitto {
+        true => Some(Mosquitto::start(dir.path(), args.mosquitto_inflight, None).await?),
+        false => None,
+    };
+    let (hub_process, port) = spawn_oracle(
+        &root,
+        &anvil,
+        1,
+        contract,
+        dir.path(),
+        "bench",
+        2_000,
+        mosquitto.as_ref().map(|m| m.port),
+        ("", "[alerts]\nhold_ms = 0\n"),
+    )
+    .await?;
     let topics = Topics::new("bench").map_err(anyhow::Error::msg)?;
     // The listener: a separate MQTT client on the alert topic, as a nurse station would be.
     let received: Arc<Mutex<HashMap<(String, u64), (Instant, i64, i64)>>> = Arc::default();
