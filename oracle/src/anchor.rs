@@ -25,6 +25,39 @@ use crate::ingest::now_ms;
 use crate::metrics::Metrics;
 use crate::store::{Batch, Mode, Store};
 
+/// The unbatched readings as the anchorer last saw them in the store, and
+/// the writer's commit count then. The writer wakes the anchorer after every
+/// commit; asking the store each time (`COUNT(*), MIN(received_ms)` over up
+/// to a batch of rows, on a tokio worker) took about 5 % of the hub's CPU
+/// samples at 5,000 readings/s (docs/BENCHMARKS.md, "Issue 22, twelfth
+/// session"). Between looks the count grows by the commits since, and the
+/// oldest reading stays the oldest until a cut.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Unbatched {
+    count: u64,
+    /// The oldest one's `received_ms`; `None` when there were none.
+    oldest: Option<u64>,
+    /// [`Anchorer::committed`] just before the look.
+    committed: u64,
+}
+
+impl Unbatched {
+    /// (count, oldest, exact) once the writer's commit count is `committed`;
+    /// `None` when the store must be asked again: none were unbatched and
+    /// some were committed since (the oldest is not known). The count is
+    /// exact only with no commit since: a commit between reading the
+    /// counter and the look is in both, so an estimate that makes a batch
+    /// due is checked with the store before the cut.
+    fn after(self, committed: u64) -> Option<(u64, Option<u64>, bool)> {
+        let since = committed.saturating_sub(self.committed);
+        match (self.oldest, since) {
+            (None, 0) => Some((self.count, None, true)),
+            (None, _) => None,
+            (Some(oldest), since) => Some((self.count + since, Some(oldest), since == 0)),
+        }
+    }
+}
+
 /// The anchoring task's settings and state.
 pub struct Anchorer {
     /// Chain connection.
@@ -41,8 +74,9 @@ pub struct Anchorer {
     pub interval: Duration,
     /// Longest pause between retries.
     pub max_backoff: Duration,
-    /// Readings committed since the last cut (a hint; the store is the truth).
-    pub unbatched: Arc<AtomicU64>,
+    /// Readings the writer has committed since the hub started: what the
+    /// anchorer adds to its last look at the store ([`Unbatched`]).
+    pub committed: Arc<AtomicU64>,
     /// Woken by the writer after each commit.
     pub wake: Arc<Notify>,
 }
@@ -70,19 +104,33 @@ impl Anchorer {
             self.settle(&batch, &mut shutdown).await;
         }
         let mut next = self.first_seq().await?;
+        let mut looked: Option<Unbatched> = None;
         loop {
             if *shutdown.borrow() {
                 return Ok(());
             }
-            let (count, oldest) = block_in_place(|| self.store.unbatched())?;
+            let committed = self.committed.load(Ordering::Acquire);
+            let (count, oldest, exact) = match looked.and_then(|l| l.after(committed)) {
+                Some(view) => view,
+                None => {
+                    let (count, oldest) = block_in_place(|| self.store.unbatched())?;
+                    looked = Some(Unbatched { count, oldest, committed });
+                    (count, oldest, true)
+                }
+            };
             let now = now_ms();
             let age = oldest.map(|t| Duration::from_millis(now.saturating_sub(t)));
             self.metrics.anchor_lag_seconds.set(age.map_or(0.0, |a| a.as_secs_f64()));
             let due = count as usize >= self.per_batch || age.is_some_and(|a| a >= self.interval);
+            if due && !exact {
+                // The count may hold a commit twice: the store decides.
+                looked = None;
+                continue;
+            }
             if due {
                 let cut = block_in_place(|| self.store.cut_batch(next, self.per_batch, self.mode, now))?;
+                looked = None;
                 if let Some(batch) = cut {
-                    self.unbatched.fetch_sub(batch.leaf_count as u64, Ordering::Relaxed);
                     tracing::debug!(seq = batch.seq, leaves = batch.leaf_count, root = %batch.root, "batch cut");
                     next += 1;
                     self.settle(&batch, &mut shutdown).await;
@@ -249,5 +297,22 @@ impl Anchorer {
         self.metrics.batches.inc();
         self.metrics.anchored.inc_by(batch.leaf_count as u64);
         tracing::info!(seq = batch.seq, leaves = batch.leaf_count, tx = ?tx, gas, "batch anchored");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn between_looks_the_count_grows_by_the_commits_and_only_an_unchanged_one_is_exact() {
+        let some = Unbatched { count: 1_500, oldest: Some(7), committed: 40 };
+        assert_eq!(some.after(40), Some((1_500, Some(7), true)), "nothing committed since: the look stands");
+        assert_eq!(some.after(540), Some((2_000, Some(7), false)), "500 committed: counted, the oldest unchanged, to be checked");
+        let none = Unbatched { count: 0, oldest: None, committed: 40 };
+        assert_eq!(none.after(40), Some((0, None, true)));
+        assert_eq!(none.after(41), None, "the first reading after none: its time is the store's to tell");
+        // A counter behind the look (never, but not an underflow).
+        assert_eq!(some.after(39), Some((1_500, Some(7), true)));
     }
 }

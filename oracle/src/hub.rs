@@ -195,7 +195,7 @@ pub async fn start(cfg: Config, key: PrivateKeySigner, options: Options) -> Resu
         }
         false => (None, None),
     };
-    let unbatched = Arc::new(AtomicU64::new(0));
+    let committed = Arc::new(AtomicU64::new(0));
     let wake = Arc::new(Notify::new());
     let acks = Arc::new(crate::acks::AckGate::new(client.clone()));
     let shared = Shared {
@@ -206,7 +206,7 @@ pub async fn start(cfg: Config, key: PrivateKeySigner, options: Options) -> Resu
         metrics: metrics.clone(),
         client: client.clone(),
         runtime: tokio::runtime::Handle::current(),
-        unbatched: unbatched.clone(),
+        committed: committed.clone(),
         wake_anchor: wake.clone(),
         on_commit: options.on_commit,
         alerts: Some(scorer),
@@ -233,7 +233,7 @@ pub async fn start(cfg: Config, key: PrivateKeySigner, options: Options) -> Resu
         per_batch: cfg.anchor.per_batch()?,
         interval: cfg.anchor.interval(),
         max_backoff: Duration::from_millis(cfg.anchor.max_backoff_ms.max(100)),
-        unbatched,
+        committed,
         wake: wake.clone(),
     };
     let rx = shutdown_rx.clone();

@@ -72,8 +72,8 @@ pub struct Shared {
     pub acks: Arc<crate::acks::AckGate>,
     /// Runtime handle for the async calls from the ingest threads.
     pub runtime: Handle,
-    /// Readings committed but not yet batched.
-    pub unbatched: Arc<AtomicU64>,
+    /// Readings committed since the hub started (the anchorer's count).
+    pub committed: Arc<AtomicU64>,
     /// Wakes the anchorer.
     pub wake_anchor: Arc<Notify>,
     /// Commit observer.
@@ -536,7 +536,7 @@ fn writer(
         last_seqs.extend(tentative);
         s.metrics.stored.inc_by(accepted.len() as u64);
         if !accepted.is_empty() {
-            s.unbatched.fetch_add(accepted.len() as u64, Ordering::Relaxed);
+            s.committed.fetch_add(accepted.len() as u64, Ordering::Release);
             s.wake_anchor.notify_one();
         }
         if let Some(hook) = &s.on_commit {
