@@ -1661,6 +1661,21 @@ mod tests {
     }
 
     #[test]
+    fn the_slowest_alerts_split_at_the_hubs_raise_time_and_unanswered_ones_are_left_out() {
+        let t0 = Instant::now();
+        let ms = |n: u64| t0 + Duration::from_millis(n);
+        // Sent at wall clock 1 s; (arrival, arrival wall µs, hub's `at` ms).
+        let sent: HashMap<&str, (Instant, i64)> =
+            [("a", (t0, 1_000_000)), ("b", (t0, 1_000_000)), ("c", (t0, 1_000_000)), ("lost", (t0, 1_000_000))].into();
+        let arrived: HashMap<&str, (Instant, i64, i64)> =
+            [("a", (ms(2), 1_002_000, 1_001)), ("b", (ms(9), 1_009_000, 1_006)), ("c", (ms(4), 1_004_000, 1_001))].into();
+        // Three arrived: the slowest 1 % is one alert, b: raised 6 ms after
+        // publish, received 3 ms after that.
+        assert_eq!(slowest_split(&sent, &arrived), (6.0, 3.0));
+        assert_eq!(slowest_split::<&str>(&sent, &HashMap::new()), (0.0, 0.0), "none arrived");
+    }
+
+    #[test]
     fn other_wards_devices_are_provisioned_then_activated_and_never_the_benchs_own() {
         let (admin, hub) = (Address::repeat_byte(1), Address::repeat_byte(2));
         let calls = other_ward_devices(admin, hub, 3..5);
