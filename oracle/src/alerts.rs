@@ -544,8 +544,14 @@ impl Engine {
     /// of its own. Returns the scorer the verifier hands its parts to, and
     /// the logger thread, which ends once the scorer is dropped and every
     /// alert is stored. `last_seqs` is each device's last stored sequence number
-    /// (the store's, as ingest starts).
-    pub fn start(self, last_seqs: HashMap<B256, u64>, log: Store) -> anyhow::Result<(Arc<Scorer>, std::thread::JoinHandle<()>)> {
+    /// (the store's, as ingest starts), `latest_rows` the rows of those
+    /// readings ([`Store::last_readings`]).
+    pub fn start(
+        self,
+        last_seqs: HashMap<B256, u64>,
+        latest_rows: Vec<i64>,
+        log: Store,
+    ) -> anyhow::Result<(Arc<Scorer>, std::thread::JoinHandle<()>)> {
         init(&self.store)?;
         let _ = self.live.alert_topic.set((self.client.clone(), self.topics.alerts()));
         let (stored, stored_rx) = std::sync::mpsc::channel();
@@ -565,7 +571,7 @@ impl Engine {
         // scorer's end (its sender's) ends the logger.
         let (live, warm) = (self.live, scorer.clone());
         let logger = std::thread::Builder::new().name("hs-alert-log".into()).spawn(move || {
-            warm_live(&log, &live);
+            warm_live(&log, &live, latest_rows);
             warm.warmed();
             drop(warm);
             store_published(&log, &live, stored_rx)
@@ -574,13 +580,12 @@ impl Engine {
     }
 }
 
-/// Every device's latest stored reading, for the API's ward view. Loaded
-/// off the hub's start (at 20,000 devices it took about 150 ms,
-/// docs/BENCHMARKS.md); readings verified meanwhile are scored after it
-/// ([`Scorer::warmed`]), so a newer reading is always set after the stored
-/// one.
-fn warm_live(store: &Store, live: &Live) {
-    match crate::api::queries::latest_readings(store) {
+/// Every device's latest stored reading (in `rows`), for the API's ward
+/// view. Loaded off the hub's start; readings verified meanwhile are scored
+/// after it ([`Scorer::warmed`]), so a newer reading is always set after
+/// the stored one.
+fn warm_live(store: &Store, live: &Live, rows: Vec<i64>) {
+    match crate::api::queries::latest_at(store, rows) {
         Ok(latest) => latest.into_iter().for_each(|l| live.set_latest(l)),
         Err(e) => tracing::warn!(error = %e, "the ward view's latest readings could not be loaded; each device shows again with its next reading"),
     }
@@ -888,7 +893,7 @@ mod tests {
             runtime: runtime.handle().clone(),
             policy: Policy { hold_ms: 0, hold_readings: 0 },
         };
-        let (scorer, logger) = engine.start(HashMap::new(), log).unwrap();
+        let (scorer, logger) = engine.start(HashMap::new(), Vec::new(), log).unwrap();
         // Group 1 (a high reading) is verified before group 0.
         scorer.verified(1, 0, true, vec![high("HS-1", 2)]);
         scorer.verified(0, 0, true, vec![reading("HS-1", 1)]);

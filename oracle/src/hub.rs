@@ -3,6 +3,7 @@
 //! watcher, the metrics endpoint and the REST API, and stops them in an
 //! order that loses nothing.
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
@@ -171,9 +172,15 @@ pub async fn start(cfg: Config, key: PrivateKeySigner, options: Options) -> Resu
         false => None,
     };
     let live = Live::default();
+    // The saved device cache is read and brought up to date while the
+    // store's last readings are read: at 20,000 devices each took 20-30 ms
+    // of a restart, one core each (docs/BENCHMARKS.md, "Issue 22,
+    // thirteenth session").
+    let restoring = tokio::spawn(restore_saved(chain.clone(), registry.clone(), open()?));
     // Each device's last stored sequence number: the writer's replay rule,
     // the alert scorer's "new reading" rule and the devices read at start.
-    let last_seqs = ingest_store.last_seqs()?;
+    let last = ingest_store.last_readings()?;
+    let last_seqs: HashMap<B256, u64> = last.iter().map(|(id, l)| (*id, l.seq)).collect();
     let known: Vec<B256> = last_seqs.keys().copied().collect();
     let (scorer, alert_thread) = Engine {
         store: alert_store,
@@ -184,7 +191,7 @@ pub async fn start(cfg: Config, key: PrivateKeySigner, options: Options) -> Resu
         runtime: tokio::runtime::Handle::current(),
         policy: cfg.alerts,
     }
-    .start(last_seqs.clone(), alert_log)?;
+    .start(last_seqs.clone(), last.into_values().map(|l| l.row).collect(), alert_log)?;
     let (api_addr, api_uri) = match cfg.api.enabled {
         true => {
             let store = open()?;
@@ -279,12 +286,8 @@ pub async fn start(cfg: Config, key: PrivateKeySigner, options: Options) -> Resu
     };
     tasks.push(tokio::spawn(checkpoints(checkpoint_store, shutdown_rx.clone())));
     let poll_ms = cfg.chain.poll_ms.unwrap_or(1_000);
-    let cache_store = open()?;
-    let saved = cache_store.device_cache().unwrap_or_else(|e| {
-        tracing::warn!(error = %e, "the saved device cache is unreadable; reading device records from the chain");
-        None
-    });
-    let watched_from = warm_devices(&chain, &registry, saved, known).await;
+    let (cache_store, restored) = restoring.await.context("restoring the saved device cache")?;
+    let watched_from = warm_devices(&chain, &registry, restored, known).await;
     metrics.devices.set(registry.len() as i64);
     let watcher = DeviceWatcher { chain: chain.clone(), registry: registry.clone(), store: std::sync::Mutex::new(cache_store), poll_ms, health: health.clone() };
     tasks.push(tokio::spawn(watcher.run(watched_from, shutdown_rx.clone())));
@@ -661,32 +664,36 @@ const LOG_SPAN_BLOCKS: u64 = 10_000;
 /// changed (changes are saved at the next poll).
 const CACHE_SAVE_EVERY: Duration = Duration::from_secs(60);
 
-/// Fills the device cache before the hub takes messages, and returns the
-/// block its records are at least as new as (`None` if the chain did not
-/// answer; devices are then looked up as their readings come).
-///
-/// First from `saved`, the cache the hub saved in its store (if its block is
-/// still on the chain): every record but those of devices with an event
-/// since that block, found with `eth_getLogs`. Then the records of `known`
-/// (the devices the store has readings of) that are still missing, from the
-/// chain, many at once, within [`WARM_LIMIT`]. A restarted hub with a
-/// backlog in its broker otherwise looked each device up as its first
-/// reading came, its verification threads waiting on each group's lookups;
-/// reading 20,000 records took about 3 s on anvil (docs/BENCHMARKS.md,
-/// "Scaling").
-async fn warm_devices(chain: &Chain, registry: &Registry, saved: Option<DeviceCache>, known: Vec<B256>) -> Option<u64> {
-    use futures_util::StreamExt;
+/// What [`restore_saved`] brought back of the saved device cache.
+struct Restored {
+    /// The chain's block as it began (`None`: the chain did not answer).
+    block: Option<u64>,
+    /// Records restored.
+    restored: usize,
+    /// When it began.
+    started: std::time::Instant,
+}
+
+/// Reads the device cache the hub saved in `store` and puts the records
+/// still current into `registry`: every record but those of devices with an
+/// event since the cache's block, found with `eth_getLogs` (if that block
+/// is still on the chain). Returns `store` for the device watcher.
+async fn restore_saved(chain: Chain, registry: Arc<Registry>, store: Store) -> (Store, Restored) {
+    let started = std::time::Instant::now();
+    let saved = tokio::task::block_in_place(|| store.device_cache()).unwrap_or_else(|e| {
+        tracing::warn!(error = %e, "the saved device cache is unreadable; reading device records from the chain");
+        None
+    });
     // A saved copy that is not restored must not survive the watcher's
     // first save under a newer block: marking its devices changed makes
     // that save write each one as the cache has it then (or drop it).
     let saved_ids: Vec<B256> = saved.iter().flat_map(|c| c.records.iter().map(|r| r.id)).collect();
     let Ok(block) = chain.block_number().await else {
         registry.put_back(saved_ids);
-        return None;
+        return (store, Restored { block: None, restored: 0, started });
     };
-    let started = std::time::Instant::now();
     let restored = match saved {
-        Some(saved) => match restore_devices(chain, registry, saved, block).await {
+        Some(saved) => match restore_devices(&chain, &registry, saved, block).await {
             Ok(n) => n,
             Err(why) => {
                 tracing::warn!(%why, "saved device cache not used; reading device records from the chain");
@@ -696,6 +703,23 @@ async fn warm_devices(chain: &Chain, registry: &Registry, saved: Option<DeviceCa
         },
         None => 0,
     };
+    (store, Restored { block: Some(block), restored, started })
+}
+
+/// Fills the device cache before the hub takes messages, and returns the
+/// block its records are at least as new as (`None` if the chain did not
+/// answer; devices are then looked up as their readings come).
+///
+/// First what [`restore_saved`] restored from the cache the hub saved in
+/// its store. Then the records of `known` (the devices the store has
+/// readings of) that are still missing, from the chain, many at once,
+/// within [`WARM_LIMIT`]. A restarted hub with a backlog in its broker
+/// otherwise looked each device up as its first reading came, its
+/// verification threads waiting on each group's lookups; reading 20,000
+/// records took about 3 s on anvil (docs/BENCHMARKS.md, "Scaling").
+async fn warm_devices(chain: &Chain, registry: &Registry, restored: Restored, known: Vec<B256>) -> Option<u64> {
+    use futures_util::StreamExt;
+    let block = restored.block?;
     let missing: Vec<B256> = known.into_iter().filter(|id| registry.get(id).is_none()).collect();
     let mut records = futures_util::stream::iter(missing)
         .map(|id| async move { (id, registry.generation(&id), chain.device(id).await) })
@@ -711,7 +735,8 @@ async fn warm_devices(chain: &Chain, registry: &Registry, saved: Option<DeviceCa
             Err(_) => failed += 1,
         }
     }
-    tracing::info!(restored, read, failed, ms = started.elapsed().as_millis() as u64, "device records ready");
+    let ms = restored.started.elapsed().as_millis() as u64;
+    tracing::info!(restored = restored.restored, read, failed, ms, "device records ready");
     Some(block)
 }
 

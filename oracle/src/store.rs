@@ -168,6 +168,15 @@ pub struct Counts {
     pub rejections: u64,
 }
 
+/// A device's last stored reading ([`Store::last_readings`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct LastReading {
+    /// Its sequence number (ordered first: the higher one is the later).
+    pub seq: u64,
+    /// Its row in the store.
+    pub row: i64,
+}
+
 /// The hub's device cache as saved in the store: every record is the
 /// device's on-chain state at block `block` (whose hash is `hash`) or later.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -393,21 +402,29 @@ impl Store {
 
     /// The highest stored sequence number of every device.
     pub fn last_seqs(&self) -> Result<HashMap<B256, u64>> {
+        Ok(self.last_readings()?.into_iter().map(|(id, last)| (id, last.seq)).collect())
+    }
+
+    /// Every device's reading with the highest stored sequence number: its
+    /// number and its row, for [`Store::readings_by_row`].
+    pub fn last_readings(&self) -> Result<HashMap<B256, LastReading>> {
         // Two halves, as in `last_seq`: the batched one walks the partial
         // `(device_id, seq)` index instead of every (wide) reading row and a
         // sort, which a restarting hub waited for (48-74 ms of its start at
-        // 20,000 devices and 60,000 readings, docs/BENCHMARKS.md).
+        // 20,000 devices and 60,000 readings, docs/BENCHMARKS.md). With one
+        // MAX(), SQLite takes the bare `id` from the row that has it, and the
+        // index holds the row id, so the rows come from the same walk.
         let mut stmt = self.conn.prepare(
-            "SELECT device_id, MAX(seq) FROM readings WHERE batch_seq IS NOT NULL GROUP BY device_id
+            "SELECT device_id, MAX(seq), id FROM readings WHERE batch_seq IS NOT NULL GROUP BY device_id
              UNION ALL
-             SELECT device_id, MAX(seq) FROM readings WHERE batch_seq IS NULL GROUP BY device_id",
+             SELECT device_id, MAX(seq), id FROM readings WHERE batch_seq IS NULL GROUP BY device_id",
         )?;
-        let rows = stmt.query_map([], |r| Ok((r.get::<_, Vec<u8>>(0)?, r.get::<_, i64>(1)?)))?;
-        let mut out: HashMap<B256, u64> = HashMap::new();
+        let rows = stmt.query_map([], |r| Ok((r.get::<_, Vec<u8>>(0)?, r.get::<_, i64>(1)?, r.get::<_, i64>(2)?)))?;
+        let mut out: HashMap<B256, LastReading> = HashMap::new();
         for row in rows {
-            let (id, seq) = row?;
-            let last = out.entry(b256(id)?).or_default();
-            *last = (*last).max(seq as u64);
+            let (id, seq, row) = row?;
+            let last = LastReading { seq: seq as u64, row };
+            out.entry(b256(id)?).and_modify(|l| *l = (*l).max(last)).or_insert(last);
         }
         Ok(out)
     }

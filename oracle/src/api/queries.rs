@@ -88,17 +88,27 @@ pub fn vitals(
 
 /// The latest reading (highest sequence number) of every device.
 pub fn latest_readings(store: &Store) -> Result<Vec<Latest>, StoreError> {
-    let mut stmt = store.conn().prepare(&format!(
-        "SELECT {} FROM readings WHERE id IN
-           (SELECT r.id FROM readings r JOIN (SELECT device_id, MAX(seq) AS m FROM readings GROUP BY device_id) x
-              ON r.device_id = x.device_id AND r.seq = x.m)",
-        columns()
-    ))?;
-    let rows = stmt.query_map([], row)?;
-    let mut out = Vec::new();
-    for r in rows {
-        let r = r?;
-        out.push(Latest { score: news2::score(&r.reading), serial: r.serial, reading: r.reading, received_ms: r.received_ms });
+    latest_at(store, store.last_readings()?.into_values().map(|last| last.row).collect())
+}
+
+/// Row ids a statement asks for at once ([`latest_at`]).
+const ROWS_PER_QUERY: usize = 500;
+
+/// The readings in `rows` (each device's latest, from
+/// [`Store::last_readings`]), scored, as the ward view holds them.
+pub fn latest_at(store: &Store, mut rows: Vec<i64>) -> Result<Vec<Latest>, StoreError> {
+    // A list of ids a statement, in row order: at 20,000 devices the join
+    // this replaced took 138-199 ms of a restarting hub's CPU
+    // (docs/BENCHMARKS.md, "Issue 22, thirteenth session").
+    rows.sort_unstable();
+    let mut out = Vec::with_capacity(rows.len());
+    for chunk in rows.chunks(ROWS_PER_QUERY) {
+        let marks = vec!["?"; chunk.len()].join(",");
+        let mut stmt = store.conn().prepare_cached(&format!("SELECT {} FROM readings WHERE id IN ({marks})", columns()))?;
+        for r in stmt.query_map(rusqlite::params_from_iter(chunk), row)? {
+            let r = r?;
+            out.push(Latest { score: news2::score(&r.reading), serial: r.serial, reading: r.reading, received_ms: r.received_ms });
+        }
     }
     Ok(out)
 }
@@ -223,6 +233,41 @@ mod tests {
         let store = Store::open(&dir.path().join("s.sqlite"), binding).unwrap();
         init(&store).unwrap();
         (dir, store)
+    }
+
+    /// The ward view's warm-up: more devices than one statement asks for,
+    /// each device's highest number whether it is batched or not, and not
+    /// the row stored last when that one is lower.
+    #[test]
+    fn each_devices_latest_reading_is_found_batched_or_not_across_statements() {
+        let (_dir, mut store) = test_store();
+        let devices = ROWS_PER_QUERY + 7;
+        let new = |d: usize, seq: u64| NewReading {
+            serial: format!("HS-{d}"),
+            reading: Reading { deviceId: ids::device_id(&format!("HS-{d}")), seq, timestamp: seq * 1_000, heartRate: 60 + seq as u16, ..Default::default() },
+            signature: [1; 65],
+            received_ms: seq,
+        };
+        // Readings 1-3 of every device, batched; then 4 for the even ones, left unbatched.
+        let first: Vec<_> = (1..=3).flat_map(|seq| (0..devices).map(move |d| new(d, seq))).collect();
+        store.commit(&first, &[]).unwrap();
+        let mut batch = 0;
+        while store.cut_batch({ batch += 1; batch }, 1_000, Mode::Hash, 0).unwrap().is_some() {}
+        store.commit(&(0..devices).step_by(2).map(|d| new(d, 4)).collect::<Vec<_>>(), &[]).unwrap();
+        // Device 1's reading 2 is stored again last, under a row id above its 3.
+        store.commit(&[NewReading { signature: [2; 65], ..new(1, 2) }], &[]).unwrap();
+        let mut latest: Vec<(String, u64, u16)> =
+            latest_readings(&store).unwrap().into_iter().map(|l| (l.serial, l.reading.seq, l.reading.heartRate)).collect();
+        latest.sort();
+        let mut want: Vec<(String, u64, u16)> = (0..devices).map(|d| {
+            let seq = if d % 2 == 0 { 4 } else { 3 };
+            (format!("HS-{d}"), seq, 60 + seq as u16)
+        }).collect();
+        want.sort();
+        assert_eq!(latest, want);
+        let last = store.last_readings().unwrap();
+        assert_eq!(last.len(), devices);
+        assert_eq!(last[&ids::device_id("HS-1")].seq, 3);
     }
 
     /// One stay window (`abi/src/rules/reading.rs`) for the API's history,
