@@ -374,7 +374,9 @@ pub fn drive(mut eventloop: rumqttc::EventLoop, serial: String, key: Option<Priv
         loop {
             match eventloop.poll().await {
                 Ok(ev) => on_event(ev),
-                Err(_) => {
+                Err(e) => {
+                    // Says why a bench device reconnected (docs/BENCHMARKS.md, "Issue 22, thirteenth session").
+                    tracing::debug!(client = %serial, error = %e, "device connection lost; reconnecting in 200 ms");
                     tokio::time::sleep(Duration::from_millis(200)).await;
                     if let Some(key) = &key {
                         // Strictly later than the refused or used one.
