@@ -133,7 +133,7 @@ const PARTS_OF_LARGE: usize = 16;
 /// Starts the writer thread and returns the [`Intake`] the MQTT event loop
 /// hands vitals messages to. The writer stops once the intake is dropped
 /// and every group taken is committed. `last_seqs` is each device's last
-/// stored sequence number ([`Store::last_seqs`]).
+/// stored sequence number (from [`Store::last_readings`]).
 pub fn start(
     shared: Shared,
     limits: Limits,

@@ -400,13 +400,8 @@ impl Store {
         Ok(())
     }
 
-    /// The highest stored sequence number of every device.
-    pub fn last_seqs(&self) -> Result<HashMap<B256, u64>> {
-        Ok(self.last_readings()?.into_iter().map(|(id, last)| (id, last.seq)).collect())
-    }
-
     /// Every device's reading with the highest stored sequence number: its
-    /// number and its row, for [`Store::readings_by_row`].
+    /// number and its row, for [`crate::api::queries::latest_at`].
     pub fn last_readings(&self) -> Result<HashMap<B256, LastReading>> {
         // Two halves, as in `last_seq`: the batched one walks the partial
         // `(device_id, seq)` index instead of every (wide) reading row and a
@@ -903,15 +898,16 @@ mod tests {
         let mut store = Store::open(&path, binding()).unwrap();
         let batch: Vec<_> = (1..=10).map(|s| reading("HS-1", s)).chain((1..=5).map(|s| reading("HS-2", s))).collect();
         store.commit(&batch, &[]).unwrap();
-        assert_eq!(store.last_seqs().unwrap()[&ids::device_id("HS-1")], 10);
+        let last_seqs = |s: &Store| -> HashMap<B256, u64> { s.last_readings().unwrap().into_iter().map(|(id, l)| (id, l.seq)).collect() };
+        assert_eq!(last_seqs(&store)[&ids::device_id("HS-1")], 10);
         let id = ids::device_id("HS-2");
         assert_eq!(store.reading(id, 4).unwrap().unwrap().reading.seq, 4, "found before its batch is cut");
         let b1 = store.cut_batch(1, 8, Mode::Hash, 0).unwrap().unwrap();
         // HS-1's readings 1-8 are batched, 9 and 10 not: both halves count.
         let expect = HashMap::from([(ids::device_id("HS-1"), 10), (id, 5)]);
-        assert_eq!(store.last_seqs().unwrap(), expect);
+        assert_eq!(last_seqs(&store), expect);
         let b2 = store.cut_batch(2, 8, Mode::Hash, 0).unwrap().unwrap();
-        assert_eq!(store.last_seqs().unwrap(), expect, "all batched");
+        assert_eq!(last_seqs(&store), expect, "all batched");
         assert_eq!((b1.leaf_count, b2.leaf_count), (8, 7));
         assert!(store.cut_batch(3, 8, Mode::Hash, 0).unwrap().is_none());
         for b in [&b1, &b2] {
