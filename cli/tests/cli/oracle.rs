@@ -886,41 +886,85 @@ const INSURER: usize = 3;
 
 /// A TCP forwarder standing between the hubs and anvil, to cut the chain
 /// off and bring it back without losing its state.
+///
+/// It holds its port from [`Proxy::new`] to the end of the test: while down
+/// it accepts and closes every connection at once, so no other test's
+/// server or outgoing connection can take the port in the meantime (a
+/// re-bind of the same port once failed with `AddrInUse` that way).
 struct Proxy {
     port: u16,
     target: u16,
-    task: Option<tokio::task::JoinHandle<()>>,
+    listener: Option<std::net::TcpListener>,
+    control: Option<mpsc::UnboundedSender<(bool, tokio::sync::oneshot::Sender<()>)>>,
 }
 
 impl Proxy {
     fn new(target: u16) -> Proxy {
-        Proxy { port: free_port(), target, task: None }
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let port = listener.local_addr().unwrap().port();
+        Proxy { port, target, listener: Some(listener), control: None }
     }
 
     fn url(&self) -> String {
         format!("http://127.0.0.1:{}", self.port)
     }
 
+    /// Forwards every new connection to the target (the forwarder starts on
+    /// the first call, inside the test's runtime).
     async fn up(&mut self) {
-        let listener = tokio::net::TcpListener::bind(("127.0.0.1", self.port)).await.unwrap();
-        let target = self.target;
-        self.task = Some(tokio::spawn(async move {
-            let mut conns = tokio::task::JoinSet::new();
-            while let Ok((mut inbound, _)) = listener.accept().await {
-                conns.spawn(async move {
-                    if let Ok(mut outbound) = tokio::net::TcpStream::connect(("127.0.0.1", target)).await {
-                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
-                    }
-                });
-            }
-        }));
+        if let Some(listener) = self.listener.take() {
+            let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+            let (tx, rx) = mpsc::unbounded_channel();
+            tokio::spawn(Self::serve(listener, self.target, rx));
+            self.control = Some(tx);
+        }
+        self.switch(true).await;
     }
 
-    /// Closes the port and every open connection (dropping the JoinSet aborts them).
+    /// Closes every open connection and refuses new ones (accepted and closed
+    /// at once) until the next [`Proxy::up`].
     async fn down(&mut self) {
-        if let Some(t) = self.task.take() {
-            t.abort();
-            let _ = t.await;
+        self.switch(false).await;
+    }
+
+    async fn switch(&self, up: bool) {
+        let (done, applied) = tokio::sync::oneshot::channel();
+        self.control.as_ref().expect("the proxy was never brought up").send((up, done)).unwrap();
+        applied.await.unwrap();
+    }
+
+    async fn serve(
+        listener: tokio::net::TcpListener,
+        target: u16,
+        mut control: mpsc::UnboundedReceiver<(bool, tokio::sync::oneshot::Sender<()>)>,
+    ) {
+        let mut up = false;
+        let mut conns = tokio::task::JoinSet::new();
+        loop {
+            tokio::select! {
+                command = control.recv() => {
+                    let Some((next, done)) = command else { return };
+                    if !next {
+                        conns.abort_all(); // dropping the streams closes them
+                        while conns.join_next().await.is_some() {}
+                    }
+                    up = next;
+                    let _ = done.send(());
+                }
+                accepted = listener.accept() => {
+                    let Ok((mut inbound, _)) = accepted else { continue };
+                    if !up {
+                        continue; // dropped: the client sees its connection closed
+                    }
+                    conns.spawn(async move {
+                        if let Ok(mut outbound) = tokio::net::TcpStream::connect(("127.0.0.1", target)).await {
+                            let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                        }
+                    });
+                }
+                Some(_) = conns.join_next(), if !conns.is_empty() => {}
+            }
         }
     }
 }
