@@ -365,12 +365,18 @@ pub fn device_options(host: &str, port: u16, serial: &str, key: &PrivateKeySigne
     Ok(opts)
 }
 
-/// Polls a device's event loop forever, renewing its signed login before
-/// each reconnection (the broker takes each login once); `on_event` sees
-/// every event.
-pub fn drive(mut eventloop: rumqttc::EventLoop, serial: String, key: Option<PrivateKeySigner>, mut on_event: impl FnMut(Event) + Send + 'static) {
+/// Polls a device's event loop forever on `runtime`, renewing its signed
+/// login before each reconnection (the broker takes each login once);
+/// `on_event` sees every event.
+pub fn drive(
+    runtime: &tokio::runtime::Handle,
+    mut eventloop: rumqttc::EventLoop,
+    serial: String,
+    key: Option<PrivateKeySigner>,
+    mut on_event: impl FnMut(Event) + Send + 'static,
+) {
     healthsense_oracle::broker::without_nagle(&mut eventloop);
-    tokio::spawn(async move {
+    runtime.spawn(async move {
         loop {
             match eventloop.poll().await {
                 Ok(ev) => on_event(ev),
@@ -405,7 +411,7 @@ pub async fn connect(settings: &Settings, beds: &[Bed]) -> Result<Connected> {
         let (client, eventloop) = AsyncClient::new(opts, 10_000);
         client.subscribe(topics.device(&bed.serial, DeviceTopic::Status), QoS::AtLeastOnce).await?;
         let (t, tx, counter) = (topics.clone(), tx.clone(), acks.clone());
-        drive(eventloop, bed.serial.clone(), password.is_none().then(|| bed.key.clone()), move |ev| match ev {
+        drive(&tokio::runtime::Handle::current(), eventloop, bed.serial.clone(), password.is_none().then(|| bed.key.clone()), move |ev| match ev {
             Event::Incoming(Packet::PubAck(_)) => {
                 counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
             }

@@ -244,6 +244,42 @@ fn rss_kib(pid: u32, field: &str) -> Result<u64> {
 /// Broker acknowledgements received by the publishers.
 static PUBACKS: AtomicUsize = AtomicUsize::new(0);
 
+/// The threads of [`devices_runtime`], by name.
+const DEVICE_THREADS: &str = "bench-devices";
+
+/// The runtime the simulated devices' MQTT clients run on: threads of their
+/// own, so 2,000 device tasks do not queue with the hub's tasks on the
+/// bench's runtime (a ward's devices are not in the hub's process). They
+/// still share the machine's cores, and [`cpu_ticks`] says how much of them
+/// they took.
+fn devices_runtime() -> Result<&'static tokio::runtime::Handle> {
+    static RUNTIME: std::sync::OnceLock<std::io::Result<tokio::runtime::Runtime>> = std::sync::OnceLock::new();
+    let built = RUNTIME.get_or_init(|| {
+        tokio::runtime::Builder::new_multi_thread().worker_threads(2).thread_name(DEVICE_THREADS).enable_all().build()
+    });
+    built.as_ref().map(|rt| rt.handle()).map_err(|e| anyhow::anyhow!("starting the device clients' runtime: {e}"))
+}
+
+/// CPU time (clock ticks, user and system) of this process's threads whose
+/// name starts with `prefix`, or of the whole process for `None`.
+fn cpu_ticks(prefix: Option<&str>) -> Result<u64> {
+    let Some(prefix) = prefix else {
+        return stat_ticks(&std::fs::read_to_string("/proc/self/stat")?).context("reading /proc/self/stat");
+    };
+    let mut sum = 0;
+    for task in std::fs::read_dir("/proc/self/task")? {
+        let path = task?.path();
+        // A thread may end between the listing and the read.
+        let (Ok(comm), Ok(stat)) = (std::fs::read_to_string(path.join("comm")), std::fs::read_to_string(path.join("stat"))) else {
+            continue;
+        };
+        if comm.trim_end().starts_with(prefix) {
+            sum += stat_ticks(&stat).context("reading a thread's stat")?;
+        }
+    }
+    Ok(sum)
+}
+
 /// What one bench client was asked to publish and what came of it, read
 /// when a wait runs out to say where the missing readings stopped.
 #[derive(Default)]
@@ -294,15 +330,27 @@ fn stalled(tallies: &[Arc<Tally>]) -> String {
 /// keeps a slot for every one of `inflight` from the start (64 bytes each),
 /// so the window is sized to what the client sends: 2,000 clients with the
 /// whole 65,535 held 8 GiB in the bench's process (docs/BENCHMARKS.md).
-async fn publisher(opts: MqttOptions, capacity: usize, inflight: u16, key: Option<PrivateKeySigner>) -> (AsyncClient, Arc<Tally>) {
+async fn publisher(
+    runtime: &tokio::runtime::Handle,
+    opts: MqttOptions,
+    capacity: usize,
+    inflight: u16,
+    key: Option<PrivateKeySigner>,
+) -> (AsyncClient, Arc<Tally>) {
     use rumqttc::{Event, Outgoing, Packet};
     let mut opts = opts;
     opts.set_keep_alive(Duration::from_secs(30)).set_inflight(inflight).set_max_packet_size(1 << 20, 1 << 20);
     let id = opts.client_id();
-    let (client, eventloop) = AsyncClient::new(opts, capacity);
+    let (client, mut eventloop) = AsyncClient::new(opts, capacity);
+    // rumqttc's 5 s from TCP connect to CONNACK is shorter than 2,000
+    // clients connecting at once can take on 2 cores; a client that gives up
+    // reconnects under the same id while the broker still registers the
+    // first, and rumqttd's takeover then drops both (docs/BENCHMARKS.md,
+    // "Issue 22, fourteenth session").
+    eventloop.network_options.set_connection_timeout(60);
     let tally = Arc::new(Tally::default());
     let t = tally.clone();
-    healthsense_cli::simulate::drive(eventloop, id, key, move |ev| match ev {
+    healthsense_cli::simulate::drive(runtime, eventloop, id, key, move |ev| match ev {
         Event::Incoming(Packet::PubAck(_)) => {
             PUBACKS.fetch_add(1, Ordering::Relaxed);
             t.acked.fetch_add(1, Ordering::Relaxed);
@@ -330,6 +378,7 @@ async fn device_clients(
     per_device: usize,
     per_connection: usize,
 ) -> Result<Vec<(AsyncClient, Arc<Tally>)>> {
+    let devices = devices_runtime()?;
     let capacity = 2 * per_device + 1_000;
     // Twice the connection's readings of the run, plus 100: the broker
     // acknowledges as it logs, so a wider window is never used.
@@ -341,7 +390,7 @@ async fn device_clients(
         let mut clients = Vec::with_capacity(devs.len().div_ceil(per_connection));
         for i in 0..devs.len().div_ceil(per_connection) {
             let opts = MqttOptions::new(format!("bench-connection-{i}"), "127.0.0.1", port);
-            clients.push(publisher(opts, capacity * per_connection, inflight(per_connection), None).await);
+            clients.push(publisher(devices, opts, capacity * per_connection, inflight(per_connection), None).await);
         }
         return Ok(clients);
     }
@@ -356,9 +405,37 @@ async fn device_clients(
             Login::Open => MqttOptions::new(b.serial.clone(), "127.0.0.1", port),
         };
         let key = matches!(auth, Login::Signed).then(|| b.key.clone());
-        clients.push(publisher(opts, capacity, inflight(1), key).await);
+        clients.push(publisher(devices, opts, capacity, inflight(1), key).await);
     }
     Ok(clients)
+}
+
+/// Waits until every device client has its first CONNACK, so the phases
+/// measure readings, not a storm of connections.
+async fn connected(tallies: &[Arc<Tally>]) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let waiting = tallies.iter().filter(|t| t.connacks.load(Ordering::SeqCst) == 0).count();
+        if waiting == 0 {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!("{waiting} of {} device clients had no CONNACK from the broker after 120 s", tallies.len());
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// User plus system time (fields 14 and 15) of a `/proc/.../stat` line,
+/// counted after the last ")": the name before it may hold spaces and ")".
+fn stat_ticks(stat: &str) -> Option<u64> {
+    let mut f = stat.rsplit_once(')')?.1.split_whitespace().skip(11);
+    Some(f.next()?.parse::<u64>().ok()? + f.next()?.parse::<u64>().ok()?)
+}
+
+/// Reconnections of the device clients so far (CONNACKs beyond each one's first).
+fn reconnections(tallies: &[Arc<Tally>]) -> usize {
+    tallies.iter().map(|t| t.connacks.load(Ordering::SeqCst).saturating_sub(1)).sum()
 }
 
 #[derive(Clone, Copy)]
@@ -559,6 +636,8 @@ struct HubRun {
     commit_times: Arc<Mutex<Option<HashMap<(B256, u64), Instant>>>>,
     store: std::path::PathBuf,
     binding: healthsense_oracle::store::Binding,
+    /// From creating the device clients to the last one's first CONNACK.
+    connect_ms: f64,
     _broker: Option<KillOnDrop>,
 }
 
@@ -720,7 +799,11 @@ impl HubRun {
         };
         let per_device = args.readings / ctx.devs.len() + (args.rate + args.high_rate) * args.latency_seconds as usize / ctx.devs.len();
         let per_connection = args.devices_per_connection as usize;
-        let (clients, tallies) = device_clients(port, ctx.devs, login, per_device, per_connection).await?.into_iter().unzip();
+        let t = Instant::now();
+        let (clients, tallies): (Vec<AsyncClient>, Vec<Arc<Tally>>) =
+            device_clients(port, ctx.devs, login, per_device, per_connection).await?.into_iter().unzip();
+        connected(&tallies).await?;
+        let connect_ms = t.elapsed().as_secs_f64() * 1e3;
         let run = HubRun {
             auth,
             running: Some(running),
@@ -736,6 +819,7 @@ impl HubRun {
             commit_times,
             store,
             binding,
+            connect_ms,
             _broker: broker,
         };
         let warm: Vec<Payload> = ctx.warm.iter().cloned().zip(0..).collect();
@@ -790,11 +874,14 @@ impl HubRun {
     /// records), and the queued rate from that commit on.
     async fn ingest(&mut self, payloads: &[Payload]) -> Result<Ingest> {
         let base = self.committed.load(Ordering::SeqCst);
+        let reconnected = reconnections(&self.tallies);
         let half = payloads.len() / 2;
+        let ticks = (cpu_ticks(Some(DEVICE_THREADS))?, cpu_ticks(None)?);
         let t = Instant::now();
         self.publish(&payloads[..half]).await?;
         self.wait(&self.committed, base + half, "live ingest").await?;
         let live = half as f64 / t.elapsed().as_secs_f64();
+        let (devices, process) = (cpu_ticks(Some(DEVICE_THREADS))? - ticks.0, cpu_ticks(None)? - ticks.1);
         self.stop().await;
         let acked = PUBACKS.load(Ordering::SeqCst);
         self.publish(&payloads[half..]).await?;
@@ -810,6 +897,8 @@ impl HubRun {
             queued: (payloads.len() - half) as f64 / elapsed.as_secs_f64(),
             first_commit_ms: first.as_secs_f64() * 1e3,
             queued_from_first: (base + payloads.len() - at_first) as f64 / (elapsed - first).as_secs_f64(),
+            reconnections: reconnections(&self.tallies) - reconnected,
+            live_devices_cpu: devices as f64 / process.max(1) as f64,
         })
     }
 
@@ -889,6 +978,11 @@ struct Ingest {
     queued: f64,
     first_commit_ms: f64,
     queued_from_first: f64,
+    /// Device clients that connected again during the measurement.
+    reconnections: usize,
+    /// The simulated devices' share of the process's CPU time in the live
+    /// phase (the process holds the hub, the broker and the devices).
+    live_devices_cpu: f64,
 }
 
 /// One ingest measurement: authentication, live and queued readings/s, and
@@ -898,6 +992,9 @@ struct IngestRound {
     ingest: Ingest,
     raw_before: f64,
     raw_after: f64,
+    /// The round's device clients: how many, and how long they took to connect.
+    clients: usize,
+    connect_ms: f64,
 }
 
 impl IngestRound {
@@ -1013,7 +1110,7 @@ async fn oracle(args: &Args) -> Result<()> {
         let ingest = run.ingest(&throughput).await?;
         run.stop().await;
         let raw_after = raw_k256(&prepared)?;
-        rounds.push(IngestRound { auth, ingest, raw_before, raw_after });
+        rounds.push(IngestRound { auth, ingest, raw_before, raw_after, clients: run.clients.len(), connect_ms: run.connect_ms });
         raw_before = raw_after;
         runs.push(run);
     }
@@ -1077,6 +1174,8 @@ async fn oracle(args: &Args) -> Result<()> {
     let round_json = |r: &IngestRound| {
         json!({ "auth": r.auth, "queued_per_s": r.ingest.queued.round(), "live_per_s": r.ingest.live.round(),
                 "restart_to_first_commit_ms": r.ingest.first_commit_ms.round(), "queued_from_first_commit_per_s": r.ingest.queued_from_first.round(),
+                "device_reconnections": r.ingest.reconnections, "live_devices_cpu_share": figures::round(r.ingest.live_devices_cpu),
+                "device_clients": r.clients, "clients_connect_ms": r.connect_ms.round(),
                 "raw_before_per_s": r.raw_before.round(), "raw_after_per_s": r.raw_after.round(),
                 "queued_ratio": figures::round(r.ingest.queued / r.raw()), "live_ratio": figures::round(r.ingest.live / r.raw()) })
     };
@@ -1197,16 +1296,19 @@ async fn oracle(args: &Args) -> Result<()> {
             100.0 * r.ingest.queued / r.raw()
         );
         println!(
-            "  ingest, live   ({broker:>9}) {:>7.0} readings/s  = {:.0}% of raw   (target >= 80%; devices publishing on the same cores)",
+            "  ingest, live   ({broker:>9}) {:>7.0} readings/s  = {:.0}% of raw   (target >= 80%; devices publishing on the same cores, {:.0}% of the CPU)",
             r.ingest.live,
-            100.0 * r.ingest.live / r.raw()
+            100.0 * r.ingest.live / r.raw(),
+            100.0 * r.ingest.live_devices_cpu
         );
         println!(
-            "  hub restart -> first queued commit {:.0} ms; queued from that commit {:.0} readings/s = {:.0}% of raw",
+            "  hub restart -> first queued commit {:.0} ms; queued from that commit {:.0} readings/s = {:.0}% of raw; {} device reconnections",
             r.ingest.first_commit_ms,
             r.ingest.queued_from_first,
-            100.0 * r.ingest.queued_from_first / r.raw()
+            100.0 * r.ingest.queued_from_first / r.raw(),
+            r.ingest.reconnections
         );
+        println!("  {} device clients connected to the broker in {:.0} ms", r.clients, r.connect_ms);
     }
     println!(
         "  hub signature check     {hub_check:>10.0} readings/s  = {:.2}x the raw k256 before the first round (libsecp256k1 recovery)",
@@ -1386,7 +1488,7 @@ async fn memory(
     let topics = Topics::new("beds").map_err(anyhow::Error::msg)?;
     // One publisher for every bed, on an open broker: the figure is the
     // oracle's memory, not 2,000 device connections'.
-    let (client, _) = publisher(MqttOptions::new("memory-beds", "127.0.0.1", port), 1_000_000, u16::MAX, None).await;
+    let (client, _) = publisher(&tokio::runtime::Handle::current(), MqttOptions::new("memory-beds", "127.0.0.1", port), 1_000_000, u16::MAX, None).await;
     let beds = &beds[..args.beds];
     let mut tick = tokio::time::interval(Duration::from_millis(10));
     let rate = memory_rate(args);
@@ -1598,7 +1700,7 @@ async fn alert_latency(args: &Args) -> Result<Alerts> {
     tokio::time::timeout(Duration::from_secs(60), online_rx.wait_for(|up| *up))
         .await
         .context("the hub did not come online within 60 s")??;
-    let (client, _) = publisher(MqttOptions::new("alert-beds", "127.0.0.1", port), 1_000_000, u16::MAX, None).await;
+    let (client, _) = publisher(&tokio::runtime::Handle::current(), MqttOptions::new("alert-beds", "127.0.0.1", port), 1_000_000, u16::MAX, None).await;
     let mut published: HashMap<(String, u64), (Instant, i64)> = HashMap::with_capacity(a_sent);
     let mut interval = tokio::time::interval(Duration::from_millis(10));
     let mut from = 0;
@@ -1658,6 +1760,20 @@ mod tests {
         assert!(report.contains("4 publishes never written, 7 written and not acknowledged; 1 of them reconnected"), "{report}");
         assert!(report.contains("client 1: requested 20, written 16, acked 16, connacks 1"), "{report}");
         assert!(!report.contains("client 0"), "{report}");
+    }
+
+    #[test]
+    fn a_threads_cpu_time_is_read_after_a_name_with_spaces_and_parentheses() {
+        // pid (comm) state ppid pgrp session tty tpgid flags minflt cminflt majflt cmajflt utime stime ...
+        let stat = "4242 (bench (dev) 1) S 1 4242 4242 0 -1 4194368 120 0 0 0 37 5 0 0 20 0 3 0";
+        assert_eq!(stat_ticks(stat), Some(42));
+        assert_eq!(stat_ticks("4242 (cut short) S 1 2"), None);
+        assert_eq!(stat_ticks("no name at all"), None);
+    }
+
+    #[test]
+    fn only_connections_beyond_each_clients_first_count_as_reconnections() {
+        assert_eq!(reconnections(&[tally(0, 0, 0, 0), tally(0, 0, 0, 1), tally(0, 0, 0, 3)]), 2);
     }
 
     #[test]
