@@ -36,7 +36,9 @@
 //!    time apart); with `--auth both`, alternating rounds with
 //!    authentication on and off, each on a broker and hub of its own;
 //!    `--devices-per-connection` shares connections (the 20,000-device
-//!    scaling run, docs/BENCHMARKS.md);
+//!    scaling run, docs/BENCHMARKS.md); the device clients run on threads
+//!    of their own, connect before the clock starts, and the report says
+//!    how many reconnected and how much of the CPU they took;
 //! 3. latency: readings paced at `--rate` and then `--high-rate` per second,
 //!    publish -> commit;
 //! 4. gas: anchorBatch at 2,000 readings per batch against one postReadings
