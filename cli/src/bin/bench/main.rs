@@ -883,7 +883,8 @@ impl HubRun {
         self.publish(&payloads[..half]).await?;
         self.wait(&self.committed, base + half, "live ingest").await?;
         let live = half as f64 / t.elapsed().as_secs_f64();
-        let (devices, process) = (cpu_ticks(Some(DEVICE_THREADS))? - ticks.0, cpu_ticks(None)? - ticks.1);
+        let (devices, process) =
+            (cpu_ticks(Some(DEVICE_THREADS))?.saturating_sub(ticks.0), cpu_ticks(None)?.saturating_sub(ticks.1));
         self.stop().await;
         let acked = PUBACKS.load(Ordering::SeqCst);
         self.publish(&payloads[half..]).await?;
