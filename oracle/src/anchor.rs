@@ -107,6 +107,9 @@ impl Anchorer {
         let mut looked: Option<Unbatched> = None;
         loop {
             if *shutdown.borrow() {
+                // What the cutter holds of the trend rollup, so the next
+                // start need not read those batches back.
+                block_in_place(|| self.store.write_rollup());
                 return Ok(());
             }
             let committed = self.committed.load(Ordering::Acquire);

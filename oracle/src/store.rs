@@ -239,6 +239,10 @@ CREATE TABLE IF NOT EXISTS alert_acks (
 /// One connection to the hub store.
 pub struct Store {
     conn: Connection,
+    /// The batch cutter's aggregate of the batches it cut since the trend
+    /// rollup's watermark (`crate::trend`); `None` until its first cut, and
+    /// after anything it does not cover (then read back from the readings).
+    rollup: Option<crate::trend::Pending>,
 }
 
 /// A 32-byte column as a hash; anything else means the store is corrupt.
@@ -275,7 +279,7 @@ impl Store {
             conn.query_row("SELECT value FROM meta WHERE key = 'binding'", [], |r| r.get(0)).optional()?;
         let prefix = format!("chain {chain_id} contract {contract} ");
         match found {
-            Some(found) if found.starts_with(&prefix) => Ok(Self { conn }),
+            Some(found) if found.starts_with(&prefix) => Ok(Self { conn, rollup: None }),
             found => Err(StoreError::WrongDeployment {
                 path: path.display().to_string(),
                 found: found.unwrap_or_else(|| "nothing (not a hub store)".into()),
@@ -304,7 +308,7 @@ impl Store {
             }
             Some(_) => {}
         }
-        Ok(Self { conn })
+        Ok(Self { conn, rollup: None })
     }
 
     /// Leaves WAL checkpoints to other connections: this one's commits never
@@ -541,8 +545,57 @@ impl Store {
             )
             .map(drop)
         };
-        self.stamp(seq, &rows, &proofs, insert, chunks)?;
+        let pending = self.rollup.take();
+        let stamped = self.stamp(seq, &rows, &proofs, insert, chunks)?;
+        if rows.len().div_ceil(CUT_CHUNK) <= chunks {
+            self.roll_up(seq, pending, &stamped);
+        }
         Ok(Some(Batch { seq, mode, root, leaf_count: count, state: "pending".into(), tx: None }))
+    }
+
+    /// Adds cut batch `seq` (`stamped`, all its readings) to the trend
+    /// rollup's aggregate, writing it when due (`crate::trend`). A rollup
+    /// that cannot be written now is not an error of the cut: the readings
+    /// stay in the store, trends read them raw, and the next cut catches up
+    /// from them.
+    fn roll_up(&mut self, seq: u64, pending: Option<crate::trend::Pending>, stamped: &[Reading]) {
+        // Its first cut: from the watermark, if that is the batch before.
+        let pending = pending.or_else(|| crate::trend::rolled_to(&self.conn).ok().map(crate::trend::Pending::at));
+        let pending = match pending {
+            Some(mut p) if p.to() + 1 == seq => {
+                p.add_batch(seq, stamped.iter());
+                p
+            }
+            // After a crash or a failed write: rebuilt from the readings.
+            _ => crate::trend::Pending::at(0),
+        };
+        if pending.to() == seq && !pending.due() {
+            self.rollup = Some(pending);
+            return;
+        }
+        self.rollup = Some(pending);
+        self.write_rollup_to(seq);
+    }
+
+    /// Writes what the batch cutter holds of the trend rollup now, instead
+    /// of when due (the hub's shutdown: the next start need not read those
+    /// batches back). Failures are logged; the readings stay in the store.
+    pub fn write_rollup(&mut self) {
+        if let Some(to) = self.rollup.as_ref().map(|p| p.to()) {
+            self.write_rollup_to(to);
+        }
+    }
+
+    fn write_rollup_to(&mut self, seq: u64) {
+        let pending = self.rollup.take();
+        let valid = pending.as_ref().filter(|p| p.to() == seq);
+        self.rollup = match crate::trend::flush(&mut self.conn, valid, seq) {
+            Ok(watermark) => Some(crate::trend::Pending::at(watermark)),
+            Err(e) => {
+                tracing::warn!(error = %e, batch = seq, "trend rollup not written; the next batch cut catches up");
+                None
+            }
+        };
     }
 
     /// Finishes every cut a crash interrupted (batches left `cutting`), so
@@ -568,6 +621,9 @@ impl Store {
                 return Err(changed(format!("root {root}")));
             }
             self.stamp(b.seq, &rows, &proofs, |_| Ok(()), usize::MAX)?;
+            // The batch's readings stamped before the crash are not in this
+            // cutter's memory: the next cut reads the rollup's part back.
+            self.rollup = None;
             done.push(Batch { state: "pending".into(), ..b });
         }
         Ok(done)
@@ -584,7 +640,10 @@ impl Store {
 
     /// Writes batch `seq` onto `rows` [`CUT_CHUNK`] at a time: `first` runs
     /// in the first chunk's transaction, the last one marks the batch
-    /// `pending`. Stops after `chunks` transactions.
+    /// `pending`. Stops after `chunks` transactions. Returns the readings
+    /// it stamped (not those a crash left stamped) that the trend rollup's
+    /// watermark has not passed; those it has go into the rollup with
+    /// their chunk.
     fn stamp(
         &mut self,
         seq: u64,
@@ -592,12 +651,13 @@ impl Store {
         proofs: &[Vec<u8>],
         first: impl FnOnce(&rusqlite::Transaction<'_>) -> rusqlite::Result<()>,
         chunks: usize,
-    ) -> Result<()> {
+    ) -> Result<Vec<Reading>> {
         let stamped = self.stamp_chunks(seq, rows, proofs, first, chunks);
         // FULL again also after an error part-way, for every later commit.
         let restored = self.conn.pragma_update(None, "synchronous", "FULL");
-        stamped?;
-        Ok(restored?)
+        let stamped = stamped?;
+        restored?;
+        Ok(stamped)
     }
 
     fn stamp_chunks(
@@ -607,9 +667,14 @@ impl Store {
         proofs: &[Vec<u8>],
         first: impl FnOnce(&rusqlite::Transaction<'_>) -> rusqlite::Result<()>,
         chunks: usize,
-    ) -> Result<()> {
+    ) -> Result<Vec<Reading>> {
         let mut first = Some(first);
         let total = rows.len().div_ceil(CUT_CHUNK);
+        // Only a store whose rollup was written per chunk, before the
+        // watermark (crate::trend::init), has a batch the watermark passed
+        // still being cut.
+        let rolled = crate::trend::rolled_to(&self.conn)? >= seq;
+        let mut out = Vec::with_capacity(if rolled { 0 } else { rows.len() });
         // Every chunk but the last commits without an fsync (WAL with
         // synchronous=NORMAL keeps the order of commits, never their
         // durability): the last one, FULL again, syncs the log and with it
@@ -629,9 +694,9 @@ impl Store {
                     "UPDATE readings SET batch_seq = ?1, leaf_index = ?2, proof = ?3 WHERE id = ?4 AND batch_seq IS NULL",
                 )?;
                 let mut stamped = tx.prepare_cached("SELECT batch_seq FROM readings WHERE id = ?1")?;
-                // The trend rollup takes each reading in the transaction that
-                // batches it: once, as a reading is batched once. A reading
-                // this batch already holds (a cut a crash interrupted) is in.
+                // Each reading counts once in the trend rollup, as it is
+                // batched once: one this batch already holds (a cut a crash
+                // interrupted) is in the rollup or in the batch's readings.
                 let mut newly = Vec::with_capacity(chunk.len());
                 for (i, ((id, r), proof)) in chunk.iter().zip(chunk_proofs).enumerate() {
                     let proof = (!proof.is_empty()).then_some(proof.as_slice());
@@ -641,7 +706,12 @@ impl Store {
                         return Err(StoreError::Corrupt(format!("reading {id} changed while batch {seq} was cut")));
                     }
                 }
-                crate::trend::add(&tx, newly.into_iter())?;
+                if rolled {
+                    crate::trend::add(&tx, newly.into_iter())?;
+                } else {
+                    // Kept only if this chunk commits: an error below ends the cut.
+                    out.extend(newly.into_iter().cloned());
+                }
             }
             if last {
                 tx.execute("UPDATE batches SET state = 'pending' WHERE seq = ?1", [seq as i64])?;
@@ -653,7 +723,7 @@ impl Store {
                 std::thread::sleep(CUT_GAP);
             }
         }
-        Ok(())
+        Ok(out)
     }
 
     /// Batches still waiting for the chain, oldest first.
@@ -963,6 +1033,39 @@ mod tests {
         let next = store.cut_batch(2, 100, Mode::Hash, 0).unwrap().unwrap();
         assert_eq!(next.leaf_count, 2);
         assert_eq!(sync(&store), 2, "synchronous=FULL after a whole cut");
+    }
+
+    #[test]
+    fn a_cut_interrupted_in_a_store_rolled_up_per_chunk_counts_each_reading_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("hub.sqlite");
+        let mut store = Store::open(&path, binding()).unwrap();
+        let n = 2 * CUT_CHUNK as u64 + 7;
+        store.commit(&(1..=n).map(|s| reading("HS-1", s)).collect::<Vec<_>>(), &[]).unwrap();
+        store.cut(1, n as usize, Mode::Hash, 0, 1).unwrap().unwrap();
+        // A store from before the watermark: its first chunk went into the
+        // rollup with the chunk, and the watermark starts at the cut batch.
+        store.conn.execute("DELETE FROM meta WHERE key IN ('trend_rollup', 'trend_rolled_to')", []).unwrap();
+        drop(store);
+        let mut store = Store::open(&path, binding()).unwrap();
+        assert_eq!(crate::trend::rolled_to(&store.conn).unwrap(), 1);
+        let total = |s: &Store| {
+            crate::trend::trend(s, ids::device_id("HS-1"), 0, u64::MAX / 2, u64::MAX / 4, crate::trend::Source::Rollup)
+                .unwrap()
+                .values()
+                .map(|b| b.n)
+                .sum::<u64>()
+        };
+        assert_eq!(total(&store), n, "stamped readings from the rollup, the rest raw");
+        store.finish_cuts().unwrap();
+        assert_eq!(total(&store), n, "the rest of the batch into the rollup as it is stamped, once");
+        store.commit(&[reading("HS-1", n + 1), reading("HS-1", n + 2)], &[]).unwrap();
+        store.cut_batch(2, 100, Mode::Hash, 0).unwrap().unwrap();
+        assert_eq!(crate::trend::rolled_to(&store.conn).unwrap(), 1, "the next batch waits in memory");
+        assert_eq!(total(&store), n + 2);
+        store.write_rollup();
+        assert_eq!(crate::trend::rolled_to(&store.conn).unwrap(), 2);
+        assert_eq!(total(&store), n + 2);
     }
 
     #[test]

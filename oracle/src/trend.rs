@@ -3,16 +3,29 @@
 //! in the hub store so a 24-hour trend reads about 1,440 rows instead of
 //! 86,400 readings (issue 19).
 //!
-//! A reading enters the rollup in the transaction that stamps it into its
-//! batch ([`crate::store::Store::cut_batch`]), so rollup and readings can
-//! never disagree, and each reading, anchored exactly once, is counted
-//! exactly once, however late or out of order it arrived (aggregates merge
-//! in any order). The ingest commit itself stays as it was: the readings not
-//! yet batched (seconds' worth) are read raw by [`trend`], in the same read
-//! transaction as the rollup. A store from before the rollup is filled once
-//! when it is opened.
+//! The rollup holds exactly the readings of the batches up to a watermark,
+//! `trend_rolled_to` in `meta`: every batch with a lower or equal sequence
+//! number is in it, and no other. [`trend`] reads the rollup and, raw, the
+//! readings beyond the watermark (batched since, or not yet batched) in the
+//! same read transaction, so a trend is always exact, whatever the rollup
+//! has caught up with. Each batch enters the rollup once, as the watermark
+//! passes it, however late or out of order its readings arrived (aggregates
+//! merge in any order).
+//!
+//! The batch cutter ([`crate::store::Store::cut_batch`]) aggregates the
+//! readings it stamps in memory ([`Pending`]) and writes the rollup and the
+//! watermark together in one transaction every [`FLUSH_READINGS`] readings
+//! or [`FLUSH_AGE`], in key order. Written per cut chunk instead, a ward
+//! whose devices report every second rewrote each device's minute row once
+//! per chunk (60 times a minute), and at 20,000 devices every chunk
+//! inserted 100 rows at 100 random places (docs/BENCHMARKS.md, "Issue 22,
+//! fifteenth session"). What a crash loses of the memory is read back from
+//! the readings ([`flush`] recomputes when its memory does not start at the
+//! watermark). A store from before the rollup is filled once when it is
+//! opened.
 
 use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
 
 use alloy::primitives::B256;
 use healthsense_abi::Reading;
@@ -31,8 +44,21 @@ CREATE TABLE IF NOT EXISTS trend_minutes (
 ) WITHOUT ROWID;
 ";
 
-/// `meta` key set once the rollup holds every batched reading.
+/// `meta` key set once the rollup was filled from the readings stored
+/// before it existed.
 const FILLED: &str = "trend_rollup";
+
+/// `meta` key of the watermark: the rollup holds the readings of every
+/// batch up to this sequence number, and of no later one.
+const ROLLED_TO: &str = "trend_rolled_to";
+
+/// The cutter writes its aggregate once it holds this many readings. Bounds
+/// the raw part of a trend (readings beyond the watermark, read through the
+/// batch index) and how long one rollup write holds the store's write lock.
+pub const FLUSH_READINGS: usize = 20_000;
+
+/// ... or once its oldest batch is this old, so a quiet ward's rollup keeps up.
+pub const FLUSH_AGE: Duration = Duration::from_secs(30);
 
 /// Min, sum and max of one vital (0 = not measured, skipped).
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -147,17 +173,20 @@ impl Bucket {
 
 /// Creates the rollup table and, for a store from before it, fills it from
 /// the batched readings (once; in one transaction, so a crash leaves it to
-/// the next open).
+/// the next open). A store whose rollup was written per cut chunk (before
+/// the watermark) holds every batched reading: its watermark starts at the
+/// last batch.
 pub(crate) fn init(conn: &Connection) -> Result<(), StoreError> {
-    fn filled(c: &Connection) -> rusqlite::Result<bool> {
-        c.query_row("SELECT EXISTS (SELECT 1 FROM meta WHERE key = ?1)", [FILLED], |r| r.get(0))
+    fn has(c: &Connection, key: &str) -> rusqlite::Result<bool> {
+        c.query_row("SELECT EXISTS (SELECT 1 FROM meta WHERE key = ?1)", [key], |r| r.get(0))
     }
     conn.execute_batch(SCHEMA)?;
-    if filled(conn)? {
+    if has(conn, FILLED)? && has(conn, ROLLED_TO)? {
         return Ok(());
     }
     let tx = rusqlite::Transaction::new_unchecked(conn, TransactionBehavior::Immediate)?;
-    if !filled(&tx)? {
+    let last_batch = |tx: &Connection| tx.query_row("SELECT COALESCE(MAX(seq), 0) FROM batches", [], |r| r.get::<_, i64>(0));
+    if !has(&tx, FILLED)? {
         tx.execute("DELETE FROM trend_minutes", [])?;
         let mut stmt = tx.prepare(&format!("SELECT {READING_COLUMNS} FROM readings WHERE batch_seq IS NOT NULL"))?;
         let mut rows = stmt.query([])?;
@@ -178,28 +207,124 @@ pub(crate) fn init(conn: &Connection) -> Result<(), StoreError> {
         drop(rows);
         drop(stmt);
         tx.execute("INSERT INTO meta (key, value) VALUES (?1, '1')", [FILLED])?;
+        tx.execute("DELETE FROM meta WHERE key = ?1", [ROLLED_TO])?;
+    }
+    if !has(&tx, ROLLED_TO)? {
+        // Every batched reading is in the rollup now, those of a batch whose
+        // cut a crash interrupted too: the rest of that batch goes in as it
+        // is stamped (`rolled_to` >= its seq, see `Store::stamp`).
+        tx.execute("INSERT INTO meta (key, value) VALUES (?1, ?2)", params![ROLLED_TO, last_batch(&tx)?.to_string()])?;
     }
     tx.commit()?;
     Ok(())
 }
 
-/// Adds readings to the rollup, in the caller's transaction (the one that
-/// stamps them into a batch).
-pub(crate) fn add<'a>(conn: &Connection, readings: impl Iterator<Item = &'a Reading>) -> Result<(), StoreError> {
-    let mut minutes: BTreeMap<(B256, u64), Bucket> = BTreeMap::new();
+/// The watermark: the rollup holds every batch up to this one.
+pub(crate) fn rolled_to(conn: &Connection) -> Result<u64, StoreError> {
+    let v: Option<String> = conn.query_row("SELECT value FROM meta WHERE key = ?1", [ROLLED_TO], |r| r.get(0)).optional()?;
+    v.map_or(Ok(0), |v| v.parse().map_err(|_| StoreError::Corrupt(format!("trend watermark {v:?}"))))
+}
+
+/// Per device and minute, the aggregate of some readings.
+type Minutes = BTreeMap<(B256, u64), Bucket>;
+
+/// Adds `readings` to `minutes`; how many there were.
+fn aggregate<'a>(minutes: &mut Minutes, readings: impl Iterator<Item = &'a Reading>) -> usize {
+    let mut n = 0;
     for r in readings {
         minutes.entry((r.deviceId, r.timestamp / MINUTE_MS)).or_default().add(r);
+        n += 1;
     }
+    n
+}
+
+/// Merges `minutes` into the rollup, in key order.
+fn write(conn: &Connection, minutes: &Minutes) -> Result<(), StoreError> {
     let mut get = conn.prepare_cached("SELECT agg FROM trend_minutes WHERE device_id = ?1 AND minute = ?2")?;
     let mut put = conn.prepare_cached("INSERT OR REPLACE INTO trend_minutes (device_id, minute, agg) VALUES (?1, ?2, ?3)")?;
-    for ((device, minute), mut b) in minutes {
-        let key = params![device.as_slice(), minute as i64];
+    for ((device, minute), b) in minutes {
+        let key = params![device.as_slice(), *minute as i64];
+        let mut b = b.clone();
         if let Some(old) = get.query_row(key, |r| r.get::<_, Vec<u8>>(0)).optional()? {
             b.merge(&Bucket::from_blob(&old)?);
         }
-        put.execute(params![device.as_slice(), minute as i64, b.to_blob()])?;
+        put.execute(params![device.as_slice(), *minute as i64, b.to_blob()])?;
     }
     Ok(())
+}
+
+/// Adds readings to the rollup directly, in the caller's transaction: the
+/// fill at open, and readings stamped into a batch the watermark already
+/// passed.
+pub(crate) fn add<'a>(conn: &Connection, readings: impl Iterator<Item = &'a Reading>) -> Result<(), StoreError> {
+    let mut minutes = Minutes::new();
+    aggregate(&mut minutes, readings);
+    write(conn, &minutes)
+}
+
+/// What the batch cutter aggregated of the batches after watermark `from`,
+/// up to batch `to`, not yet in the rollup.
+#[derive(Debug)]
+pub(crate) struct Pending {
+    from: u64,
+    to: u64,
+    minutes: Minutes,
+    readings: usize,
+    since: Option<Instant>,
+}
+
+impl Pending {
+    /// Nothing aggregated yet, the rollup at `watermark`.
+    pub(crate) fn at(watermark: u64) -> Self {
+        Self { from: watermark, to: watermark, minutes: Minutes::new(), readings: 0, since: None }
+    }
+
+    /// The last batch it covers.
+    pub(crate) fn to(&self) -> u64 {
+        self.to
+    }
+
+    /// Adds batch `seq`'s readings (all of them, stamped by this cutter).
+    pub(crate) fn add_batch<'a>(&mut self, seq: u64, readings: impl Iterator<Item = &'a Reading>) {
+        self.readings += aggregate(&mut self.minutes, readings);
+        self.to = seq;
+        self.since.get_or_insert_with(Instant::now);
+    }
+
+    /// Whether it is time to write it.
+    pub(crate) fn due(&self) -> bool {
+        self.readings >= FLUSH_READINGS || self.since.is_some_and(|t| t.elapsed() >= FLUSH_AGE)
+    }
+}
+
+/// Brings the rollup up to batch `to`, in one transaction: from `pending`
+/// when it starts at the watermark, else (a restart, an interrupted cut) from
+/// the readings of the batches in between. Returns the new watermark.
+pub(crate) fn flush(conn: &mut Connection, pending: Option<&Pending>, to: u64) -> Result<u64, StoreError> {
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    let from = rolled_to(&tx)?;
+    if from >= to {
+        return Ok(from);
+    }
+    match pending {
+        Some(p) if p.from == from && p.to == to => write(&tx, &p.minutes)?,
+        _ => {
+            let mut minutes = Minutes::new();
+            {
+                let mut stmt = tx.prepare_cached(&format!(
+                    "SELECT {READING_COLUMNS} FROM readings INDEXED BY readings_batch WHERE batch_seq > ?1 AND batch_seq <= ?2"
+                ))?;
+                let mut rows = stmt.query(params![from as i64, to as i64])?;
+                while let Some(r) = rows.next()? {
+                    aggregate(&mut minutes, std::iter::once(&reading_row(r, 0)?));
+                }
+            }
+            write(&tx, &minutes)?;
+        }
+    }
+    tx.execute("UPDATE meta SET value = ?2 WHERE key = ?1", params![ROLLED_TO, to.to_string()])?;
+    tx.commit()?;
+    Ok(to)
 }
 
 /// How a trend is read: from the rollup where it can be, or every reading
@@ -271,6 +396,23 @@ pub fn trend(store: &Store, device: B256, from: u64, to: u64, width: u64, source
             add_raw("batch_seq IS NOT NULL", lo, hi)?;
         }
         add_raw("batch_seq IS NULL", from, to)?;
+        if rollup {
+            // Whole minutes of batches beyond the watermark (the cut minutes
+            // above took every batched reading), found through the batch
+            // index: at most about FLUSH_READINGS readings, where the device
+            // index would walk the device's whole history.
+            let mut stmt = tx.prepare_cached(&format!(
+                "SELECT {READING_COLUMNS} FROM readings INDEXED BY readings_batch
+                 WHERE batch_seq > ?4 AND device_id = ?1 AND ts BETWEEN ?2 AND ?3"
+            ))?;
+            let mut rows = stmt.query(params![device.as_slice(), clamp(from), clamp(to), clamp(rolled_to(&tx)?)])?;
+            while let Some(r) = rows.next()? {
+                let r = reading_row(r, 0)?;
+                if whole(r.timestamp / MINUTE_MS) {
+                    out.entry(bucket_of(r.timestamp)).or_default().add(&r);
+                }
+            }
+        }
     }
     tx.finish()?;
     Ok(out)

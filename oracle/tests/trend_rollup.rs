@@ -51,6 +51,64 @@ fn count(store: &Store, device: B256) -> u64 {
     trend(store, device, 0, u64::MAX / 2, 60_000 * 1_000_000_000, Source::Rollup).unwrap().values().map(|b| b.n).sum()
 }
 
+/// The rollup's watermark: it holds every batch up to this one.
+fn watermark(path: &std::path::Path) -> u64 {
+    let conn = rusqlite::Connection::open(path).unwrap();
+    conn.query_row("SELECT value FROM meta WHERE key = 'trend_rolled_to'", [], |r| r.get::<_, String>(0)).unwrap().parse().unwrap()
+}
+
+#[test]
+fn the_rollup_catches_up_in_writes_of_many_batches_and_trends_stay_exact_in_between() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("hub.sqlite");
+    let mut rng = rand::rngs::StdRng::seed_from_u64(22);
+    let devices: Vec<B256> = (1..=5u8).map(B256::repeat_byte).collect();
+    let t0 = 1_780_000_000_000;
+    let mut store = Store::open(&path, binding()).unwrap();
+    let mut seqs = vec![0u64; devices.len()];
+    let mut rows = Vec::new();
+    for s in 0..6_000u64 {
+        for (k, &d) in devices.iter().enumerate() {
+            seqs[k] += 1;
+            let jitter = rng.random_range(0..1_000);
+            rows.push(reading(&mut rng, d, seqs[k], t0 + s * 1_000 + jitter));
+        }
+    }
+    rows.shuffle(&mut rng);
+    store.commit(&rows, &[]).unwrap();
+    let per_batch = 2_000;
+    let flush_batches = (healthsense_oracle::trend::FLUSH_READINGS / per_batch) as u64;
+    // The batches wait in the cutter's memory until FLUSH_READINGS.
+    for seq in 1..flush_batches {
+        store.cut_batch(seq, per_batch, Mode::Hash, 0).unwrap().unwrap();
+    }
+    assert_eq!(watermark(&path), 0, "below the flush size, the batches wait in memory");
+    let span = 6_000 * 1_000;
+    assert_equal(&store, &devices, t0, span, "batches beyond the watermark");
+    store.cut_batch(flush_batches, per_batch, Mode::Hash, 0).unwrap().unwrap();
+    assert_eq!(watermark(&path), flush_batches, "written once FLUSH_READINGS were cut");
+    assert_equal(&store, &devices, t0, span, "just written");
+    // A crash loses the cutter's memory: those batches are read back.
+    store.cut_batch(flush_batches + 1, per_batch, Mode::Hash, 0).unwrap().unwrap();
+    store.cut_batch(flush_batches + 2, per_batch, Mode::Hash, 0).unwrap().unwrap();
+    drop(store);
+    let mut store = Store::open(&path, binding()).unwrap();
+    assert_equal(&store, &devices, t0, span, "after a crash");
+    store.cut_batch(flush_batches + 3, per_batch, Mode::Hash, 0).unwrap().unwrap();
+    assert_eq!(watermark(&path), flush_batches + 3, "the first cut after a crash catches up from the readings");
+    // A shutdown writes what the memory holds.
+    store.cut_batch(flush_batches + 4, per_batch, Mode::Hash, 0).unwrap().unwrap();
+    assert_eq!(watermark(&path), flush_batches + 3);
+    store.write_rollup();
+    assert_eq!(watermark(&path), flush_batches + 4);
+    let mut batch = flush_batches + 5;
+    while store.cut_batch(batch, per_batch, Mode::Hash, 0).unwrap().is_some() {
+        batch += 1;
+    }
+    assert_equal(&store, &devices, t0, span, "every reading batched");
+    assert_eq!(devices.iter().map(|&d| count(&store, d)).collect::<Vec<_>>(), seqs, "every reading counted once");
+}
+
 #[test]
 fn the_rollup_equals_the_raw_aggregation_across_late_readings_and_restarts() {
     let dir = tempfile::tempdir().unwrap();
