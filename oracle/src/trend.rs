@@ -322,7 +322,12 @@ pub(crate) fn flush(conn: &mut Connection, pending: Option<&Pending>, to: u64) -
             write(&tx, &minutes)?;
         }
     }
-    tx.execute("UPDATE meta SET value = ?2 WHERE key = ?1", params![ROLLED_TO, to.to_string()])?;
+    // An upsert: an UPDATE of a missing row would write the rollup and
+    // leave the watermark behind it, counting those batches twice.
+    tx.execute(
+        "INSERT INTO meta (key, value) VALUES (?1, ?2) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+        params![ROLLED_TO, to.to_string()],
+    )?;
     tx.commit()?;
     Ok(to)
 }
