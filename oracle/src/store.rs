@@ -250,6 +250,17 @@ pub(crate) fn b256(v: Vec<u8>) -> Result<B256> {
     (v.len() == 32).then(|| B256::from_slice(&v)).ok_or_else(|| StoreError::Corrupt(format!("{}-byte hash", v.len())))
 }
 
+/// A `meta` value, on a connection or inside a transaction.
+pub(crate) fn read_meta(conn: &Connection, key: &str) -> rusqlite::Result<Option<String>> {
+    conn.query_row("SELECT value FROM meta WHERE key = ?1", [key], |r| r.get(0)).optional()
+}
+
+/// Sets a `meta` value, on a connection or inside a transaction.
+pub(crate) fn write_meta(conn: &Connection, key: &str, value: &str) -> rusqlite::Result<()> {
+    conn.execute("INSERT INTO meta (key, value) VALUES (?1, ?2) ON CONFLICT (key) DO UPDATE SET value = excluded.value", [key, value])
+        .map(drop)
+}
+
 /// How long a connection waits for another's write lock before failing.
 const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
 
@@ -337,13 +348,12 @@ impl Store {
 
     /// A `meta` value.
     pub fn meta(&self, key: &str) -> Result<Option<String>> {
-        Ok(self.conn.query_row("SELECT value FROM meta WHERE key = ?1", [key], |r| r.get(0)).optional()?)
+        Ok(read_meta(&self.conn, key)?)
     }
 
     /// Sets a `meta` value.
     pub fn set_meta(&self, key: &str, value: &str) -> Result<()> {
-        self.conn.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?1, ?2)", [key, value])?;
-        Ok(())
+        Ok(write_meta(&self.conn, key, value)?)
     }
 
     /// The serial a device's readings arrived under, if any arrived.
@@ -398,7 +408,7 @@ impl Store {
             }
         }
         for (key, value) in [("device_cache_block", block.to_string()), ("device_cache_hash", hash.to_string())] {
-            tx.execute("INSERT INTO meta (key, value) VALUES (?1, ?2) ON CONFLICT (key) DO UPDATE SET value = excluded.value", params![key, value])?;
+            write_meta(&tx, key, &value)?;
         }
         tx.commit()?;
         Ok(())

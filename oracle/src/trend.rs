@@ -32,7 +32,7 @@ use healthsense_abi::Reading;
 use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 
 use crate::news2;
-use crate::store::{reading_row, Store, StoreError, READING_COLUMNS};
+use crate::store::{read_meta, reading_row, write_meta, Store, StoreError, READING_COLUMNS};
 
 /// The rollup's granularity: one row per device per minute since the epoch.
 pub const MINUTE_MS: u64 = 60_000;
@@ -177,9 +177,7 @@ impl Bucket {
 /// the watermark) holds every batched reading: its watermark starts at the
 /// last batch.
 pub(crate) fn init(conn: &Connection) -> Result<(), StoreError> {
-    fn has(c: &Connection, key: &str) -> rusqlite::Result<bool> {
-        c.query_row("SELECT EXISTS (SELECT 1 FROM meta WHERE key = ?1)", [key], |r| r.get(0))
-    }
+    let has = |c: &Connection, key: &str| read_meta(c, key).map(|v| v.is_some());
     conn.execute_batch(SCHEMA)?;
     if has(conn, FILLED)? && has(conn, ROLLED_TO)? {
         return Ok(());
@@ -206,14 +204,14 @@ pub(crate) fn init(conn: &Connection) -> Result<(), StoreError> {
         }
         drop(rows);
         drop(stmt);
-        tx.execute("INSERT INTO meta (key, value) VALUES (?1, '1')", [FILLED])?;
+        write_meta(&tx, FILLED, "1")?;
         tx.execute("DELETE FROM meta WHERE key = ?1", [ROLLED_TO])?;
     }
     if !has(&tx, ROLLED_TO)? {
         // Every batched reading is in the rollup now, those of a batch whose
         // cut a crash interrupted too: the rest of that batch goes in as it
         // is stamped (`rolled_to` >= its seq, see `Store::stamp`).
-        tx.execute("INSERT INTO meta (key, value) VALUES (?1, ?2)", params![ROLLED_TO, last_batch(&tx)?.to_string()])?;
+        write_meta(&tx, ROLLED_TO, &last_batch(&tx)?.to_string())?;
     }
     tx.commit()?;
     Ok(())
@@ -221,8 +219,7 @@ pub(crate) fn init(conn: &Connection) -> Result<(), StoreError> {
 
 /// The watermark: the rollup holds every batch up to this one.
 pub(crate) fn rolled_to(conn: &Connection) -> Result<u64, StoreError> {
-    let v: Option<String> = conn.query_row("SELECT value FROM meta WHERE key = ?1", [ROLLED_TO], |r| r.get(0)).optional()?;
-    v.map_or(Ok(0), |v| v.parse().map_err(|_| StoreError::Corrupt(format!("trend watermark {v:?}"))))
+    read_meta(conn, ROLLED_TO)?.map_or(Ok(0), |v| v.parse().map_err(|_| StoreError::Corrupt(format!("trend watermark {v:?}"))))
 }
 
 /// Per device and minute, the aggregate of some readings.
@@ -244,11 +241,15 @@ fn write(conn: &Connection, minutes: &Minutes) -> Result<(), StoreError> {
     let mut put = conn.prepare_cached("INSERT OR REPLACE INTO trend_minutes (device_id, minute, agg) VALUES (?1, ?2, ?3)")?;
     for ((device, minute), b) in minutes {
         let key = params![device.as_slice(), *minute as i64];
-        let mut b = b.clone();
-        if let Some(old) = get.query_row(key, |r| r.get::<_, Vec<u8>>(0)).optional()? {
-            b.merge(&Bucket::from_blob(&old)?);
-        }
-        put.execute(params![device.as_slice(), *minute as i64, b.to_blob()])?;
+        let blob = match get.query_row(key, |r| r.get::<_, Vec<u8>>(0)).optional()? {
+            Some(old) => {
+                let mut merged = Bucket::from_blob(&old)?;
+                merged.merge(b);
+                merged.to_blob()
+            }
+            None => b.to_blob(),
+        };
+        put.execute(params![device.as_slice(), *minute as i64, blob])?;
     }
     Ok(())
 }
@@ -324,10 +325,7 @@ pub(crate) fn flush(conn: &mut Connection, pending: Option<&Pending>, to: u64) -
     }
     // An upsert: an UPDATE of a missing row would write the rollup and
     // leave the watermark behind it, counting those batches twice.
-    tx.execute(
-        "INSERT INTO meta (key, value) VALUES (?1, ?2) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
-        params![ROLLED_TO, to.to_string()],
-    )?;
+    write_meta(&tx, ROLLED_TO, &to.to_string())?;
     tx.commit()?;
     Ok(to)
 }
