@@ -45,6 +45,16 @@ pub const DEFAULT_LOG_MIB: usize = 12;
 /// whole when the log is full.
 const SEGMENTS: usize = 8;
 
+/// The smallest `mqtt.log_mib` whose log is sure to hold `messages`
+/// messages of at most `bytes` of topic and payload each. rumqttd counts a
+/// message as those plus 4 bytes, and drops the oldest segment whole, so
+/// only `SEGMENTS - 1` of the `SEGMENTS + 1` shares of the log are sure to
+/// be there (the default, 12 MiB, holds about 16,000 vitals).
+pub fn log_mib_for(messages: usize, bytes: usize) -> usize {
+    let need = messages.saturating_mul(bytes + 4).saturating_mul(SEGMENTS + 1) / (SEGMENTS - 1);
+    need.div_ceil(1 << 20).max(1)
+}
+
 /// How far a device's login time may be from the broker's clock (both ways).
 pub const LOGIN_WINDOW_MS: u64 = 5 * 60_000;
 
@@ -396,6 +406,72 @@ mod tests {
         }
     }
 
+    /// A client of `opts` subscribed to `filter` at QoS 1, once the broker
+    /// (whose thread may not be listening yet) has acknowledged it.
+    async fn subscribed(opts: MqttOptions, filter: &str) -> Result<(AsyncClient, rumqttc::EventLoop)> {
+        let (sub, mut sub_loop) = AsyncClient::new(opts, 16);
+        sub.subscribe(filter, QoS::AtLeastOnce).await?;
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            match tokio::time::timeout_at(deadline, sub_loop.poll()).await? {
+                Ok(Event::Incoming(Packet::SubAck(_))) => return Ok((sub, sub_loop)),
+                Ok(_) => {}
+                Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+            }
+        }
+    }
+
+    /// Messages of 1,000 bytes published while a persistent session is
+    /// away: several MiB of log.
+    const BACKLOG: usize = 3_000;
+
+    /// How many of [`BACKLOG`] messages published while a persistent
+    /// subscriber was away reach it when it comes back, on an embedded
+    /// broker with a log of `log_mib` (a hub restarting behind a burst).
+    async fn backlog_delivered(log_mib: usize) -> Result<usize> {
+        let addr = start_embedded(Listeners::v311("127.0.0.1:0".parse()?), None, log_mib)?.v311;
+        let session = || {
+            let mut opts = MqttOptions::new("backlog-sub", addr.ip().to_string(), addr.port());
+            opts.set_clean_session(false);
+            opts
+        };
+        drop(subscribed(session(), "backlog/#").await?);
+        let (publisher, mut pub_loop) = AsyncClient::new(MqttOptions::new("backlog-pub", addr.ip().to_string(), addr.port()), 64);
+        tokio::spawn(async move {
+            for i in 0..BACKLOG {
+                publisher.publish(format!("backlog/{i}"), QoS::AtLeastOnce, false, vec![7u8; 1000]).await?;
+            }
+            anyhow::Ok(())
+        });
+        let mut acked = 0;
+        while acked < BACKLOG {
+            if let Event::Incoming(Packet::PubAck(_)) = tokio::time::timeout(Duration::from_secs(20), pub_loop.poll()).await?? {
+                acked += 1;
+            }
+        }
+        let (_sub, mut sub_loop) = AsyncClient::new(session(), 16);
+        let mut received = std::collections::HashSet::new();
+        // Until nothing more comes for 3 s.
+        while let Ok(event) = tokio::time::timeout(Duration::from_secs(3), sub_loop.poll()).await {
+            if let Event::Incoming(Packet::Publish(p)) = event? {
+                received.insert(p.topic);
+            }
+        }
+        Ok(received.len())
+    }
+
+    /// `log_mib_for` sizes the log for a backlog: all of it reaches the
+    /// returning session, and a log half that size loses the oldest part.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_log_sized_by_log_mib_for_keeps_the_whole_backlog() -> Result<()> {
+        let mib = log_mib_for(BACKLOG, "backlog/9999".len() + 1000);
+        assert!(mib >= 2, "the backlog should need several MiB, not {mib}");
+        assert_eq!(backlog_delivered(mib).await?, BACKLOG, "a {mib} MiB log lost part of the backlog");
+        let half = backlog_delivered(mib / 2).await?;
+        assert!(half < BACKLOG, "a {} MiB log kept all {BACKLOG} messages: the broker kept more than its log holds", mib / 2);
+        Ok(())
+    }
+
     /// Messages published while the subscriber acknowledges none: more than
     /// the rumqttd release's window of 100, fewer than the patched 1,000.
     const UNACKED: usize = 300;
@@ -408,17 +484,7 @@ mod tests {
         let addr = start_embedded(Listeners::v311("127.0.0.1:0".parse()?), None, DEFAULT_LOG_MIB)?.v311;
         let mut opts = MqttOptions::new("window-sub", addr.ip().to_string(), addr.port());
         opts.set_manual_acks(true);
-        let (sub, mut sub_loop) = AsyncClient::new(opts, 16);
-        sub.subscribe("window/#", QoS::AtLeastOnce).await?;
-        // The broker's thread may not be listening yet: poll through refusals.
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-        loop {
-            match tokio::time::timeout_at(deadline, sub_loop.poll()).await? {
-                Ok(Event::Incoming(Packet::SubAck(_))) => break,
-                Ok(_) => {}
-                Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
-            }
-        }
+        let (_sub, mut sub_loop) = subscribed(opts, "window/#").await?;
         let (publisher, mut pub_loop) = AsyncClient::new(MqttOptions::new("window-pub", addr.ip().to_string(), addr.port()), UNACKED);
         let publishing = tokio::spawn(async move {
             for i in 0..UNACKED {

@@ -31,7 +31,8 @@
 //!    verifies on) - the baseline, measured before and after every ingest
 //!    measurement (each is read against the mean of the two);
 //! 2. ingest: the same readings published over the bench's broker to an
-//!    in-process hub, live and queued, timed until the last commit (queued
+//!    in-process hub (once its warm-up, a reading a device, is anchored),
+//!    live and queued, timed until the last commit (queued
 //!    also from the hub's first commit after its restart, and that restart's
 //!    time apart); with `--auth both`, alternating rounds with
 //!    authentication on and off, each on a broker and hub of its own;
@@ -767,10 +768,21 @@ impl HubRun {
             } else {
                 None
             };
+            // The queued half waits in the broker's log, and the live half
+            // may run ahead of the hub by as much: a log too small for it
+            // drops readings the broker has acknowledged, and the run waits
+            // for them in vain (`--readings 120000` did, at 12 MiB).
+            let topic = Topics::new("bench").map_err(anyhow::Error::msg)?;
+            let longest = ctx.devs.iter().map(|b| topic.device(&b.serial, DeviceTopic::Vitals).len()).max().unwrap_or(0)
+                + ctx.warm.iter().map(Vec::len).max().unwrap_or(0)
+                // later sequence numbers and values have more digits than the warm-up's
+                + 32;
+            let log_mib = healthsense_oracle::broker::log_mib_for(args.readings.div_ceil(2), longest)
+                .max(healthsense_oracle::broker::DEFAULT_LOG_MIB);
             healthsense_oracle::broker::start_embedded(
                 healthsense_oracle::broker::Listeners::v311("127.0.0.1:0".parse()?),
                 broker_auth,
-                healthsense_oracle::broker::DEFAULT_LOG_MIB,
+                log_mib,
             )?
             .v311
             .port()
@@ -864,7 +876,8 @@ impl HubRun {
         Ok(())
     }
 
-    /// Live, then queued ingest of `payloads` (readings/s of each half).
+    /// Live, then queued ingest of `payloads` (readings/s of each half),
+    /// once every reading before them is anchored.
     ///
     /// Live: the devices publish while the hub ingests (their MQTT clients
     /// run on the same cores, which a ward's devices do not). Queued: the
@@ -877,6 +890,13 @@ impl HubRun {
     /// records), and the queued rate from that commit on.
     async fn ingest(&mut self, payloads: &[Payload]) -> Result<Ingest> {
         let base = self.committed.load(Ordering::SeqCst);
+        // From an idle hub, as the latency phases: the warm-up is one
+        // reading a device, so at 20,000 devices as many readings as the
+        // live half, and its batch cuts, rollup write and anchoring ran
+        // inside the live clock (docs/BENCHMARKS.md, sixteenth session).
+        let store = healthsense_oracle::store::Store::open(&self.store, self.binding)?;
+        wait_anchored(&store, base).await?;
+        drop(store);
         let reconnected = reconnections(&self.tallies);
         let half = payloads.len() / 2;
         let ticks = (cpu_ticks(Some(DEVICE_THREADS))?, cpu_ticks(None)?);
