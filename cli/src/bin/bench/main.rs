@@ -95,7 +95,8 @@ struct Args {
     /// Readings of the archived stay (archive: 604,800 = 7 days at 1 Hz).
     #[arg(long, default_value_t = 604_800)]
     stay_readings: u64,
-    /// Readings in the throughput phases.
+    /// Readings in the throughput phases, half live and half queued (the
+    /// embedded broker's log is sized to hold a half).
     #[arg(long, default_value_t = 40_000)]
     readings: usize,
     /// Devices the throughput readings come from.
