@@ -725,6 +725,7 @@ impl HubRun {
         let args = ctx.args;
         let dir = ctx.dir.join(format!("run-{index}"));
         std::fs::create_dir_all(&dir)?;
+        let topics = Topics::new("bench").map_err(anyhow::Error::msg)?;
         let committed = Arc::new(AtomicUsize::new(0));
         let commit_times: Arc<Mutex<Option<HashMap<(B256, u64), Instant>>>> = Arc::new(Mutex::new(None));
         let hook = {
@@ -773,8 +774,7 @@ impl HubRun {
             // may run ahead of the hub by as much: a log too small for it
             // drops readings the broker has acknowledged, and the run waits
             // for them in vain (`--readings 120000` did, at 12 MiB).
-            let topic = Topics::new("bench").map_err(anyhow::Error::msg)?;
-            let longest = ctx.devs.iter().map(|b| topic.device(&b.serial, DeviceTopic::Vitals).len()).max().unwrap_or(0)
+            let longest = ctx.devs.iter().map(|b| topics.device(&b.serial, DeviceTopic::Vitals).len()).max().unwrap_or(0)
                 + ctx.warm.iter().map(Vec::len).max().unwrap_or(0)
                 // later sequence numbers and values have more digits than the warm-up's
                 + 32;
@@ -829,7 +829,7 @@ impl HubRun {
             clients,
             tallies,
             per_connection,
-            topics: Topics::new("bench").map_err(anyhow::Error::msg)?,
+            topics,
             serials: ctx.devs.iter().map(|b| b.serial.clone()).collect(),
             committed,
             commit_times,
