@@ -151,6 +151,15 @@ impl Registry {
         self.map.read().ok()?.get(id).cloned()
     }
 
+    /// Those of `ids` that have no cached record, under one read lock (a
+    /// restarted hub asks for every device it has readings of).
+    pub fn missing(&self, ids: Vec<B256>) -> Vec<B256> {
+        match self.map.read() {
+            Ok(map) => ids.into_iter().filter(|id| !map.contains_key(id)).collect(),
+            Err(_) => ids,
+        }
+    }
+
     /// The generation to pass to [`Registry::insert`] for the record of
     /// `id` about to be read from the chain.
     pub fn generation(&self, id: &B256) -> u64 {

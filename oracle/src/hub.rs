@@ -627,11 +627,18 @@ impl Control {
     }
 }
 
+/// How often each device's last reading is saved for the next start
+/// (`Store::save_last_readings`): after a crash, that start reads the
+/// readings stored since, at most this long of them.
+const LAST_SAVE_EVERY: u32 = 30;
+
 /// Checkpoints the store's write-ahead log every second, on its own
 /// connection, so the ingest writer never does (`Store::leave_checkpoints`)
 /// and the log stays bounded even while nothing else writes (chain down, no
-/// batches cut).
+/// batches cut). Every [`LAST_SAVE_EVERY`] seconds it also saves each
+/// device's last reading.
 async fn checkpoints(store: Store, mut shutdown: watch::Receiver<bool>) {
+    let mut ticks = 0u32;
     loop {
         tokio::select! {
             _ = tokio::time::sleep(Duration::from_secs(1)) => {}
@@ -639,6 +646,12 @@ async fn checkpoints(store: Store, mut shutdown: watch::Receiver<bool>) {
         }
         if let Err(e) = tokio::task::block_in_place(|| store.checkpoint()) {
             tracing::warn!(error = %e, "store checkpoint failed; retrying in a second");
+        }
+        ticks += 1;
+        if ticks % LAST_SAVE_EVERY == 0 {
+            if let Err(e) = tokio::task::block_in_place(|| store.save_last_readings()) {
+                tracing::warn!(error = %e, "each device's last reading not saved; retrying at the next save");
+            }
         }
     }
 }
@@ -720,7 +733,7 @@ async fn restore_saved(chain: Chain, registry: Arc<Registry>, store: Store) -> (
 async fn warm_devices(chain: &Chain, registry: &Registry, restored: Restored, known: Vec<B256>) -> Option<u64> {
     use futures_util::StreamExt;
     let block = restored.block?;
-    let missing: Vec<B256> = known.into_iter().filter(|id| registry.get(id).is_none()).collect();
+    let missing = registry.missing(known);
     let mut records = futures_util::stream::iter(missing)
         .map(|id| async move { (id, registry.generation(&id), chain.device(id).await) })
         .buffer_unordered(WARM_LOOKUPS_IN_FLIGHT);

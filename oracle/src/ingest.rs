@@ -561,6 +561,11 @@ fn writer(
             "group committed"
         );
     }
+    // After the last commit: the next start reads one row a device and
+    // nothing after it.
+    if let Err(e) = store.save_last_readings() {
+        tracing::warn!(error = %e, "each device's last reading not saved; the next start reads the readings since the last save");
+    }
 }
 
 #[cfg(test)]

@@ -19,6 +19,10 @@
 //! - `device_cache`: a copy of the hub's cache of on-chain device records,
 //!   with the block (number and hash) it is valid at, so a restarted hub
 //!   reads only the device events since then instead of every record.
+//! - `device_last`: each device's last reading (sequence number and row) as
+//!   of reading row `meta.device_last_upto`, saved now and then and when the
+//!   hub stops ([`Store::save_last_readings`]), so a restarted hub reads one
+//!   row a device plus the readings stored since, not every reading.
 //! - `meta`: the chain id, contract and hub this store belongs to; opening it
 //!   for another deployment is refused instead of mixing records.
 
@@ -229,6 +233,11 @@ CREATE TABLE IF NOT EXISTS device_state (
 CREATE TABLE IF NOT EXISTS device_cache (
     device_id BLOB PRIMARY KEY, signer BLOB NOT NULL, ward BLOB NOT NULL, status INTEGER NOT NULL
 ) WITHOUT ROWID;
+-- Each device's last reading among rows up to meta's device_last_upto
+-- (Store::save_last_readings).
+CREATE TABLE IF NOT EXISTS device_last (
+    device_id BLOB PRIMARY KEY, seq INTEGER NOT NULL, row INTEGER NOT NULL
+) WITHOUT ROWID;
 -- A doctor's acknowledgement of a NEWS2 alert (alerts.rs; the API's one
 -- write, to this operational store only). Added by IF NOT EXISTS on open.
 CREATE TABLE IF NOT EXISTS alert_acks (
@@ -248,6 +257,53 @@ pub struct Store {
 /// A 32-byte column as a hash; anything else means the store is corrupt.
 pub(crate) fn b256(v: Vec<u8>) -> Result<B256> {
     (v.len() == 32).then(|| B256::from_slice(&v)).ok_or_else(|| StoreError::Corrupt(format!("{}-byte hash", v.len())))
+}
+
+/// `meta` key: the last reading row `device_last` covers.
+const LAST_UPTO: &str = "device_last_upto";
+
+/// The last reading row `device_last` covers; `None` before the first save.
+fn last_upto(conn: &Connection) -> Result<Option<i64>> {
+    read_meta(conn, LAST_UPTO)?
+        .map(|upto| upto.parse().map_err(|_| StoreError::Corrupt(format!("{LAST_UPTO} {upto:?}"))))
+        .transpose()
+}
+
+/// Devices a `device_last` write transaction holds: an ingest commit waits
+/// for at most one (a few milliseconds).
+const LAST_SAVE_CHUNK: usize = 1_000;
+
+/// Adds the rows of `sql` (device id, sequence number, row) to `out`,
+/// keeping each device's highest.
+fn collect_last(conn: &Connection, sql: &str, args: impl rusqlite::Params, out: &mut HashMap<B256, LastReading>) -> Result<()> {
+    let mut stmt = conn.prepare(sql)?;
+    let mut rows = stmt.query(args)?;
+    while let Some(r) = rows.next()? {
+        let id = match r.get_ref(0)? {
+            rusqlite::types::ValueRef::Blob(id) if id.len() == 32 => B256::from_slice(id),
+            other => return Err(StoreError::Corrupt(format!("device id {other:?} in {sql}"))),
+        };
+        let last = LastReading { seq: r.get::<_, i64>(1)? as u64, row: r.get(2)? };
+        out.entry(id).and_modify(|l| *l = (*l).max(last)).or_insert(last);
+    }
+    Ok(())
+}
+
+/// Each device's last reading from every stored reading: the batched half
+/// walks the partial `(device_id, seq)` index rather than every (wide) row
+/// and a sort, and with one MAX() SQLite takes the bare `id` from the
+/// index entry that has it.
+fn scan_last(conn: &Connection) -> Result<HashMap<B256, LastReading>> {
+    let mut out = HashMap::new();
+    collect_last(
+        conn,
+        "SELECT device_id, MAX(seq), id FROM readings WHERE batch_seq IS NOT NULL GROUP BY device_id
+         UNION ALL
+         SELECT device_id, MAX(seq), id FROM readings WHERE batch_seq IS NULL GROUP BY device_id",
+        [],
+        &mut out,
+    )?;
+    Ok(out)
 }
 
 /// A `meta` value, on a connection or inside a transaction.
@@ -416,26 +472,73 @@ impl Store {
 
     /// Every device's reading with the highest stored sequence number: its
     /// number and its row, for [`crate::api::queries::latest_at`].
+    ///
+    /// From the saved `device_last` and the readings stored after the row it
+    /// covers, in one read transaction: one row a device plus the readings
+    /// of the last 30 s at most. Walking every stored reading instead took 38 ms
+    /// of a restart at 20,000 devices in the scaling bench, and grows by
+    /// about 0.1 µs with each reading the hub ever stored (docs/BENCHMARKS.md,
+    /// "Issue 22, eighteenth session"). A store never saved is read whole.
     pub fn last_readings(&self) -> Result<HashMap<B256, LastReading>> {
-        // Two halves, as in `last_seq`: the batched one walks the partial
-        // `(device_id, seq)` index instead of every (wide) reading row and a
-        // sort, which a restarting hub waited for (48-74 ms of its start at
-        // 20,000 devices and 60,000 readings, docs/BENCHMARKS.md). With one
-        // MAX(), SQLite takes the bare `id` from the row that has it, and the
-        // index holds the row id, so the rows come from the same walk.
-        let mut stmt = self.conn.prepare(
-            "SELECT device_id, MAX(seq), id FROM readings WHERE batch_seq IS NOT NULL GROUP BY device_id
-             UNION ALL
-             SELECT device_id, MAX(seq), id FROM readings WHERE batch_seq IS NULL GROUP BY device_id",
-        )?;
-        let rows = stmt.query_map([], |r| Ok((r.get::<_, Vec<u8>>(0)?, r.get::<_, i64>(1)?, r.get::<_, i64>(2)?)))?;
-        let mut out: HashMap<B256, LastReading> = HashMap::new();
-        for row in rows {
-            let (id, seq, row) = row?;
-            let last = LastReading { seq: seq as u64, row };
-            out.entry(b256(id)?).and_modify(|l| *l = (*l).max(last)).or_insert(last);
-        }
+        let tx = self.conn.unchecked_transaction()?;
+        let out = match last_upto(&tx)? {
+            Some(upto) => {
+                let mut out = HashMap::new();
+                collect_last(&tx, "SELECT device_id, seq, row FROM device_last", [], &mut out)?;
+                collect_last(&tx, "SELECT device_id, MAX(seq), id FROM readings WHERE id > ?1 GROUP BY device_id", [upto], &mut out)?;
+                out
+            }
+            None => scan_last(&tx)?,
+        };
+        tx.finish()?;
         Ok(out)
+    }
+
+    /// Saves each device's last reading into `device_last` and moves its
+    /// mark to the last stored row, reading only the readings stored since
+    /// the mark (every reading the first time). The readings are read
+    /// without the write lock; the rows are written in transactions of
+    /// [`LAST_SAVE_CHUNK`] so ingest commits wait at most one of them, and
+    /// the mark moves in the last, never back. Safe to run from two
+    /// connections at once. Returns the devices written.
+    pub fn save_last_readings(&self) -> Result<usize> {
+        let (found, latest) = {
+            let tx = self.conn.unchecked_transaction()?;
+            let upto = last_upto(&tx)?;
+            let latest: i64 = tx.query_row("SELECT IFNULL(MAX(id), 0) FROM readings", [], |r| r.get(0))?;
+            if upto.is_some_and(|u| u >= latest) {
+                return Ok(0);
+            }
+            let mut found = HashMap::new();
+            match upto {
+                Some(u) => collect_last(&tx, "SELECT device_id, MAX(seq), id FROM readings WHERE id > ?1 AND id <= ?2 GROUP BY device_id", [u, latest], &mut found)?,
+                None => found = scan_last(&tx)?,
+            }
+            tx.finish()?;
+            (found.into_iter().collect::<Vec<_>>(), latest)
+        };
+        let chunks: Vec<&[(B256, LastReading)]> = if found.is_empty() { vec![&[]] } else { found.chunks(LAST_SAVE_CHUNK).collect() };
+        let last_chunk = chunks.len() - 1;
+        for (i, chunk) in chunks.into_iter().enumerate() {
+            let tx = rusqlite::Transaction::new_unchecked(&self.conn, TransactionBehavior::Immediate)?;
+            {
+                let mut upsert = tx.prepare_cached(
+                    "INSERT INTO device_last (device_id, seq, row) VALUES (?1, ?2, ?3)
+                     ON CONFLICT (device_id) DO UPDATE SET seq = excluded.seq, row = excluded.row
+                     WHERE (excluded.seq, excluded.row) > (device_last.seq, device_last.row)",
+                )?;
+                for (id, last) in chunk {
+                    upsert.execute(params![id.as_slice(), last.seq as i64, last.row])?;
+                }
+            }
+            if i == last_chunk {
+                if last_upto(&tx)?.is_none_or(|n| n < latest) {
+                    write_meta(&tx, LAST_UPTO, &latest.to_string())?;
+                }
+            }
+            tx.commit()?;
+        }
+        Ok(found.len())
     }
 
     /// The highest stored sequence number of one device, if any.
@@ -969,6 +1072,58 @@ mod tests {
         let store = Store::open(&path, binding()).unwrap();
         store.conn.execute("UPDATE device_cache SET status = 9", []).unwrap();
         assert!(matches!(store.device_cache(), Err(StoreError::Corrupt(_))));
+    }
+
+    /// The start's read of each device's last reading, from the saved rows
+    /// and the readings after their mark, against a walk of every reading:
+    /// before any save, after one, with readings since (a crash before the
+    /// next save), in more devices than one write transaction holds.
+    #[test]
+    fn each_devices_last_reading_from_the_saved_rows_and_those_after_matches_a_full_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("hub.sqlite");
+        let mut store = Store::open(&path, binding()).unwrap();
+        let full = |s: &Store| scan_last(&s.conn).unwrap();
+        let mark = |s: &Store| s.meta(LAST_UPTO).unwrap();
+        assert!(store.last_readings().unwrap().is_empty());
+        assert_eq!(store.save_last_readings().unwrap(), 0, "an empty store");
+        assert_eq!(mark(&store).as_deref(), Some("0"));
+        // More devices than one save transaction; some batched, some not.
+        let devices = LAST_SAVE_CHUNK + 3;
+        let serial = |d: usize| format!("HS-{d}");
+        let first: Vec<_> = (1..=2).flat_map(|seq| (0..devices).map(move |d| reading(&serial(d), seq))).collect();
+        store.commit(&first, &[]).unwrap();
+        store.cut_batch(1, devices, Mode::Hash, 0).unwrap().unwrap();
+        let before = store.last_readings().unwrap();
+        assert_eq!(before.len(), devices);
+        assert_eq!(before, full(&store));
+        assert_eq!(store.save_last_readings().unwrap(), devices);
+        let rows: i64 = store.conn.query_row("SELECT MAX(id) FROM readings", [], |r| r.get(0)).unwrap();
+        assert_eq!(mark(&store), Some(rows.to_string()), "the mark is the last row read");
+        assert_eq!(store.save_last_readings().unwrap(), 0, "nothing stored since");
+        assert_eq!(store.last_readings().unwrap(), before, "from the saved rows alone");
+        // Readings after the mark: a device's next, a new device, and a lower
+        // number stored last under a higher row (the higher number still wins).
+        store.commit(&[reading("HS-3", 3), reading("HS-NEW", 1)], &[]).unwrap();
+        store.commit(&[NewReading { signature: [8; 65], ..reading("HS-5", 1) }], &[]).unwrap();
+        drop(store);
+        let store = Store::open(&path, binding()).unwrap();
+        let after = store.last_readings().unwrap();
+        assert_eq!(after, full(&store));
+        assert_eq!(after.len(), devices + 1);
+        assert_eq!(after[&ids::device_id("HS-3")].seq, 3);
+        assert_eq!(after[&ids::device_id("HS-5")].seq, 2);
+        assert_eq!(mark(&store), Some(rows.to_string()), "read from the rows after the mark, not saved");
+        // A second connection saving too: each device once, the mark at the end.
+        let other = Store::open(&path, binding()).unwrap();
+        assert_eq!(other.save_last_readings().unwrap(), 3);
+        assert_eq!(store.save_last_readings().unwrap(), 0);
+        let saved: i64 = store.conn.query_row("SELECT COUNT(*) FROM device_last", [], |r| r.get(0)).unwrap();
+        assert_eq!(saved as usize, devices + 1);
+        assert_eq!(store.last_readings().unwrap(), after);
+        store.set_meta(LAST_UPTO, "later").unwrap();
+        assert!(matches!(store.last_readings(), Err(StoreError::Corrupt(_))));
+        assert!(matches!(store.save_last_readings(), Err(StoreError::Corrupt(_))), "never guessed over");
     }
 
     #[test]

@@ -211,6 +211,18 @@ impl Hub {
         }
     }
 
+    /// Stops the hub as its service manager does (SIGTERM): it drains, saves
+    /// and exits 0.
+    fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let pid = i32::try_from(c.id()).unwrap();
+            // SAFETY: kill(2) on our own child, which has not been waited for.
+            assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
+            let status = c.wait().unwrap();
+            assert!(status.success(), "hub {} exited with {status} on SIGTERM:\n{}", self.name, self.logs());
+        }
+    }
+
     fn logs(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
@@ -682,6 +694,43 @@ fn a_killed_hub_loses_nothing_and_never_anchors_twice() {
     for (restored, read, failed) in &ready[1..] {
         assert_eq!((restored + read, *failed), (5, 0), "{}", hub.logs());
     }
+}
+
+/// A hub stopped with SIGTERM saves each device's last reading after its
+/// last commit; the next one starts from those rows (not a walk of every
+/// reading) and still refuses a replayed sequence number.
+#[test]
+fn a_stopped_hub_saves_each_devices_last_reading_and_the_next_refuses_replays() {
+    let broker = Mosquitto::start();
+    let net = Net::new(&[1]);
+    let mut dev = Device::new("HS-L1", net.provision("HS-L1", "ward-7"));
+    let mut hub = Hub::start(&net, "ward-7", "ward-7", 1, Broker::External(broker.port), 100);
+    let rt = rt();
+    let mut mqtt = rt.block_on(Mqtt::connect(broker.port, "beds", "ward-7"));
+    let readings: Vec<Reading> = (0..5).map(|i| dev.next(i)).collect();
+    rt.block_on(async {
+        assert_eq!(mqtt.hello(&dev).await, Code::Registered);
+        for r in &readings {
+            mqtt.vitals(&net, &dev, r).await;
+        }
+    });
+    hub.wait("five readings stored", |c| c.readings == 5);
+    hub.stop();
+    let store = Store::open(&hub.store, hub.binding).unwrap();
+    assert_eq!(store.meta("device_last_upto").unwrap().as_deref(), Some("5"), "saved up to the last row at the stop");
+    assert_eq!(store.last_readings().unwrap()[&ids::device_id("HS-L1")].seq, 5);
+    drop(store);
+    hub.spawn(&net);
+    rt.block_on(async {
+        let replay = Reading { heartRate: readings[2].heartRate + 1, ..readings[2].clone() };
+        mqtt.vitals(&net, &dev, &replay).await;
+        let reply = mqtt.rejection("HS-L1", &hub).await;
+        assert_eq!((reply.code, reply.seq), (Code::Replayed, Some(3)), "{}", reply.reason);
+        let next = dev.next(5);
+        mqtt.vitals(&net, &dev, &next).await;
+    });
+    let c = hub.wait("the sixth reading stored", |c| c.readings == 6);
+    assert_eq!(c.rejections, 1);
 }
 
 /// The (restored, read, failed) counts of each "device records ready" line.
