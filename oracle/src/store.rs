@@ -259,7 +259,9 @@ pub(crate) fn b256(v: Vec<u8>) -> Result<B256> {
     (v.len() == 32).then(|| B256::from_slice(&v)).ok_or_else(|| StoreError::Corrupt(format!("{}-byte hash", v.len())))
 }
 
-/// `meta` key: the last reading row `device_last` covers.
+/// `meta` key: the last reading row `device_last` covers. Readings are
+/// never deleted, so a new reading's row id is always above every earlier
+/// one: a row after the mark is a reading stored after the save.
 const LAST_UPTO: &str = "device_last_upto";
 
 /// The last reading row `device_last` covers; `None` before the first save.
