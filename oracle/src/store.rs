@@ -271,6 +271,9 @@ fn last_upto(conn: &Connection) -> Result<Option<i64>> {
         .transpose()
 }
 
+/// Each device's last reading among the rows after a mark (`?1`).
+const LAST_AFTER_MARK: &str = "SELECT device_id, MAX(seq), id FROM readings WHERE id > ?1 GROUP BY device_id";
+
 /// Devices a `device_last` write transaction holds: an ingest commit waits
 /// for at most one (a few milliseconds).
 const LAST_SAVE_CHUNK: usize = 1_000;
@@ -477,7 +480,7 @@ impl Store {
     ///
     /// From the saved `device_last` and the readings stored after the row it
     /// covers, in one read transaction: one row a device plus the readings
-    /// of the last 30 s at most. Walking every stored reading instead took 38 ms
+    /// since the last save (the hub saves every 30 s). Walking every stored reading instead took 38 ms
     /// of a restart at 20,000 devices in the scaling bench, and grows by
     /// about 0.1 µs with each reading the hub ever stored (docs/BENCHMARKS.md,
     /// "Issue 22, eighteenth session"). A store never saved is read whole.
@@ -487,7 +490,7 @@ impl Store {
             Some(upto) => {
                 let mut out = HashMap::new();
                 collect_last(&tx, "SELECT device_id, seq, row FROM device_last", [], &mut out)?;
-                collect_last(&tx, "SELECT device_id, MAX(seq), id FROM readings WHERE id > ?1 GROUP BY device_id", [upto], &mut out)?;
+                collect_last(&tx, LAST_AFTER_MARK, [upto], &mut out)?;
                 out
             }
             None => scan_last(&tx)?,
@@ -511,11 +514,15 @@ impl Store {
             if upto.is_some_and(|u| u >= latest) {
                 return Ok(0);
             }
-            let mut found = HashMap::new();
-            match upto {
-                Some(u) => collect_last(&tx, "SELECT device_id, MAX(seq), id FROM readings WHERE id > ?1 AND id <= ?2 GROUP BY device_id", [u, latest], &mut found)?,
-                None => found = scan_last(&tx)?,
-            }
+            // One read transaction: the rows read are exactly those up to `latest`.
+            let found = match upto {
+                Some(u) => {
+                    let mut found = HashMap::new();
+                    collect_last(&tx, LAST_AFTER_MARK, [u], &mut found)?;
+                    found
+                }
+                None => scan_last(&tx)?,
+            };
             tx.finish()?;
             (found.into_iter().collect::<Vec<_>>(), latest)
         };
