@@ -97,6 +97,9 @@ pub fn machine() -> Value {
         "cores": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
         "cpu": cpu,
         "memory_gib": mem_kib.map(|k| round(k as f64 / 1_048_576.0)),
+        // Another load (`--contend`, a build) weighs against the bench's
+        // session by this value; 0 as a CI job's.
+        "autogroup_nice": super::contend::autogroup_nice(),
         "load_average": read("/proc/loadavg").split_whitespace().take(3).map(|s| s.parse::<f64>().unwrap_or(f64::NAN)).map(round).collect::<Vec<_>>(),
     })
 }
@@ -108,6 +111,7 @@ pub fn report(mode: &str, figures: &[Figure], extra: Value) -> Value {
     o.insert("figures".into(), figures.iter().map(Figure::to_json).collect());
     o.insert("machine".into(), machine());
     o.insert("contend_percent".into(), super::contend::percent().into());
+    o.insert("contend_burst_us".into(), super::contend::burst_us().into());
     if let Value::Object(extra) = extra {
         o.extend(extra);
     }
