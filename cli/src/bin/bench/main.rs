@@ -977,11 +977,10 @@ impl HubRun {
 fn k256_triple(
     bed: &Bed,
     domain: B256,
-    serial: &str,
     payload: &[u8],
 ) -> Result<((k256::ecdsa::VerifyingKey, B256, k256::ecdsa::Signature), alloy::primitives::Signature)> {
     let clock = protocol::Clock { now_ms: 0, max_future_ms: u64::MAX, max_age_ms: u64::MAX };
-    let parsed = protocol::parse_vitals(serial, payload, usize::MAX, clock).map_err(|e| anyhow::anyhow!(e.reason))?;
+    let parsed = protocol::parse_vitals(&bed.serial, payload, usize::MAX, clock).map_err(|e| anyhow::anyhow!(e.reason))?;
     let digest = eip712::reading_digest(domain, &parsed.reading);
     Ok(((*bed.key.credential().verifying_key(), digest, parsed.signature.to_k256()?), parsed.signature))
 }
@@ -1151,7 +1150,7 @@ async fn oracle(args: &Args) -> Result<()> {
     let prepared = signed
         .par_iter()
         .map(|(_, (payload, k))| {
-            let (triple, sig) = k256_triple(&devs[*k], domain, &devs[*k].serial, payload)?;
+            let (triple, sig) = k256_triple(&devs[*k], domain, payload)?;
             Ok((triple, (*k, sig)))
         })
         .collect::<Result<Vec<_>>>()?;
@@ -1719,9 +1718,9 @@ async fn alert_latency(args: &Args) -> Result<Alerts> {
         .par_iter()
         .zip(&payloads)
         .take(RAW_SAMPLE)
-        .map(|(&(k, _, alert), (serial, payload))| {
+        .map(|(&(k, _, alert), (_, payload))| {
             let b = if alert { &alerting[k] } else { &steady[k] };
-            Ok(k256_triple(b, domain, serial, payload)?.0)
+            Ok(k256_triple(b, domain, payload)?.0)
         })
         .collect::<Result<Vec<_>>>()?;
     let raw_before = raw_k256(&prepared)?;
