@@ -149,7 +149,7 @@ pub fn mosquitto_config(args: &MosquittoArgs) -> Result<Generated> {
          message_size_limit {limit}\n\
          # The hub's persistent session queues while it restarts; it acknowledges after each commit.\n\
          max_queued_messages 0\n\
-         max_inflight_messages 1000\n\
+         max_inflight_messages {window}\n\
          # Small QoS 1 packets go out at once (Nagle off; docs/BENCHMARKS.md, \"NEWS2 alerts\").\n\
          set_tcp_nodelay true\n\
          persistence true\n\
@@ -157,6 +157,7 @@ pub fn mosquitto_config(args: &MosquittoArgs) -> Result<Generated> {
          autosave_interval 10\n\
          log_dest stderr\n\
          # For TLS add cafile, certfile and keyfile to the listener (mosquitto.conf(5)).\n",
+        window = healthsense_oracle::broker::HUB_WINDOW,
         port = args.port,
         bind = args.bind,
         passwd = password_file.display(),

@@ -34,6 +34,7 @@
 //! `alert_acks` table and published on the alert topic as a `kind: "ack"`
 //! message.
 
+use std::collections::hash_map::Entry;
 use std::collections::HashMap;
 use std::sync::{Arc, OnceLock, RwLock};
 
@@ -252,9 +253,27 @@ impl Live {
         self.send(LiveEvent::Ack(alert));
     }
 
-    fn set_latest(&self, l: Latest) {
+    /// Sets each device's latest reading, under one lock (the ward view's
+    /// load at start: 20,000 devices).
+    fn set_all(&self, all: Vec<Latest>) {
         if let Ok(mut m) = self.latest.write() {
-            m.insert(l.reading.deviceId, l);
+            m.reserve(all.len());
+            m.extend(all.into_iter().map(|l| (l.reading.deviceId, l)));
+        }
+    }
+
+    /// Makes `l` its device's latest reading unless one with a higher
+    /// sequence number is there: buffered readings of a device that slept
+    /// arrive late. One lookup under the lock and no copy of the old one,
+    /// on the verification threads' way.
+    fn offer(&self, l: &Latest) {
+        let Ok(mut m) = self.latest.write() else { return };
+        match m.get_mut(&l.reading.deviceId) {
+            Some(old) if old.reading.seq >= l.reading.seq => {}
+            Some(old) => *old = l.clone(),
+            None => {
+                m.insert(l.reading.deviceId, l.clone());
+            }
         }
     }
 }
@@ -586,7 +605,7 @@ impl Engine {
 /// the stored one.
 fn warm_live(store: &Store, live: &Live, rows: Vec<i64>) {
     match crate::api::queries::latest_at(store, rows) {
-        Ok(latest) => latest.into_iter().for_each(|l| live.set_latest(l)),
+        Ok(latest) => live.set_all(latest),
         Err(e) => tracing::warn!(error = %e, "the ward view's latest readings could not be loaded; each device shows again with its next reading"),
     }
 }
@@ -650,10 +669,16 @@ impl Scorer {
         for n in readings {
             // What the writer will store: a sequence number after the
             // device's last (a redelivery or a replay is not a reading).
-            if !crate::ingest::is_new(n.reading.seq, state.last_seqs.get(&n.reading.deviceId).copied()) {
-                continue;
+            // One lookup: at 20,000 devices each is a cache miss.
+            match state.last_seqs.entry(n.reading.deviceId) {
+                Entry::Occupied(last) if !crate::ingest::is_new(n.reading.seq, Some(*last.get())) => continue,
+                Entry::Occupied(mut last) => {
+                    last.insert(n.reading.seq);
+                }
+                Entry::Vacant(none) => {
+                    none.insert(n.reading.seq);
+                }
             }
-            state.last_seqs.insert(n.reading.deviceId, n.reading.seq);
             let score = news2::score(&n.reading);
             let track = state.levels.entry(n.reading.deviceId).or_insert(Track::at(Risk::None));
             let previous = track.level;
@@ -674,12 +699,7 @@ impl Scorer {
                 });
             }
             let latest = Latest { serial: n.serial, reading: n.reading, score, received_ms: n.received_ms };
-            // Buffered readings of a device that slept arrive late: the
-            // latest stays the one with the highest sequence number.
-            let newer = self.live.latest_of(&latest.reading.deviceId).is_none_or(|l| l.reading.seq < latest.reading.seq);
-            if newer {
-                self.live.set_latest(latest.clone());
-            }
+            self.live.offer(&latest);
             self.live.send(LiveEvent::Reading(latest));
         }
         if raised.is_empty() {
@@ -873,6 +893,27 @@ mod tests {
         let mut n = reading(serial, seq);
         n.reading = Reading { seq, heartRate: 118, respRate: 22, spo2: 93, systolic: 98, temperature: 3_860, consciousness: 2, ..Default::default() };
         n
+    }
+
+    #[test]
+    fn the_ward_view_keeps_each_devices_highest_sequence_number() {
+        let live = Live::default();
+        let latest = |serial: &str, seq: u64| {
+            let n = reading(serial, seq);
+            Latest { serial: n.serial, score: news2::score(&n.reading), reading: n.reading, received_ms: seq }
+        };
+        let mut other = latest("HS-2", 7);
+        other.reading.deviceId = B256::repeat_byte(2);
+        live.set_all(vec![latest("HS-1", 5), other]);
+        live.offer(&latest("HS-1", 4));
+        assert_eq!(live.latest_of(&B256::ZERO).map(|l| l.received_ms), Some(5), "a lower number does not replace");
+        live.offer(&latest("HS-1", 6));
+        assert_eq!(live.latest_of(&B256::ZERO).map(|l| l.received_ms), Some(6));
+        let mut third = latest("HS-3", 1);
+        third.reading.deviceId = B256::repeat_byte(3);
+        live.offer(&third);
+        assert_eq!(live.latest().len(), 3);
+        assert_eq!(live.latest_of(&B256::repeat_byte(2)).map(|l| l.reading.seq), Some(7));
     }
 
     #[test]

@@ -180,10 +180,13 @@ impl Registry {
         device
     }
 
-    /// Caches a record from the store's copy, which already holds it.
-    pub fn restore(&self, record: &DeviceRecord) {
+    /// Caches records from the store's copy, which already holds them,
+    /// under one lock (a restart restores 20,000 before the hub connects to
+    /// its broker).
+    pub fn restore_all(&self, records: &[DeviceRecord]) {
         if let Ok(mut map) = self.map.write() {
-            map.insert(record.id, Arc::new(Device::from(record)));
+            map.reserve(records.len());
+            map.extend(records.iter().map(|r| (r.id, Arc::new(Device::from(r)))));
         }
     }
 
@@ -317,7 +320,7 @@ mod tests {
         assert_eq!(changes[2], (B256::repeat_byte(3), None));
         assert!(r.take_changes().is_empty());
         // Restored records are already in the store: no change to save.
-        r.restore(&DeviceRecord { id: a, signer, ward: B256::ZERO, status: DeviceStatus::Revoked });
+        r.restore_all(&[DeviceRecord { id: a, signer, ward: B256::ZERO, status: DeviceStatus::Revoked }]);
         assert_eq!(r.get(&a).map(|d| d.status), Some(DeviceStatus::Revoked));
         assert!(r.take_changes().is_empty());
         r.put_back([a]);

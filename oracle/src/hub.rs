@@ -21,7 +21,7 @@ use crate::alerts::{Engine, Live, LiveEvent};
 use crate::anchor::Anchorer;
 use crate::chain::{Chain, ChainError};
 use crate::config::Config;
-use crate::devices::Registry;
+use crate::devices::{DeviceRecord, Registry};
 use crate::health::Health;
 use crate::ingest::{self, CommitHook, Incoming, Limits, Shared};
 use crate::metrics::Metrics;
@@ -180,6 +180,7 @@ pub async fn start(cfg: Config, key: PrivateKeySigner, options: Options) -> Resu
     // Each device's last stored sequence number: the writer's replay rule,
     // the alert scorer's "new reading" rule and the devices read at start.
     let last = ingest_store.last_readings()?;
+    tracing::debug!(devices = last.len(), "last readings read");
     let last_seqs: HashMap<B256, u64> = last.iter().map(|(id, l)| (*id, l.seq)).collect();
     let known: Vec<B256> = last_seqs.keys().copied().collect();
     let (scorer, alert_thread) = Engine {
@@ -192,6 +193,7 @@ pub async fn start(cfg: Config, key: PrivateKeySigner, options: Options) -> Resu
         policy: cfg.alerts,
     }
     .start(last_seqs.clone(), last.into_values().map(|l| l.row).collect(), alert_log)?;
+    tracing::debug!("alert engine started");
     let (api_addr, api_uri) = match cfg.api.enabled {
         true => {
             let store = open()?;
@@ -286,6 +288,7 @@ pub async fn start(cfg: Config, key: PrivateKeySigner, options: Options) -> Resu
     };
     tasks.push(tokio::spawn(checkpoints(checkpoint_store, shutdown_rx.clone())));
     let poll_ms = cfg.chain.poll_ms.unwrap_or(1_000);
+    tracing::debug!("waiting for the device records");
     let (cache_store, restored) = restoring.await.context("restoring the saved device cache")?;
     let watched_from = warm_devices(&chain, &registry, restored, known).await;
     metrics.devices.set(registry.len() as i64);
@@ -701,6 +704,7 @@ async fn restore_saved(chain: Chain, registry: Arc<Registry>, store: Store) -> (
     // first save under a newer block: marking its devices changed makes
     // that save write each one as the cache has it then (or drop it).
     let saved_ids: Vec<B256> = saved.iter().flat_map(|c| c.records.iter().map(|r| r.id)).collect();
+    tracing::debug!(records = saved_ids.len(), us = started.elapsed().as_micros() as u64, "saved device cache read");
     let Ok(block) = chain.block_number().await else {
         registry.put_back(saved_ids);
         return (store, Restored { block: None, restored: 0, started });
@@ -734,6 +738,7 @@ async fn warm_devices(chain: &Chain, registry: &Registry, restored: Restored, kn
     use futures_util::StreamExt;
     let block = restored.block?;
     let missing = registry.missing(known);
+    tracing::debug!(missing = missing.len(), us = restored.started.elapsed().as_micros() as u64, "records still missing found");
     let mut records = futures_util::stream::iter(missing)
         .map(|id| async move { (id, registry.generation(&id), chain.device(id).await) })
         .buffer_unordered(WARM_LOOKUPS_IN_FLIGHT);
@@ -768,6 +773,7 @@ async fn restore_devices(chain: &Chain, registry: &Registry, saved: DeviceCache,
         Ok(_) => return Err(format!("block {} is no longer the one it was saved at (the chain was reset or reorganised)", saved.block)),
         Err(e) => return Err(format!("block {} could not be read: {e}", saved.block)),
     }
+    let started = std::time::Instant::now();
     let mut changed = std::collections::HashSet::new();
     let mut from = saved.block + 1;
     while from <= now {
@@ -776,17 +782,13 @@ async fn restore_devices(chain: &Chain, registry: &Registry, saved: DeviceCache,
         changed.extend(ids);
         from = to + 1;
     }
-    let mut restored = 0;
-    for record in &saved.records {
-        if changed.contains(&record.id) {
-            // Dropped from the store's copy at its next save.
-            registry.invalidate(&record.id);
-        } else {
-            registry.restore(record);
-            restored += 1;
-        }
-    }
-    Ok(restored)
+    tracing::debug!(blocks = now - saved.block, us = started.elapsed().as_micros() as u64, "device events since the saved cache read");
+    let (stale, current): (Vec<DeviceRecord>, Vec<DeviceRecord>) =
+        saved.records.into_iter().partition(|r| changed.contains(&r.id));
+    // Dropped from the store's copy at its next save.
+    stale.iter().for_each(|r| registry.invalidate(&r.id));
+    registry.restore_all(&current);
+    Ok(current.len())
 }
 
 /// Forgets cached device records when their on-chain state changes, and

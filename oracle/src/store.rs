@@ -433,19 +433,28 @@ impl Store {
         };
         let block = block.parse().map_err(|_| StoreError::Corrupt(format!("device_cache_block {block:?}")))?;
         let hash = hash.parse().map_err(|_| StoreError::Corrupt(format!("device_cache_hash {hash:?}")))?;
+        let count: i64 = self.conn.query_row("SELECT COUNT(*) FROM device_cache", [], |r| r.get(0))?;
         let mut stmt = self.conn.prepare("SELECT device_id, signer, ward, status FROM device_cache")?;
-        let rows = stmt.query_map([], |r| Ok((r.get::<_, Vec<u8>>(0)?, r.get::<_, Vec<u8>>(1)?, r.get::<_, Vec<u8>>(2)?, r.get::<_, i64>(3)?)))?;
-        let mut records = Vec::new();
-        for row in rows {
-            let (id, signer, ward, status) = row?;
-            let signer = (signer.len() == 20)
-                .then(|| Address::from_slice(&signer))
-                .ok_or_else(|| StoreError::Corrupt(format!("{}-byte signer in device_cache", signer.len())))?;
+        let mut rows = stmt.query([])?;
+        // Read in place, not copied out per column: a restart reads 20,000
+        // of these before the hub connects to its broker.
+        let mut records = Vec::with_capacity(usize::try_from(count).unwrap_or(0));
+        while let Some(r) = rows.next()? {
+            let blob = |i: usize, len: usize, what: &str| -> Result<&[u8]> {
+                let v = r.get_ref(i)?.as_blob().map_err(|_| StoreError::Corrupt(format!("{what} in device_cache is not a blob")))?;
+                (v.len() == len).then_some(v).ok_or_else(|| StoreError::Corrupt(format!("{}-byte {what} in device_cache", v.len())))
+            };
+            let status: i64 = r.get(3)?;
             let status = u8::try_from(status)
                 .ok()
                 .and_then(DeviceStatus::from_code)
                 .ok_or_else(|| StoreError::Corrupt(format!("device status {status} in device_cache")))?;
-            records.push(DeviceRecord { id: b256(id)?, signer, ward: b256(ward)?, status });
+            records.push(DeviceRecord {
+                id: B256::from_slice(blob(0, 32, "device id")?),
+                signer: Address::from_slice(blob(1, 20, "signer")?),
+                ward: B256::from_slice(blob(2, 32, "ward")?),
+                status,
+            });
         }
         Ok(Some(DeviceCache { block, hash, records }))
     }
@@ -1078,9 +1087,18 @@ mod tests {
         saved.records.sort_by_key(|r| r.id);
         assert_eq!(saved, DeviceCache { block: 12, hash: B256::repeat_byte(0xc), records: vec![b2, c] });
         // A status the contract has no name for is corruption, not a device.
-        let store = Store::open(&path, binding()).unwrap();
+        let mut store = Store::open(&path, binding()).unwrap();
         store.conn.execute("UPDATE device_cache SET status = 9", []).unwrap();
         assert!(matches!(store.device_cache(), Err(StoreError::Corrupt(_))));
+        // So is a key of the wrong length or type, whichever column holds it.
+        for (column, value) in [("signer", "x'0102'"), ("ward", "'ward'"), ("device_id", "x'01'")] {
+            store.conn.execute("UPDATE device_cache SET status = 1", []).unwrap();
+            store.conn.execute(&format!("UPDATE device_cache SET {column} = {value} WHERE device_id = ?1"), [c.id.as_slice()]).unwrap();
+            let read = store.device_cache();
+            assert!(matches!(&read, Err(StoreError::Corrupt(why)) if why.contains(column.replace('_', " ").as_str())), "{column}: {read:?}");
+            store.save_device_cache(12, B256::repeat_byte(0xc), &[(c.id, Some(c))]).unwrap();
+            store.conn.execute("DELETE FROM device_cache WHERE length(device_id) != 32", []).unwrap();
+        }
     }
 
     /// The start's read of each device's last reading, from the saved rows

@@ -323,8 +323,9 @@ impl Mosquitto {
             &conf,
             format!(
                 "listener {port} 127.0.0.1\n{}persistence false\nmax_queued_messages 0\n\
-                 max_inflight_messages 1000\nuser root\nlog_dest stderr\n{extra}",
-                if extra.is_empty() { "allow_anonymous true\n" } else { "allow_anonymous false\n" }
+                 max_inflight_messages {}\nuser root\nlog_dest stderr\n{extra}",
+                if extra.is_empty() { "allow_anonymous true\n" } else { "allow_anonymous false\n" },
+                healthsense_oracle::broker::HUB_WINDOW
             ),
         )
         .unwrap();

@@ -131,11 +131,12 @@ struct Args {
     /// the bench starts instead of the embedded rumqttd.
     #[arg(long)]
     mosquitto: bool,
-    /// Mosquitto's QoS 1 window per client (`max_inflight_messages`); 1000
-    /// is the embedded rumqttd's (fixed; 100 in the unpatched release,
-    /// vendor/rumqttd/PATCHES.md), for comparing the brokers like for like.
-    #[arg(long, default_value_t = 1000, requires = "mosquitto")]
-    mosquitto_inflight: u32,
+    /// Mosquitto's QoS 1 window per client (`max_inflight_messages`); the
+    /// default is the embedded rumqttd's (`HUB_WINDOW`, fixed; 100 in the
+    /// unpatched release, vendor/rumqttd/PATCHES.md), for comparing the
+    /// brokers like for like.
+    #[arg(long, default_value_t = healthsense_oracle::broker::HUB_WINDOW, requires = "mosquitto")]
+    mosquitto_inflight: usize,
     /// The same as `--auth off`.
     #[arg(long, conflicts_with = "auth")]
     no_auth: bool,
@@ -693,7 +694,7 @@ impl Mosquitto {
     /// their topics as deployed (a password each); without, it is open:
     /// anonymous clients, no password or ACL file, and no username as client
     /// id (Mosquitto refuses a client without a username when that is on).
-    async fn start(dir: &std::path::Path, inflight: u32, devices: Option<&[Bed]>) -> Result<Self> {
+    async fn start(dir: &std::path::Path, inflight: usize, devices: Option<&[Bed]>) -> Result<Self> {
         let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
         let conf_dir = dir.join("mosquitto");
         let g = healthsense_cli::broker::mosquitto_config(&healthsense_cli::broker::MosquittoArgs {
@@ -704,7 +705,10 @@ impl Mosquitto {
             user: "mosquitto".into(),
         })?;
         let mut text = std::fs::read_to_string(&g.config)?
-            .replace("max_inflight_messages 1000", &format!("max_inflight_messages {inflight}"))
+            .replace(
+                &format!("max_inflight_messages {}", healthsense_oracle::broker::HUB_WINDOW),
+                &format!("max_inflight_messages {inflight}"),
+            )
             .replace("persistence true", "persistence false");
         let mut passwords = HashMap::new();
         match devices {

@@ -17,7 +17,11 @@ use super::{Forward, IncomingMeter, OutgoingMeter};
 
 // HealthSense patch (vendor/rumqttd/PATCHES.md): 100 upstream. The hub acks
 // a reading only once it is durable, so a window of 100 stalls its ingest.
-const MAX_INFLIGHT: usize = 1000;
+const MAX_INFLIGHT: usize = 4000;
+// HealthSense patch: the buffers start at upstream's size and grow to the
+// window only on a connection that fills it (the hub's), so 20,000 device
+// connections do not each reserve it.
+const INITIAL_INFLIGHT: usize = 100;
 const MAX_PKID: u16 = MAX_INFLIGHT as u16;
 
 #[derive(Debug)]
@@ -75,11 +79,10 @@ impl Outgoing {
     pub(crate) fn new(client_id: String) -> (Self, Receiver<()>) {
         let (handle, rx) = flume::bounded(MAX_CHANNEL_CAPACITY);
         let data_buffer = VecDeque::with_capacity(MAX_CHANNEL_CAPACITY);
-        let inflight_buffer = VecDeque::with_capacity(MAX_INFLIGHT);
-        let unacked_pubrels = VecDeque::with_capacity(MAX_INFLIGHT);
+        let inflight_buffer = VecDeque::with_capacity(INITIAL_INFLIGHT);
+        let unacked_pubrels = VecDeque::with_capacity(INITIAL_INFLIGHT);
 
         // Ensure that there won't be any new allocations
-        assert!(MAX_INFLIGHT <= inflight_buffer.capacity());
         assert!(MAX_CHANNEL_CAPACITY <= data_buffer.capacity());
 
         let outgoing = Self {
