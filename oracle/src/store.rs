@@ -433,12 +433,11 @@ impl Store {
         };
         let block = block.parse().map_err(|_| StoreError::Corrupt(format!("device_cache_block {block:?}")))?;
         let hash = hash.parse().map_err(|_| StoreError::Corrupt(format!("device_cache_hash {hash:?}")))?;
-        let count: i64 = self.conn.query_row("SELECT COUNT(*) FROM device_cache", [], |r| r.get(0))?;
         let mut stmt = self.conn.prepare("SELECT device_id, signer, ward, status FROM device_cache")?;
         let mut rows = stmt.query([])?;
         // Read in place, not copied out per column: a restart reads 20,000
         // of these before the hub connects to its broker.
-        let mut records = Vec::with_capacity(usize::try_from(count).unwrap_or(0));
+        let mut records = Vec::new();
         while let Some(r) = rows.next()? {
             let blob = |i: usize, len: usize, what: &str| -> Result<&[u8]> {
                 let v = r.get_ref(i)?.as_blob().map_err(|_| StoreError::Corrupt(format!("{what} in device_cache is not a blob")))?;
