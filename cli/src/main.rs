@@ -9,7 +9,7 @@ mod commands;
 
 fn main() -> ExitCode {
     // Before the runtime's threads exist (the oracle's memory target).
-    healthsense_oracle::limit_malloc_arenas();
+    healthsense_oracle::tune_malloc();
     match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(runtime) => runtime.block_on(run()),
         Err(e) => {

@@ -23,7 +23,7 @@ struct Args {
 }
 
 fn main() -> ExitCode {
-    healthsense_oracle::limit_malloc_arenas();
+    healthsense_oracle::tune_malloc();
     let args = Args::parse();
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,rumqttd=off"));
