@@ -33,8 +33,8 @@ pub mod trend;
 pub use config::Config;
 pub use hub::{run, start, Options, RunningHub};
 
-/// The size from which [`tune_malloc`] has glibc map each block on its own
-/// (twice glibc's starting threshold; the setting measured).
+/// The block size from which [`tune_malloc`] keeps glibc's arenas from
+/// growing (twice glibc's starting threshold; the setting measured).
 const MMAP_THRESHOLD: i32 = 256 * 1024;
 
 /// Tunes glibc's malloc for a long-running hub. Call first in `main`,
