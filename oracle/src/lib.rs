@@ -35,6 +35,7 @@ pub use hub::{run, start, Options, RunningHub};
 
 /// The block size from which [`tune_malloc`] keeps glibc's arenas from
 /// growing (twice glibc's starting threshold; the setting measured).
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
 const MMAP_THRESHOLD: i32 = 256 * 1024;
 
 /// Tunes glibc's malloc for a long-running hub. Call first in `main`,
