@@ -422,6 +422,18 @@ async fn device_clients(
     Ok(clients)
 }
 
+/// Publishes a reading on client `c`, counted in its tally.
+async fn hand_over(
+    clients: &[AsyncClient],
+    tallies: &[Arc<Tally>],
+    c: usize,
+    topic: String,
+    payload: Vec<u8>,
+) -> std::result::Result<(), rumqttc::ClientError> {
+    tallies[c].requested.fetch_add(1, Ordering::Relaxed);
+    clients[c].publish(topic, QoS::AtLeastOnce, false, payload).await
+}
+
 /// Waits until every device client has its first CONNACK, so the phases
 /// measure readings, not a storm of connections.
 async fn connected(tallies: &[Arc<Tally>]) -> Result<()> {
@@ -653,13 +665,13 @@ struct HubRun {
     cfg: healthsense_oracle::Config,
     key: PrivateKeySigner,
     options: healthsense_oracle::Options,
-    clients: Vec<AsyncClient>,
+    clients: Arc<[AsyncClient]>,
     /// What each of `clients` was asked to publish and what came of it.
-    tallies: Vec<Arc<Tally>>,
+    tallies: Arc<[Arc<Tally>]>,
     /// Devices per client: device `k` publishes on `clients[k / per_connection]`.
     per_connection: usize,
     topics: Topics,
-    serials: Vec<String>,
+    serials: Arc<[String]>,
     committed: Arc<AtomicUsize>,
     commit_times: Arc<Mutex<Option<HashMap<(B256, u64), Instant>>>>,
     store: std::path::PathBuf,
@@ -852,8 +864,8 @@ impl HubRun {
             cfg,
             key,
             options,
-            clients,
-            tallies,
+            clients: clients.into(),
+            tallies: tallies.into(),
             per_connection,
             topics,
             serials: ctx.devs.iter().map(|b| b.serial.clone()).collect(),
@@ -870,19 +882,32 @@ impl HubRun {
         Ok(run)
     }
 
+    /// Hands `payloads` to their devices' clients, from a task on the
+    /// devices' runtime: the topic names, the copies and the wake-ups of up
+    /// to 2,000 client tasks are the devices' work, not the bench's main
+    /// thread's (a ward's devices are not in the hub's process). Returns when
+    /// every one is handed over.
     async fn publish(&self, payloads: &[Payload]) -> Result<()> {
-        for (payload, k) in payloads {
-            let topic = self.topics.device(&self.serials[*k], DeviceTopic::Vitals);
-            self.send(*k, topic, payload).await?;
-        }
+        let (clients, tallies, topics, serials) =
+            (self.clients.clone(), self.tallies.clone(), self.topics.clone(), self.serials.clone());
+        let per_connection = self.per_connection;
+        let payloads = payloads.to_vec();
+        devices_runtime()?
+            .spawn(async move {
+                for (payload, k) in payloads {
+                    let topic = topics.device(&serials[k], DeviceTopic::Vitals);
+                    hand_over(&clients, &tallies, k / per_connection, topic, payload).await?;
+                }
+                Ok::<_, rumqttc::ClientError>(())
+            })
+            .await
+            .context("the device clients' publishing task")??;
         Ok(())
     }
 
     /// Device `k`'s reading, on its client.
     async fn send(&self, k: usize, topic: String, payload: &[u8]) -> Result<()> {
-        let c = k / self.per_connection;
-        self.tallies[c].requested.fetch_add(1, Ordering::Relaxed);
-        self.clients[c].publish(topic, QoS::AtLeastOnce, false, payload.to_vec()).await?;
+        hand_over(&self.clients, &self.tallies, k / self.per_connection, topic, payload.to_vec()).await?;
         Ok(())
     }
 
@@ -927,22 +952,27 @@ impl HubRun {
         let reconnected = reconnections(&self.tallies);
         let half = payloads.len() / 2;
         let ticks = (cpu_ticks(Some(DEVICE_THREADS))?, cpu_ticks(None)?);
+        // The windows' edges, for a profile taken with `-k CLOCK_REALTIME`.
+        tracing::info!(readings = half, "live ingest window opens");
         let t = Instant::now();
         self.publish(&payloads[..half]).await?;
         self.wait(&self.committed, base + half, "live ingest").await?;
         let live = half as f64 / t.elapsed().as_secs_f64();
+        tracing::info!("live ingest window closes");
         let (devices, process) =
             (cpu_ticks(Some(DEVICE_THREADS))?.saturating_sub(ticks.0), cpu_ticks(None)?.saturating_sub(ticks.1));
         self.stop().await;
         let acked = PUBACKS.load(Ordering::SeqCst);
         self.publish(&payloads[half..]).await?;
         self.wait(&PUBACKS, acked + (payloads.len() - half), "broker acknowledgements").await?;
+        tracing::info!(readings = payloads.len() - half, "queued ingest window opens (the hub restarts)");
         let t = Instant::now();
         self.restart().await?;
         self.wait(&self.committed, base + half + 1, "queued ingest").await?;
         let (first, at_first) = (t.elapsed(), self.committed.load(Ordering::SeqCst));
         self.wait(&self.committed, base + payloads.len(), "queued ingest").await?;
         let elapsed = t.elapsed();
+        tracing::info!("queued ingest window closes");
         Ok(Ingest {
             live,
             queued: (payloads.len() - half) as f64 / elapsed.as_secs_f64(),
