@@ -1271,8 +1271,8 @@ async fn oracle(args: &Args) -> Result<()> {
     let raw = |auth: bool| median(rounds.iter().filter(|r| r.auth == auth).map(IngestRound::raw).collect());
     let ratio = |auth: bool, f: fn(&IngestRound) -> f64| median(rounds.iter().filter(|r| r.auth == auth).map(|r| f(r) / r.raw()).collect());
     let rate_of = |auth: bool, f: fn(&IngestRound) -> f64| median(rounds.iter().filter(|r| r.auth == auth).map(f).collect());
-    // A half of a reading or two a device is one burst from every
-    // connection at once: its start weighs on the rate (SHORT_HALF_PER_DEVICE).
+    // Under SHORT_HALF_PER_DEVICE readings a device, a half is mostly every
+    // connection's first burst, and its start weighs on the rate.
     let half = throughput.len() / 2;
     let per_device_half = half as f64 / args.devices.max(1) as f64;
     let round_json = |r: &IngestRound| {
