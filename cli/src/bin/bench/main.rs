@@ -22,6 +22,9 @@
 //! septic readings, so every one of their readings changes the device's
 //! alert level and raises an alert, at `--alert-rate` readings per second,
 //! among steady readings from other devices up to `--alert-load` in all.
+//! It also says how long the simulated beds' own client held the slowest
+//! alerts' publishes before writing them, and the p99 from that write: the
+//! beds share the hub's cores here, which a bedside device does not.
 //! With `--mosquitto` the hub, the beds and the listener meet on a
 //! Mosquitto the bench starts, as on a ward with an external broker.
 //!
@@ -611,6 +614,8 @@ async fn main() -> Result<()> {
                     .with("alerts", a.alerts as u64)
                     .with("slowest_1pct_before_raised_ms", figures::round(a.slowest_split.0))
                     .with("slowest_1pct_after_raised_ms", figures::round(a.slowest_split.1))
+                    .with("slowest_1pct_in_simulated_device_ms", figures::round(a.in_device))
+                    .with("p99_from_written_ms", figures::round(a.from_left))
                     .with("broker", broker_name(&args))
                     .baseline("raw_k256_verify_per_s", a.raw().round())
                     .with("raw_before_per_s", a.raw.0.round())
@@ -628,6 +633,14 @@ async fn main() -> Result<()> {
                 "  slowest 1 %: {:.1} ms from publish until the hub raised the alert, {:.1} ms from then until it was received (mean; the hub's clock is in whole ms)",
                 a.slowest_split.0, a.slowest_split.1
             );
+            if a.in_device.is_nan() {
+                println!("  (the simulated beds' client reconnected: when its publishes left it is not measured)");
+            } else {
+                println!(
+                    "  of which {:.1} ms before the simulated beds' client wrote the publish (the load generator waiting for a core); from that write, p99 {:.1} ms",
+                    a.in_device, a.from_left
+                );
+            }
             println!(
                 "  raw k256 verification {:.0} readings/s on the same threads ({:.0} before, {:.0} after): {}",
                 a.raw(),
@@ -1656,6 +1669,15 @@ struct Alerts {
     /// side of the hub's scoring the tail is on. `at` is whole ms, so the
     /// split is good to about 1 ms.
     slowest_split: (f64, f64),
+    /// Of the slowest 1 % of alerts, the mean ms from the publish call until
+    /// the simulated beds' client wrote it to its socket: the load
+    /// generator's own wait for a core, which a bedside device on a machine
+    /// of its own would not have.
+    in_device: f64,
+    /// p99 ms from the publish leaving the simulated beds until the alert
+    /// was received. Both NaN when the beds' client reconnected (its
+    /// resends would shift the count of writes).
+    from_left: f64,
     /// Raw k256 verification, readings/s, before and after the phase.
     raw: (f64, f64),
 }
@@ -1713,6 +1735,22 @@ fn slowest_split<K: std::hash::Hash + Eq>(
         slowest.iter().map(|x| f(x) as f64).sum::<f64>() / slowest.len().max(1) as f64 / 1e3
     };
     (mean(|x| x.1), mean(|x| x.2))
+}
+
+/// The mean ms from publish call (`sent`) to the write (`left`) of the
+/// slowest 1 % of alerts (by call -> `arrived`).
+fn slowest_in_device<K: std::hash::Hash + Eq>(
+    sent: &HashMap<K, Instant>,
+    left: &HashMap<K, Instant>,
+    arrived: &HashMap<K, Instant>,
+) -> f64 {
+    let mut all: Vec<(Duration, Duration)> = sent
+        .iter()
+        .filter_map(|(k, s)| Some((arrived.get(k)?.saturating_duration_since(*s), left.get(k)?.saturating_duration_since(*s))))
+        .collect();
+    all.sort_by_key(|x| std::cmp::Reverse(x.0));
+    let slowest = &all[..all.len().div_ceil(100).min(all.len())];
+    slowest.iter().map(|x| x.1.as_secs_f64() * 1e3).sum::<f64>() / slowest.len().max(1) as f64
 }
 
 /// Publish -> alert latency: see the module documentation.
@@ -1865,8 +1903,31 @@ async fn alert_latency(args: &Args) -> Result<Alerts> {
     tokio::time::timeout(Duration::from_secs(60), online_rx.wait_for(|up| *up))
         .await
         .context("the hub did not come online within 60 s")??;
-    let (client, _) = publisher(&tokio::runtime::Handle::current(), MqttOptions::new("alert-beds", "127.0.0.1", port), 1_000_000, u16::MAX, None).await;
+    // When each publish left the simulated beds: the client writes its
+    // requests in the order they were made, one `Outgoing::Publish` each
+    // (until a reconnection resends some: then it is not measured).
+    let left: Arc<std::sync::Mutex<Vec<Instant>>> = Arc::new(std::sync::Mutex::new(Vec::with_capacity(payloads.len())));
+    let connacks = Arc::new(AtomicUsize::new(0));
+    let client = {
+        let mut opts = MqttOptions::new("alert-beds", "127.0.0.1", port);
+        opts.set_keep_alive(Duration::from_secs(30)).set_inflight(u16::MAX).set_max_packet_size(1 << 20, 1 << 20);
+        let (client, eventloop) = AsyncClient::new(opts, 1_000_000);
+        let (left, connacks) = (left.clone(), connacks.clone());
+        healthsense_cli::simulate::drive(&tokio::runtime::Handle::current(), eventloop, "alert-beds".into(), None, move |ev| match ev {
+            rumqttc::Event::Outgoing(rumqttc::Outgoing::Publish(_)) => {
+                if let Ok(mut l) = left.lock() {
+                    l.push(Instant::now());
+                }
+            }
+            rumqttc::Event::Incoming(rumqttc::Packet::ConnAck(_)) => {
+                connacks.fetch_add(1, Ordering::Relaxed);
+            }
+            _ => {}
+        });
+        client
+    };
     let mut published: HashMap<(String, u64), (Instant, i64)> = HashMap::with_capacity(a_sent);
+    let mut order: HashMap<(String, u64), usize> = HashMap::with_capacity(a_sent);
     let mut interval = tokio::time::interval(Duration::from_millis(10));
     let mut from = 0;
     for end in tick_ends {
@@ -1878,6 +1939,7 @@ async fn alert_latency(args: &Args) -> Result<Alerts> {
             let (_, seq, alert) = plan[i];
             if alert {
                 published.insert((serial.clone(), seq), at);
+                order.insert((serial.clone(), seq), i);
             }
         }
         from = end;
@@ -1898,7 +1960,17 @@ async fn alert_latency(args: &Args) -> Result<Alerts> {
     }
     let raw = (raw_before, raw_k256(&prepared)?);
     let slowest_split = slowest_split(&published, &got);
-    Ok(Alerts { alerting: alert_rate, steady: steady_rate, alerts: lat.len(), p50, p99, max, slowest_split, raw })
+    let left = if connacks.load(Ordering::Relaxed) > 1 {
+        Vec::new()
+    } else {
+        left.lock().map_err(|_| anyhow::anyhow!("poisoned"))?.clone()
+    };
+    let left: HashMap<_, Instant> = order.into_iter().filter_map(|(k, i)| left.get(i).map(|t| (k, *t))).collect();
+    let (in_device, from_left) = match left.is_empty() {
+        true => (f64::NAN, f64::NAN),
+        false => (slowest_in_device(&sent, &left, &arrived), latencies(&left, &arrived).2),
+    };
+    Ok(Alerts { alerting: alert_rate, steady: steady_rate, alerts: lat.len(), p50, p99, max, slowest_split, in_device, from_left, raw })
 }
 
 #[cfg(test)]
@@ -1955,6 +2027,18 @@ mod tests {
         // publish, received 3 ms after that.
         assert_eq!(slowest_split(&sent, &arrived), (6.0, 3.0));
         assert_eq!(slowest_split::<&str>(&sent, &HashMap::new()), (0.0, 0.0), "none arrived");
+    }
+
+    #[test]
+    fn the_simulated_devices_share_of_the_slowest_alerts_is_from_the_publish_call_to_its_write() {
+        let t0 = Instant::now();
+        let ms = |n: u64| t0 + Duration::from_millis(n);
+        let sent: HashMap<&str, Instant> = [("a", t0), ("b", t0), ("c", t0), ("lost", t0)].into();
+        let left: HashMap<&str, Instant> = [("a", ms(1)), ("b", ms(4)), ("c", ms(3)), ("lost", ms(1))].into();
+        let arrived: HashMap<&str, Instant> = [("a", ms(2)), ("b", ms(9)), ("c", ms(5))].into();
+        // The slowest 1 % of three is b (9 ms), 4 ms of it before its write.
+        assert!((slowest_in_device(&sent, &left, &arrived) - 4.0).abs() < 1e-9);
+        assert_eq!(slowest_in_device::<&str>(&sent, &HashMap::new(), &arrived), 0.0, "none written");
     }
 
     #[test]
