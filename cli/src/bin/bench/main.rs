@@ -307,6 +307,8 @@ struct Tally {
     acked: AtomicUsize,
     /// CONNACKs it received: more than one is a reconnection.
     connacks: AtomicUsize,
+    /// When each publish was written, in order (kept if asked for).
+    written_at: Option<std::sync::Mutex<Vec<Instant>>>,
 }
 
 /// The clients that are short of acknowledgements, for an error message:
@@ -351,6 +353,7 @@ async fn publisher(
     capacity: usize,
     inflight: u16,
     key: Option<PrivateKeySigner>,
+    write_times: bool,
 ) -> (AsyncClient, Arc<Tally>) {
     use rumqttc::{Event, Outgoing, Packet};
     let mut opts = opts;
@@ -364,7 +367,7 @@ async fn publisher(
     // headroom for a busy machine (docs/BENCHMARKS.md, "Issue 22,
     // fourteenth session").
     eventloop.network_options.set_connection_timeout(60);
-    let tally = Arc::new(Tally::default());
+    let tally = Arc::new(Tally { written_at: write_times.then(Default::default), ..Default::default() });
     let t = tally.clone();
     healthsense_cli::simulate::drive(runtime, eventloop, id, key, move |ev| match ev {
         Event::Incoming(Packet::PubAck(_)) => {
@@ -373,6 +376,9 @@ async fn publisher(
         }
         Event::Outgoing(Outgoing::Publish(_)) => {
             t.written.fetch_add(1, Ordering::Relaxed);
+            if let Some(Ok(mut at)) = t.written_at.as_ref().map(|w| w.lock()) {
+                at.push(Instant::now());
+            }
         }
         Event::Incoming(Packet::ConnAck(_)) => {
             t.connacks.fetch_add(1, Ordering::Relaxed);
@@ -406,7 +412,7 @@ async fn device_clients(
         let mut clients = Vec::with_capacity(devs.len().div_ceil(per_connection));
         for i in 0..devs.len().div_ceil(per_connection) {
             let opts = MqttOptions::new(format!("bench-connection-{i}"), "127.0.0.1", port);
-            clients.push(publisher(devices, opts, capacity * per_connection, inflight(per_connection), None).await);
+            clients.push(publisher(devices, opts, capacity * per_connection, inflight(per_connection), None, false).await);
         }
         return Ok(clients);
     }
@@ -421,7 +427,7 @@ async fn device_clients(
             Login::Open => MqttOptions::new(b.serial.clone(), "127.0.0.1", port),
         };
         let key = matches!(auth, Login::Signed).then(|| b.key.clone());
-        clients.push(publisher(devices, opts, capacity, inflight(1), key).await);
+        clients.push(publisher(devices, opts, capacity, inflight(1), key, false).await);
     }
     Ok(clients)
 }
@@ -1622,7 +1628,7 @@ async fn memory(
     let topics = Topics::new("beds").map_err(anyhow::Error::msg)?;
     // One publisher for every bed, on an open broker: the figure is the
     // oracle's memory, not 2,000 device connections'.
-    let (client, _) = publisher(&tokio::runtime::Handle::current(), MqttOptions::new("memory-beds", "127.0.0.1", port), 1_000_000, u16::MAX, None).await;
+    let (client, _) = publisher(&tokio::runtime::Handle::current(), MqttOptions::new("memory-beds", "127.0.0.1", port), 1_000_000, u16::MAX, None, false).await;
     let beds = &beds[..args.beds];
     let mut tick = tokio::time::interval(Duration::from_millis(10));
     let rate = memory_rate(args);
@@ -1723,18 +1729,22 @@ fn slowest_split<K: std::hash::Hash + Eq>(
     sent: &HashMap<K, (Instant, i64)>,
     arrived: &HashMap<K, (Instant, i64, i64)>,
 ) -> (f64, f64) {
-    let mut all: Vec<(std::time::Duration, i64, i64)> = sent
-        .iter()
-        .filter_map(|(k, (s, s_wall))| {
-            arrived.get(k).map(|(a, a_wall, raised_ms)| (a.saturating_duration_since(*s), raised_ms * 1_000 - s_wall, a_wall - raised_ms * 1_000))
-        })
-        .collect();
+    let slowest = slowest_percent(
+        sent.iter()
+            .filter_map(|(k, (s, s_wall))| {
+                arrived.get(k).map(|(a, a_wall, raised_ms)| (a.saturating_duration_since(*s), (raised_ms * 1_000 - s_wall, a_wall - raised_ms * 1_000)))
+            })
+            .collect(),
+    );
+    let mean = |f: fn(&(i64, i64)) -> i64| slowest.iter().map(|x| f(x) as f64).sum::<f64>() / slowest.len().max(1) as f64 / 1e3;
+    (mean(|x| x.0), mean(|x| x.1))
+}
+
+/// What is kept of the slowest 1 % (at least one) of `all`, by duration.
+fn slowest_percent<T>(mut all: Vec<(Duration, T)>) -> Vec<T> {
     all.sort_by_key(|x| std::cmp::Reverse(x.0));
-    let slowest = &all[..all.len().div_ceil(100).min(all.len())];
-    let mean = |f: fn(&(std::time::Duration, i64, i64)) -> i64| {
-        slowest.iter().map(|x| f(x) as f64).sum::<f64>() / slowest.len().max(1) as f64 / 1e3
-    };
-    (mean(|x| x.1), mean(|x| x.2))
+    let n = all.len().div_ceil(100);
+    all.into_iter().take(n).map(|(_, t)| t).collect()
 }
 
 /// The mean ms from publish call (`sent`) to the write (`left`) of the
@@ -1744,13 +1754,12 @@ fn slowest_in_device<K: std::hash::Hash + Eq>(
     left: &HashMap<K, Instant>,
     arrived: &HashMap<K, Instant>,
 ) -> f64 {
-    let mut all: Vec<(Duration, Duration)> = sent
-        .iter()
-        .filter_map(|(k, s)| Some((arrived.get(k)?.saturating_duration_since(*s), left.get(k)?.saturating_duration_since(*s))))
-        .collect();
-    all.sort_by_key(|x| std::cmp::Reverse(x.0));
-    let slowest = &all[..all.len().div_ceil(100).min(all.len())];
-    slowest.iter().map(|x| x.1.as_secs_f64() * 1e3).sum::<f64>() / slowest.len().max(1) as f64
+    let slowest = slowest_percent(
+        sent.iter()
+            .filter_map(|(k, s)| Some((arrived.get(k)?.saturating_duration_since(*s), left.get(k)?.saturating_duration_since(*s))))
+            .collect(),
+    );
+    slowest.iter().map(|d| d.as_secs_f64() * 1e3).sum::<f64>() / slowest.len().max(1) as f64
 }
 
 /// Publish -> alert latency: see the module documentation.
@@ -1903,29 +1912,11 @@ async fn alert_latency(args: &Args) -> Result<Alerts> {
     tokio::time::timeout(Duration::from_secs(60), online_rx.wait_for(|up| *up))
         .await
         .context("the hub did not come online within 60 s")??;
-    // When each publish left the simulated beds: the client writes its
-    // requests in the order they were made, one `Outgoing::Publish` each
+    // The client writes its requests in the order they were made, one
+    // `Outgoing::Publish` each, so the nth write time is the nth publish's
     // (until a reconnection resends some: then it is not measured).
-    let left: Arc<std::sync::Mutex<Vec<Instant>>> = Arc::new(std::sync::Mutex::new(Vec::with_capacity(payloads.len())));
-    let connacks = Arc::new(AtomicUsize::new(0));
-    let client = {
-        let mut opts = MqttOptions::new("alert-beds", "127.0.0.1", port);
-        opts.set_keep_alive(Duration::from_secs(30)).set_inflight(u16::MAX).set_max_packet_size(1 << 20, 1 << 20);
-        let (client, eventloop) = AsyncClient::new(opts, 1_000_000);
-        let (left, connacks) = (left.clone(), connacks.clone());
-        healthsense_cli::simulate::drive(&tokio::runtime::Handle::current(), eventloop, "alert-beds".into(), None, move |ev| match ev {
-            rumqttc::Event::Outgoing(rumqttc::Outgoing::Publish(_)) => {
-                if let Ok(mut l) = left.lock() {
-                    l.push(Instant::now());
-                }
-            }
-            rumqttc::Event::Incoming(rumqttc::Packet::ConnAck(_)) => {
-                connacks.fetch_add(1, Ordering::Relaxed);
-            }
-            _ => {}
-        });
-        client
-    };
+    let (client, tally) =
+        publisher(&tokio::runtime::Handle::current(), MqttOptions::new("alert-beds", "127.0.0.1", port), 1_000_000, u16::MAX, None, true).await;
     let mut published: HashMap<(String, u64), (Instant, i64)> = HashMap::with_capacity(a_sent);
     let mut order: HashMap<(String, u64), usize> = HashMap::with_capacity(a_sent);
     let mut interval = tokio::time::interval(Duration::from_millis(10));
@@ -1960,10 +1951,9 @@ async fn alert_latency(args: &Args) -> Result<Alerts> {
     }
     let raw = (raw_before, raw_k256(&prepared)?);
     let slowest_split = slowest_split(&published, &got);
-    let left = if connacks.load(Ordering::Relaxed) > 1 {
-        Vec::new()
-    } else {
-        left.lock().map_err(|_| anyhow::anyhow!("poisoned"))?.clone()
+    let left = match (&tally.written_at, tally.connacks.load(Ordering::Relaxed)) {
+        (Some(at), 1) => at.lock().map_err(|_| anyhow::anyhow!("poisoned"))?.clone(),
+        _ => Vec::new(),
     };
     let left: HashMap<_, Instant> = order.into_iter().filter_map(|(k, i)| left.get(i).map(|t| (k, *t))).collect();
     let (in_device, from_left) = match left.is_empty() {
