@@ -62,6 +62,9 @@ pub struct Config {
     /// NEWS2 alert policy (when an alert steps down).
     #[serde(default)]
     pub alerts: crate::alerts::Policy,
+    /// The hub's CPU priority (real time while it uses little of the machine).
+    #[serde(default)]
+    pub priority: crate::priority::PriorityConfig,
 }
 
 fn default_store() -> PathBuf {
@@ -435,6 +438,7 @@ impl Config {
         }
         crate::protocol::Topics::new(&cfg.hub).map_err(anyhow::Error::msg)?;
         cfg.anchor.per_batch()?;
+        cfg.priority.validate()?;
         Ok(cfg)
     }
 

@@ -394,10 +394,16 @@ pub async fn start(cfg: Config, key: PrivateKeySigner, options: Options) -> Resu
     })
 }
 
-/// Runs a hub until Ctrl-C or SIGTERM.
+/// Runs a hub until Ctrl-C or SIGTERM: the service, so it also sets the
+/// process's CPU priority (`[priority]`, [`crate::priority`]).
 pub async fn run(cfg: Config) -> Result<()> {
     let key = cfg.hub_key()?;
+    // Before `start`, so that the threads it starts take the class.
+    let governor = crate::priority::raise(&cfg.priority);
     let hub = start(cfg, key, Options::default()).await?;
+    if let Some(governor) = governor {
+        tokio::spawn(crate::priority::govern(governor, hub.metrics.clone()));
+    }
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     tokio::select! {
         _ = tokio::signal::ctrl_c() => {}

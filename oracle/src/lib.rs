@@ -6,8 +6,9 @@
 //! [`alerts`] scores each stored reading with [`news2`] and raises alerts;
 //! [`archive`] seals a discharged stay, pins it to IPFS and puts its CID on chain;
 //! [`api`] serves the read-only REST API and the dashboard;
-//! with [`broker`] (embedded rumqttd), [`metrics`], [`health`] (readiness) and [`hub`] (start/stop)
-//! around them. Configuration: [`config`]; operations guide:
+//! with [`broker`] (embedded rumqttd), [`metrics`], [`health`] (readiness),
+//! [`priority`] (real-time CPU priority within a budget) and [`hub`]
+//! (start/stop) around them. Configuration: [`config`]; operations guide:
 //! `docs/ORACLE.md`; wire protocol: `docs/PROTOCOL.md`.
 #![warn(missing_docs)]
 
@@ -26,6 +27,7 @@ pub mod hub;
 pub mod ingest;
 pub mod metrics;
 pub mod news2;
+pub mod priority;
 pub mod protocol;
 pub mod store;
 pub mod trend;
@@ -65,6 +67,26 @@ pub fn tune_malloc() {
     }
 }
 
+/// Runs test `name` (its full path) alone in a fresh copy of the test
+/// binary, for a check that changes or reads something process-wide (the
+/// allocator, every thread's priority). Returns true in that copy, which
+/// then runs the check, and false in the calling test once the copy passed.
+#[cfg(all(test, target_os = "linux"))]
+pub(crate) fn in_a_fresh_test_process(name: &str) -> bool {
+    const ALONE: &str = "HEALTHSENSE_TEST_ALONE";
+    if std::env::var_os(ALONE).is_some() {
+        return true;
+    }
+    let out = std::process::Command::new(std::env::current_exe().unwrap())
+        .args([name, "--exact", "--test-threads=1"])
+        .env(ALONE, "1")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success() && stdout.contains("1 passed"), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    false
+}
+
 #[cfg(all(test, target_os = "linux", target_env = "gnu"))]
 mod tests {
     /// Whether glibc mapped the block at `p` on its own: bit 1 of the size
@@ -75,23 +97,12 @@ mod tests {
         unsafe { p.cast::<usize>().sub(1).read() & 2 != 0 }
     }
 
-    /// Set in the copy of the test binary that runs a test alone.
-    const ALONE: &str = "HEALTHSENSE_TEST_ALONE";
-
     #[test]
     fn a_large_block_freed_does_not_draw_later_large_blocks_into_the_arenas() {
         // glibc serves a block from space freed in an arena before it maps
         // one, and this process's arenas hold what other tests freed: the
         // check runs in a fresh copy of the test binary.
-        if std::env::var_os(ALONE).is_none() {
-            let name = "tests::a_large_block_freed_does_not_draw_later_large_blocks_into_the_arenas";
-            let out = std::process::Command::new(std::env::current_exe().unwrap())
-                .args([name, "--exact", "--test-threads=1"])
-                .env(ALONE, "1")
-                .output()
-                .unwrap();
-            let stdout = String::from_utf8_lossy(&out.stdout);
-            assert!(out.status.success() && stdout.contains("1 passed"), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
+        if !crate::in_a_fresh_test_process("tests::a_large_block_freed_does_not_draw_later_large_blocks_into_the_arenas") {
             return;
         }
         super::tune_malloc();

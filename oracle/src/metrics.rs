@@ -75,6 +75,10 @@ pub struct Metrics {
     pub mqtt_connected: Gauge,
     /// 1 while a readiness condition holds, by condition.
     pub not_ready: Family<Condition, Gauge>,
+    /// 1 while the hub's threads run at real-time priority ([`crate::priority`]).
+    pub realtime: Gauge,
+    /// Steps back to normal priority over the CPU budget.
+    pub priority_steps_down: Counter,
 }
 
 impl Metrics {
@@ -115,6 +119,12 @@ impl Metrics {
         r.register("mqtt_session_drops", "Drops of the hub's MQTT session", self.mqtt_drops.clone());
         r.register("mqtt_connected", "1 while the hub has an MQTT session", self.mqtt_connected.clone());
         r.register("not_ready", "1 while a readiness condition holds (see /readyz)", self.not_ready.clone());
+        r.register("realtime_priority", "1 while the hub's threads run at real-time priority", self.realtime.clone());
+        r.register(
+            "priority_steps_down",
+            "Steps back to normal priority after a second over priority.max_cpu_percent",
+            self.priority_steps_down.clone(),
+        );
         r
     }
 

@@ -227,6 +227,21 @@ impl Hub {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
+    /// Each thread's name and scheduling policy (`/proc/{pid}/task/*/stat`).
+    fn thread_policies(&self) -> Vec<(String, i32)> {
+        let pid = self.child.as_ref().unwrap().id();
+        let mut out = Vec::new();
+        for task in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap() {
+            let Ok(stat) = std::fs::read_to_string(task.unwrap().path().join("stat")) else { continue };
+            // "tid (name) state ...": the policy is field 41, the 39th after the name.
+            let (head, tail) = stat.rsplit_once(')').unwrap();
+            let name = head.split_once('(').unwrap().1.to_string();
+            let policy = tail.split_whitespace().nth(38).unwrap().parse().unwrap();
+            out.push((name, policy));
+        }
+        out
+    }
+
     fn counts(&self) -> Counts {
         Store::open(&self.store, self.binding).unwrap().counts().unwrap()
     }
@@ -503,6 +518,86 @@ fn hub_stores_anchors_and_proves_every_reading() {
     let metrics = hub.metrics();
     assert!(metrics.contains("healthsense_oracle_readings_stored_total 150"), "{metrics}");
     assert!(metrics.contains("healthsense_oracle_readings_anchored_total 150"), "{metrics}");
+
+    // Its threads run at real-time priority where this machine allows it
+    // (CI runs as root), and at normal priority, said in its log, where not.
+    let policies = hub.thread_policies();
+    assert!(policies.len() > 5, "{policies:?}");
+    if realtime_allowed() {
+        assert!(policies.iter().all(|(_, p)| *p == libc::SCHED_RR), "{policies:?}");
+        assert!(metrics.contains("healthsense_oracle_realtime_priority 1"), "{metrics}");
+        assert!(hub.logs().contains("the hub runs at real-time priority"), "{}", hub.logs());
+    } else {
+        assert!(policies.iter().all(|(_, p)| *p == libc::SCHED_OTHER), "{policies:?}");
+        assert!(metrics.contains("healthsense_oracle_realtime_priority 0"), "{metrics}");
+        assert!(hub.logs().contains("the hub runs at normal priority"), "{}", hub.logs());
+    }
+}
+
+/// A metric's value in an OpenMetrics text (0 when absent).
+fn metric(text: &str, name: &str) -> f64 {
+    text.lines().find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok()).unwrap_or(0.0)
+}
+
+#[test]
+fn a_busy_hub_steps_down_to_normal_priority_and_returns_to_real_time_when_idle() {
+    // Where real-time priority is refused, the first test above checks the
+    // hub says so; there is no class to step between.
+    if !realtime_allowed() {
+        eprintln!("skipped: this process may not use real-time priority");
+        return;
+    }
+    let mut net = Net::new(&[1]);
+    // A budget small enough that verifying readings at a modest pace is
+    // over it for a second, and an idle hub under half of it.
+    net.hub_extra = "[priority]\nmax_cpu_percent = 8\n".into();
+    let mut devices: Vec<Device> =
+        (1..=4).map(|i| format!("HS-P{i}")).map(|s| Device::new(&s, net.provision(&s, "ward-3"))).collect();
+    let hub = Hub::start(&net, "ward-3", "ward-3", 1, Broker::Embedded, 2_000);
+    let down = "healthsense_oracle_priority_steps_down_total";
+    let realtime = "healthsense_oracle_realtime_priority";
+    // The gauge is set once the hub has started, just after its metrics.
+    hub.poll("real-time priority", || hub.metrics(), |m| metric(m, realtime) == 1.0);
+    let sent = rt().block_on(async {
+        let mut mqtt = Mqtt::connect(hub.mqtt_port, "bedside", "ward-3").await;
+        for d in &devices {
+            assert_eq!(mqtt.hello(d).await, Code::Registered);
+        }
+        // About 2,000 readings a second until the hub has stepped down.
+        let (mut sent, deadline) = (0u64, Instant::now() + Duration::from_secs(60));
+        while metric(&hub.metrics(), down) < 1.0 {
+            assert!(Instant::now() < deadline, "no step down after {sent} readings:\n{}", hub.logs());
+            for _ in 0..50 {
+                for d in devices.iter_mut() {
+                    let r = d.next(sent);
+                    mqtt.vitals(&net, d, &r).await;
+                    sent += 1;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        sent
+    });
+    assert!(hub.logs().contains("normal priority until it uses under half of that"), "{}", hub.logs());
+    // Every reading is still stored, whatever the class.
+    hub.wait("every reading stored", |c| c.readings == sent);
+    let m = hub.poll("real time again", || hub.metrics(), |m| metric(m, realtime) == 1.0);
+    assert!(metric(&m, down) >= 1.0, "{m}");
+    assert!(hub.logs().contains("the hub is back at real-time priority"), "{}", hub.logs());
+    let policies = hub.thread_policies();
+    assert!(policies.iter().all(|(_, p)| *p == libc::SCHED_RR), "{policies:?}");
+}
+
+/// Whether this process may give a thread real-time priority (tried on a
+/// thread of its own, which then ends).
+fn realtime_allowed() -> bool {
+    std::thread::spawn(|| {
+        let param = libc::sched_param { sched_priority: 1 };
+        // SAFETY: sets the calling thread's own policy.
+        unsafe { libc::sched_setscheduler(0, libc::SCHED_RR, &param) == 0 }
+    })
+    .join()
+    .unwrap()
 }
 
 #[test]

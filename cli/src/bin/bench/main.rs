@@ -75,6 +75,7 @@ use healthsense_abi::bindings::HealthSense as H;
 use healthsense_abi::rules::{eip712, ids};
 use healthsense_abi::Reading;
 use healthsense_cli::{artifact, deploy, tools};
+use healthsense_oracle::priority;
 use healthsense_oracle::protocol::{self, DeviceTopic, Topics};
 use k256::ecdsa::signature::hazmat::PrehashVerifier;
 use rayon::prelude::*;
@@ -141,6 +142,13 @@ struct Args {
     /// brokers like for like.
     #[arg(long, default_value_t = healthsense_oracle::broker::HUB_WINDOW, requires = "mosquitto")]
     mosquitto_inflight: usize,
+    /// Run the `healthsense oracle` processes (memory and alerts) with
+    /// `[priority] realtime = false`, and the alerts' Mosquitto at normal
+    /// priority. By default such a hub takes real-time priority where the
+    /// bench may give it, and the alerts' Mosquitto gets the same, as
+    /// docs/ORACLE.md ("Priority") has a broker on the hub's machine run.
+    #[arg(long)]
+    normal_priority: bool,
     /// The same as `--auth off`.
     #[arg(long, conflicts_with = "auth")]
     no_auth: bool,
@@ -623,6 +631,8 @@ async fn main() -> Result<()> {
                     .with("slowest_1pct_in_simulated_device_ms", figures::round(a.in_device))
                     .with("p99_from_written_ms", figures::round(a.from_left))
                     .with("broker", broker_name(&args))
+                    .with("hub_priority", a.hub_priority.name())
+                    .with("broker_priority", a.broker_priority.map(ProcessPriority::name))
                     .baseline("raw_k256_verify_per_s", a.raw().round())
                     .with("raw_before_per_s", a.raw.0.round())
                     .with("raw_after_per_s", a.raw.1.round())
@@ -653,6 +663,11 @@ async fn main() -> Result<()> {
                 a.raw.0,
                 a.raw.1,
                 hour(a.raw())
+            );
+            let broker = a.broker_priority.map(|p| format!(", Mosquitto's at {}", p.text())).unwrap_or_default();
+            println!(
+                "  the hub's threads ran at {} priority{broker} (docs/ORACLE.md, \"Priority\"; --normal-priority for normal)",
+                a.hub_priority.text()
             );
             Ok(())
         }
@@ -1607,6 +1622,15 @@ async fn spawn_oracle(
     Ok((KillOnDrop(child), port))
 }
 
+/// The `[priority]` table of a `healthsense oracle` process's
+/// configuration (none: the hub's default).
+fn priority_toml(args: &Args) -> &'static str {
+    match args.normal_priority {
+        true => "[priority]\nrealtime = false\n",
+        false => "",
+    }
+}
+
 /// RSS of a `healthsense oracle` process serving `beds` (its own store, an
 /// embedded broker, the hub account `account` of `anvil`).
 #[allow(clippy::too_many_arguments)]
@@ -1621,7 +1645,8 @@ async fn memory(
     dir: PathBuf,
 ) -> Result<Memory> {
     let log_mib = args.log_mib.map(|m| format!("log_mib = {m}\n")).unwrap_or_default();
-    let (child, port) = spawn_oracle(root, anvil, account, contract, &dir, "beds", 5_000, None, (&log_mib, "")).await?;
+    let (child, port) =
+        spawn_oracle(root, anvil, account, contract, &dir, "beds", 5_000, None, (&log_mib, priority_toml(args))).await?;
     let pid = child.0.id();
     tokio::time::sleep(Duration::from_secs(1)).await;
     let idle = rss_kib(pid, "VmRSS:")?;
@@ -1686,6 +1711,10 @@ struct Alerts {
     from_left: f64,
     /// Raw k256 verification, readings/s, before and after the phase.
     raw: (f64, f64),
+    /// The hub's threads' class at the end of the run.
+    hub_priority: ProcessPriority,
+    /// Mosquitto's, on `--mosquitto`.
+    broker_priority: Option<ProcessPriority>,
 }
 
 impl Alerts {
@@ -1850,6 +1879,10 @@ async fn alert_latency(args: &Args) -> Result<Alerts> {
         true => Some(Mosquitto::start(dir.path(), args.mosquitto_inflight, None).await?),
         false => None,
     };
+    if let (Some(m), false) = (&mosquitto, args.normal_priority) {
+        // Refused without the right to: the report says what it ran at.
+        let _ = priority::set_process(m.process.0.id(), priority::Class::Realtime);
+    }
     let (hub_process, port) = spawn_oracle(
         &root,
         &anvil,
@@ -1859,7 +1892,7 @@ async fn alert_latency(args: &Args) -> Result<Alerts> {
         "bench",
         2_000,
         mosquitto.as_ref().map(|m| m.port),
-        ("", "[alerts]\nhold_ms = 0\n"),
+        ("", &format!("[alerts]\nhold_ms = 0\n{}", priority_toml(args))),
     )
     .await?;
     let topics = Topics::new("bench").map_err(anyhow::Error::msg)?;
@@ -1945,6 +1978,8 @@ async fn alert_latency(args: &Args) -> Result<Alerts> {
     let sent: HashMap<_, Instant> = published.iter().map(|(k, v)| (k.clone(), v.0)).collect();
     let arrived: HashMap<_, Instant> = got.iter().map(|(k, v)| (k.clone(), v.0)).collect();
     let (lat, p50, p99, max) = latencies(&sent, &arrived);
+    let hub_priority = ProcessPriority::of(hub_process.0.id());
+    let broker_priority = mosquitto.as_ref().map(|m| ProcessPriority::of(m.process.0.id()));
     drop(hub_process);
     if lat.len() < a_sent {
         bail!("only {} of {a_sent} alerts arrived", lat.len());
@@ -1960,7 +1995,75 @@ async fn alert_latency(args: &Args) -> Result<Alerts> {
         true => (f64::NAN, f64::NAN),
         false => (slowest_in_device(&sent, &left, &arrived), latencies(&left, &arrived).2),
     };
-    Ok(Alerts { alerting: alert_rate, steady: steady_rate, alerts: lat.len(), p50, p99, max, slowest_split, in_device, from_left, raw })
+    Ok(Alerts {
+        alerting: alert_rate,
+        steady: steady_rate,
+        alerts: lat.len(),
+        p50,
+        p99,
+        max,
+        slowest_split,
+        in_device,
+        from_left,
+        raw,
+        hub_priority,
+        broker_priority,
+    })
+}
+
+/// The scheduling class of a process's threads (the hub's, Mosquitto's) at
+/// the end of a run: the alert tail under another load depends on it
+/// (`[priority]`, docs/ORACLE.md).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum ProcessPriority {
+    /// Every thread at `SCHED_RR`.
+    Realtime,
+    /// Every thread at `SCHED_OTHER` (not allowed, or turned off).
+    Normal,
+    /// Some of each, or unreadable.
+    Unknown,
+}
+
+impl ProcessPriority {
+    /// Reads the policy of each thread of process `pid`.
+    fn of(pid: u32) -> Self {
+        let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else { return Self::Unknown };
+        let policies: Vec<Option<i32>> = tasks
+            .flatten()
+            .map(|t| std::fs::read_to_string(t.path().join("stat")).ok().and_then(|stat| Self::policy(&stat)))
+            .collect();
+        Self::from_policies(&policies)
+    }
+
+    /// Field 41 of a `/proc/.../stat` line, the 39th after the `(name)`.
+    fn policy(stat: &str) -> Option<i32> {
+        stat.rsplit_once(')')?.1.split_whitespace().nth(38)?.parse().ok()
+    }
+
+    fn from_policies(policies: &[Option<i32>]) -> Self {
+        match policies {
+            [] => Self::Unknown,
+            p if p.iter().all(|p| *p == Some(libc::SCHED_RR)) => Self::Realtime,
+            p if p.iter().all(|p| *p == Some(libc::SCHED_OTHER)) => Self::Normal,
+            _ => Self::Unknown,
+        }
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            Self::Realtime => "realtime",
+            Self::Normal => "normal",
+            Self::Unknown => "unknown",
+        }
+    }
+
+    fn text(self) -> &'static str {
+        match self {
+            Self::Realtime => "real-time",
+            Self::Normal => "normal",
+            Self::Unknown => "mixed or unknown",
+        }
+    }
 }
 
 #[cfg(test)]
@@ -1974,6 +2077,22 @@ mod tests {
         t.acked.store(acked, Ordering::SeqCst);
         t.connacks.store(connacks, Ordering::SeqCst);
         Arc::new(t)
+    }
+
+    #[test]
+    fn a_process_priority_is_read_from_each_threads_stat_line() {
+        // A thread name with a space and a parenthesis, policy 2 (SCHED_RR).
+        let rr = "4242 (tokio rt) worker) S 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 17 18 19 20 21 22 23 24 25 26 27 28 29 30 31 32 33 34 35 36 1 2 0 0";
+        assert_eq!(ProcessPriority::policy(rr), Some(libc::SCHED_RR));
+        assert_eq!(ProcessPriority::policy("4242 (cut) S 1 2"), None);
+        let (r, o) = (Some(libc::SCHED_RR), Some(libc::SCHED_OTHER));
+        assert_eq!(ProcessPriority::from_policies(&[r, r]), ProcessPriority::Realtime);
+        assert_eq!(ProcessPriority::from_policies(&[o, o]), ProcessPriority::Normal);
+        assert_eq!(ProcessPriority::from_policies(&[r, o]), ProcessPriority::Unknown);
+        assert_eq!(ProcessPriority::from_policies(&[r, None]), ProcessPriority::Unknown);
+        assert_eq!(ProcessPriority::from_policies(&[]), ProcessPriority::Unknown);
+        // A process that is gone.
+        assert_eq!(ProcessPriority::of(u32::MAX), ProcessPriority::Unknown);
     }
 
     #[test]
