@@ -26,7 +26,10 @@
 //! alerts' publishes before writing them, and the p99 from that write: the
 //! beds share the hub's cores here, which a bedside device does not.
 //! With `--mosquitto` the hub, the beds and the listener meet on a
-//! Mosquitto the bench starts, as on a ward with an external broker.
+//! Mosquitto the bench starts, as on a ward with an external broker. The
+//! hub takes real-time priority where the bench may give it (its default),
+//! and so does that Mosquitto; `--normal-priority` runs both at normal
+//! priority, and the report says which each ran at.
 //!
 //! `oracle` phases (one anvil, one deployment; every reading signed first):
 //! 1. raw k256: verify the throughput phase's signatures with k256's
@@ -1410,7 +1413,9 @@ async fn oracle(args: &Args) -> Result<()> {
                 .with("slow_hour", a.raw() <= SLOW_HOUR_RAW)
                 .with("p50_ms", figures::round(a.p50))
                 .with("max_ms", figures::round(a.max))
-                .with("alerts", a.alerts as u64),
+                .with("alerts", a.alerts as u64)
+                .with("hub_priority", a.hub_priority.name())
+                .with("broker_priority", a.broker_priority.map(ProcessPriority::name)),
         );
     }
     if args.json {
@@ -1499,7 +1504,12 @@ async fn oracle(args: &Args) -> Result<()> {
             "  publish -> NEWS2 alert  p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms at {} readings/s ({} alerting)  (target p99 <= 10 ms)",
             a.p50, a.p99, a.max, a.alerting + a.steady, a.alerting
         );
-        println!("  (raw k256 around the alert phase {:.0} readings/s: {})", a.raw(), hour(a.raw()));
+        println!(
+            "  (raw k256 around the alert phase {:.0} readings/s: {}; the hub at {} priority)",
+            a.raw(),
+            hour(a.raw()),
+            a.hub_priority.text()
+        );
     }
     Ok(())
 }
