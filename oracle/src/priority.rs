@@ -7,7 +7,7 @@
 //! both cores of a 2-core hub the alert p99 was 9.4-22.7 ms, depending on
 //! the hour, and no change inside the hub moved it (docs/BENCHMARKS.md,
 //! issue 22). At `SCHED_RR` priority 1 a waking hub thread takes a core
-//! from any normal program at once: 4.9-5.8 ms, against 9.5-12.0 ms at
+//! from any normal program at once: 4.9-5.8 ms, against 9.1-12.0 ms at
 //! normal priority in runs alternating with it.
 //!
 //! A real-time thread that keeps a core busy starves the machine, so the
