@@ -85,6 +85,28 @@ pub fn set_process(pid: u32, class: Class) -> std::io::Result<usize> {
     set_threads(&format!("/proc/{pid}/task"), class)
 }
 
+/// Each thread of process `pid`: its name and its scheduling policy
+/// (`libc::SCHED_*`; `None` for a stat line that does not parse). A thread
+/// that ends while they are read is left out.
+pub fn thread_policies(pid: u32) -> std::io::Result<Vec<(String, Option<i32>)>> {
+    let mut threads = Vec::new();
+    for task in std::fs::read_dir(format!("/proc/{pid}/task"))? {
+        if let Ok(stat) = std::fs::read_to_string(task?.path().join("stat")) {
+            threads.push(parse_stat(&stat));
+        }
+    }
+    Ok(threads)
+}
+
+/// The name and policy in a `/proc/.../stat` line: "tid (name) state ...",
+/// the policy field 41, the 39th after the name (which may hold spaces
+/// and parentheses).
+fn parse_stat(stat: &str) -> (String, Option<i32>) {
+    let Some((head, tail)) = stat.rsplit_once(')') else { return (String::new(), None) };
+    let name = head.split_once('(').map_or("", |(_, n)| n).to_string();
+    (name, tail.split_whitespace().nth(38).and_then(|p| p.parse().ok()))
+}
+
 #[cfg(target_os = "linux")]
 fn set_threads(tasks: &str, class: Class) -> std::io::Result<usize> {
     let (policy, priority) = match class {
@@ -324,6 +346,20 @@ mod tests {
                 assert_eq!(older.join().unwrap(), libc::SCHED_OTHER);
             }
         }
+    }
+
+    #[test]
+    fn a_threads_name_and_policy_are_read_from_its_stat_line() {
+        // A thread name with a space and a parenthesis, policy 2 (SCHED_RR).
+        let rr = "4242 (tokio rt) worker) S 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 17 18 19 20 21 22 23 24 25 26 27 28 29 30 31 32 33 34 35 36 1 2 0 0";
+        assert_eq!(parse_stat(rr), ("tokio rt) worker".to_string(), Some(libc::SCHED_RR)));
+        assert_eq!(parse_stat("4242 (cut) S 1 2").1, None);
+        assert_eq!(parse_stat(""), (String::new(), None));
+        // This process's own threads, one of them this one.
+        let own = thread_policies(std::process::id()).unwrap();
+        assert!(own.iter().any(|(_, p)| p.is_some()), "{own:?}");
+        // A process that is gone.
+        assert!(thread_policies(u32::MAX).is_err());
     }
 
     #[test]

@@ -227,19 +227,9 @@ impl Hub {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
-    /// Each thread's name and scheduling policy (`/proc/{pid}/task/*/stat`).
-    fn thread_policies(&self) -> Vec<(String, i32)> {
-        let pid = self.child.as_ref().unwrap().id();
-        let mut out = Vec::new();
-        for task in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap() {
-            let Ok(stat) = std::fs::read_to_string(task.unwrap().path().join("stat")) else { continue };
-            // "tid (name) state ...": the policy is field 41, the 39th after the name.
-            let (head, tail) = stat.rsplit_once(')').unwrap();
-            let name = head.split_once('(').unwrap().1.to_string();
-            let policy = tail.split_whitespace().nth(38).unwrap().parse().unwrap();
-            out.push((name, policy));
-        }
-        out
+    /// Each thread's name and scheduling policy.
+    fn thread_policies(&self) -> Vec<(String, Option<i32>)> {
+        healthsense_oracle::priority::thread_policies(self.child.as_ref().unwrap().id()).unwrap()
     }
 
     fn counts(&self) -> Counts {
@@ -524,11 +514,11 @@ fn hub_stores_anchors_and_proves_every_reading() {
     let policies = hub.thread_policies();
     assert!(policies.len() > 5, "{policies:?}");
     if realtime_allowed() {
-        assert!(policies.iter().all(|(_, p)| *p == libc::SCHED_RR), "{policies:?}");
+        assert!(policies.iter().all(|(_, p)| *p == Some(libc::SCHED_RR)), "{policies:?}");
         assert!(metrics.contains("healthsense_oracle_realtime_priority 1"), "{metrics}");
         assert!(hub.logs().contains("the hub runs at real-time priority"), "{}", hub.logs());
     } else {
-        assert!(policies.iter().all(|(_, p)| *p == libc::SCHED_OTHER), "{policies:?}");
+        assert!(policies.iter().all(|(_, p)| *p == Some(libc::SCHED_OTHER)), "{policies:?}");
         assert!(metrics.contains("healthsense_oracle_realtime_priority 0"), "{metrics}");
         assert!(hub.logs().contains("the hub runs at normal priority"), "{}", hub.logs());
     }
@@ -585,7 +575,7 @@ fn a_busy_hub_steps_down_to_normal_priority_and_returns_to_real_time_when_idle()
     assert!(metric(&m, down) >= 1.0, "{m}");
     assert!(hub.logs().contains("the hub is back at real-time priority"), "{}", hub.logs());
     let policies = hub.thread_policies();
-    assert!(policies.iter().all(|(_, p)| *p == libc::SCHED_RR), "{policies:?}");
+    assert!(policies.iter().all(|(_, p)| *p == Some(libc::SCHED_RR)), "{policies:?}");
 }
 
 /// Whether this process may give a thread real-time priority (tried on a

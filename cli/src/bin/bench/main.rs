@@ -2037,17 +2037,8 @@ enum ProcessPriority {
 impl ProcessPriority {
     /// Reads the policy of each thread of process `pid`.
     fn of(pid: u32) -> Self {
-        let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else { return Self::Unknown };
-        let policies: Vec<Option<i32>> = tasks
-            .flatten()
-            .map(|t| std::fs::read_to_string(t.path().join("stat")).ok().and_then(|stat| Self::policy(&stat)))
-            .collect();
-        Self::from_policies(&policies)
-    }
-
-    /// Field 41 of a `/proc/.../stat` line, the 39th after the `(name)`.
-    fn policy(stat: &str) -> Option<i32> {
-        stat.rsplit_once(')')?.1.split_whitespace().nth(38)?.parse().ok()
+        let Ok(threads) = priority::thread_policies(pid) else { return Self::Unknown };
+        Self::from_policies(&threads.into_iter().map(|(_, p)| p).collect::<Vec<_>>())
     }
 
     fn from_policies(policies: &[Option<i32>]) -> Self {
@@ -2090,11 +2081,7 @@ mod tests {
     }
 
     #[test]
-    fn a_process_priority_is_read_from_each_threads_stat_line() {
-        // A thread name with a space and a parenthesis, policy 2 (SCHED_RR).
-        let rr = "4242 (tokio rt) worker) S 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 17 18 19 20 21 22 23 24 25 26 27 28 29 30 31 32 33 34 35 36 1 2 0 0";
-        assert_eq!(ProcessPriority::policy(rr), Some(libc::SCHED_RR));
-        assert_eq!(ProcessPriority::policy("4242 (cut) S 1 2"), None);
+    fn a_process_priority_is_its_threads_policies_when_they_agree() {
         let (r, o) = (Some(libc::SCHED_RR), Some(libc::SCHED_OTHER));
         assert_eq!(ProcessPriority::from_policies(&[r, r]), ProcessPriority::Realtime);
         assert_eq!(ProcessPriority::from_policies(&[o, o]), ProcessPriority::Normal);
