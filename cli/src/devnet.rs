@@ -2,7 +2,8 @@
 //!
 //! `up` starts a background `healthsense devnet serve` that runs anvil (from
 //! the project-local install, its state saved every `--state-interval`
-//! seconds and on exit, so it survives a hard kill), the embedded MQTT
+//! seconds and on exit, so it survives a hard kill, even one in the middle
+//! of a save: see [`snapshot`]), the embedded MQTT
 //! broker (or uses the operator's, `--broker`) and the embedded IPFS node;
 //! on first start it deploys the EVM edition, gives four dev accounts the
 //! four roles, writes their encrypted keystores, the deployment file and a
@@ -21,6 +22,10 @@ use anyhow::{bail, Context, Result};
 use healthsense_abi::bindings::HealthSense as H;
 use healthsense_abi::rules::ids;
 use serde::{Deserialize, Serialize};
+
+mod snapshot;
+
+use snapshot::{Recovered, Snapshots};
 
 use crate::admin::Client;
 use crate::deployment::Deployment;
@@ -241,18 +246,29 @@ pub async fn serve(dir: &Path, deployment_path: &Path, ports: Ports, options: &O
     let dir = std::path::absolute(dir)?;
     let deployment_path = std::path::absolute(deployment_path)?;
     let root = tools::project_root()?;
-    let anvil_state = dir.join("anvil-state.json");
-    let anvil = alloy::node_bindings::Anvil::new()
-        .path(tools::foundry_tool(&root, "anvil")?)
-        .port(ports.rpc_port)
-        .arg("--state")
-        .arg(anvil_state.display().to_string())
-        // anvil writes --state only on a clean exit; the snapshots keep the
+    let mut snapshots = Snapshots::new(&dir);
+    match snapshots.recover()? {
+        Recovered::TornDump(aside) => tracing::warn!(
+            torn = %aside.display(),
+            "anvil was stopped in the middle of a snapshot; the chain resumes from the one before (up to --state-interval older)"
+        ),
+        Recovered::Nothing => tracing::info!("no anvil snapshot yet: a new chain"),
+        Recovered::Kept | Recovered::Dump => {}
+    }
+    let mut anvil = alloy::node_bindings::Anvil::new().path(tools::foundry_tool(&root, "anvil")?).port(ports.rpc_port);
+    if snapshots.kept.exists() {
+        anvil = anvil.arg("--load-state").arg(snapshots.kept.display().to_string());
+    }
+    let anvil = anvil
+        .arg("--dump-state")
+        .arg(snapshots.dump.display().to_string())
+        // anvil dumps only on a clean exit otherwise; the snapshots keep the
         // chain through a kill -9 or a power cut (less the last interval).
         .arg("--state-interval")
         .arg(options.state_interval.to_string())
         .try_spawn()
         .with_context(|| format!("starting anvil on port {} (--rpc-port; is it taken?)", ports.rpc_port))?;
+    let (stop_keeper, keeper) = keep_snapshots(snapshots);
     let rpc_url = format!("http://127.0.0.1:{}", ports.rpc_port);
     let provider = ProviderBuilder::new().connect_http(rpc_url.parse()?);
     let chain_id = provider.get_chain_id().await.context("asking anvil for its chain id")?;
@@ -381,8 +397,33 @@ pub async fn serve(dir: &Path, deployment_path: &Path, ports: Ports, options: &O
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     drop(anvil);
+    drop(stop_keeper);
+    match keeper.join() {
+        // anvil's dump on exit, kept now rather than at the next `up`.
+        Ok(mut snapshots) => {
+            if let Err(e) = snapshots.keep() {
+                tracing::warn!(error = %format!("{e:#}"), "keeping anvil's last snapshot; the next `devnet up` retries");
+            }
+        }
+        Err(_) => tracing::warn!("the snapshot keeper panicked; the next `devnet up` keeps anvil's last dump"),
+    }
     tracing::info!("devnet down");
     Ok(())
+}
+
+/// Copies each complete dump of anvil's to the kept snapshot, checking every
+/// second, until the sender is dropped; then hands the snapshots back.
+fn keep_snapshots(mut snapshots: Snapshots) -> (std::sync::mpsc::Sender<()>, std::thread::JoinHandle<Snapshots>) {
+    let (stop, stopped) = std::sync::mpsc::channel::<()>();
+    let keeper = std::thread::spawn(move || {
+        while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) = stopped.recv_timeout(Duration::from_secs(1)) {
+            if let Err(e) = snapshots.keep() {
+                tracing::warn!(error = %format!("{e:#}"), "keeping anvil's snapshot failed; retrying in a second");
+            }
+        }
+        snapshots
+    });
+    (stop, keeper)
 }
 
 /// Writes `generated` to `oracle.generated.toml`, and to `oracle.toml` only

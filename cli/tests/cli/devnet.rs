@@ -40,6 +40,18 @@ fn kill9(pid: u64) {
     }
 }
 
+/// Waits until `path` was modified after `after`; returns that time.
+fn wait_for_mtime_after(path: &Path, after: std::time::SystemTime) -> std::time::SystemTime {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Some(m) = std::fs::metadata(path).and_then(|m| m.modified()).ok().filter(|m| *m > after) {
+            return m;
+        }
+        assert!(Instant::now() < deadline, "{} was not written within 30 s", path.display());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 #[test]
 fn the_devnet_keeps_its_chain_through_a_hard_kill_and_the_operators_config() {
     let root = tools::project_root().unwrap();
@@ -62,13 +74,22 @@ fn the_devnet_keeps_its_chain_through_a_hard_kill_and_the_operators_config() {
     let config = dir.join("oracle.toml");
     let edited = std::fs::read_to_string(&config).unwrap().replace("hub = \"ward-1\"", "hub = \"ward-1-east\"");
     std::fs::write(&config, &edited).unwrap();
-    // Past a snapshot, a hard kill of anvil and of the devnet itself.
-    std::thread::sleep(Duration::from_millis(2_500));
+    // Past a snapshot that holds the device and its copy by the devnet, a
+    // hard kill of anvil and of the devnet itself.
+    let (kept, dump) = (dir.join("anvil-state.json"), dir.join("anvil-state.dump.json"));
+    let provisioned = std::time::SystemTime::now();
+    // The second dump after it was begun after the first one was written.
+    let dumped = wait_for_mtime_after(&dump, wait_for_mtime_after(&dump, provisioned));
+    wait_for_mtime_after(&kept, dumped);
     kill9(s["state"]["anvilPid"].as_u64().expect("the state names anvil's pid"));
     kill9(s["state"]["pid"].as_u64().unwrap());
+    // As if anvil had died in the middle of its next snapshot: anvil rewrites
+    // the file in place and would refuse to start from what is left.
+    std::fs::write(&dump, b"{\"block\":{\"number\":\"0x").unwrap();
 
     let s2 = ok(hs(&root, &deployment, &up1));
     assert_ne!(s2["state"]["pid"], s["state"]["pid"], "a new devnet process");
+    assert!(std::fs::read(dir.join("anvil-state.dump.torn.json")).unwrap().starts_with(b"{\"block\""), "the torn snapshot is set aside");
     assert_eq!(s2["state"]["contract"], contract);
     let device = String::from_utf8(hs(&root, &deployment, &["device", "show", "HS-KEEP"]).stdout).unwrap();
     assert!(device.contains("pending"), "the device provisioned before the kill is still on chain: {device}");
