@@ -97,12 +97,15 @@ fn the_devnet_keeps_its_chain_through_a_hard_kill_and_the_operators_config() {
     let generated = std::fs::read_to_string(dir.join("oracle.generated.toml")).unwrap();
     assert!(generated.contains("hub = \"ward-1\"") && generated.contains(&format!("port = {}", ports[1])), "{generated}");
     ok(hs(&root, &deployment, &["devnet", "down", "--dir", dir_arg]));
+    // On a clean stop anvil dumps once more, and that dump is kept at once.
+    assert_eq!(std::fs::read(&kept).unwrap(), std::fs::read(&dump).unwrap(), "the exit dump is the kept snapshot");
 
     // The operator's own broker: the devnet starts none and points the hub at it.
     let broker = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let theirs = broker.local_addr().unwrap().to_string();
     let s3 = ok(hs(&root, &deployment, &[&up[..], &["--broker", &theirs]].concat()));
     assert_eq!(s3["state"]["mqtt"], theirs.as_str());
+    assert_eq!(s3["state"]["contract"], contract, "the chain survives a clean stop as well");
     assert!(s3["state"]["mqtt5"].is_null(), "the operator's broker serves its own versions");
     assert!(std::net::TcpStream::connect(("127.0.0.1", ports[1].parse::<u16>().unwrap())).is_err(), "no broker of its own");
     let generated = std::fs::read_to_string(dir.join("oracle.generated.toml")).unwrap();
