@@ -248,9 +248,13 @@ pub async fn serve(dir: &Path, deployment_path: &Path, ports: Ports, options: &O
     let root = tools::project_root()?;
     let mut snapshots = Snapshots::new(&dir);
     match snapshots.recover()? {
-        Recovered::TornDump(aside) => tracing::warn!(
+        Recovered::TornDump(aside) if snapshots.kept.exists() => tracing::warn!(
             torn = %aside.display(),
             "anvil was stopped in the middle of a snapshot; the chain resumes from the one before (up to --state-interval older)"
+        ),
+        Recovered::TornDump(aside) => tracing::warn!(
+            torn = %aside.display(),
+            "anvil was stopped in the middle of its first snapshot and none was kept before it: a new chain"
         ),
         Recovered::Nothing => tracing::info!("no anvil snapshot yet: a new chain"),
         Recovered::Kept | Recovered::Dump => {}
@@ -416,9 +420,19 @@ pub async fn serve(dir: &Path, deployment_path: &Path, ports: Ports, options: &O
 fn keep_snapshots(mut snapshots: Snapshots) -> (std::sync::mpsc::Sender<()>, std::thread::JoinHandle<Snapshots>) {
     let (stop, stopped) = std::sync::mpsc::channel::<()>();
     let keeper = std::thread::spawn(move || {
+        // A lasting failure (a full disk) is logged once, not every second.
+        let mut failing: Option<String> = None;
         while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) = stopped.recv_timeout(Duration::from_secs(1)) {
-            if let Err(e) = snapshots.keep() {
-                tracing::warn!(error = %format!("{e:#}"), "keeping anvil's snapshot failed; retrying in a second");
+            match snapshots.keep() {
+                Ok(_) if failing.take().is_some() => tracing::info!("anvil's snapshots are kept again"),
+                Ok(_) => {}
+                Err(e) => {
+                    let error = format!("{e:#}");
+                    if failing.as_ref() != Some(&error) {
+                        tracing::warn!(%error, "keeping anvil's snapshot failed; the last one kept stays, retrying every second");
+                    }
+                    failing = Some(error);
+                }
             }
         }
         snapshots

@@ -35,7 +35,8 @@ pub enum Recovered {
     /// anvil's last dump was complete and is now the kept snapshot.
     Dump,
     /// anvil's last dump was torn (set aside under this name); the chain
-    /// restarts from the kept snapshot, one interval or so older.
+    /// restarts from the kept snapshot, one interval or so older, if there
+    /// is one, else as a new chain.
     TornDump(PathBuf),
 }
 
@@ -69,11 +70,6 @@ impl Snapshots {
                 "{} is not a complete anvil state (cut short by a kill or a full disk?); move it aside to start a new chain",
                 self.kept.display()
             );
-        }
-        if let Recovered::TornDump(_) = found {
-            if !self.kept.exists() {
-                return Ok(Recovered::Nothing);
-            }
         }
         Ok(found)
     }
@@ -157,10 +153,11 @@ mod tests {
     }
 
     #[test]
-    fn a_torn_dump_without_a_kept_snapshot_is_a_new_chain() {
+    fn a_torn_dump_without_a_kept_snapshot_is_set_aside_for_a_new_chain() {
         let (_tmp, mut s) = folder();
         std::fs::write(&s.dump, "").unwrap();
-        assert_eq!(s.recover().unwrap(), Recovered::Nothing);
+        assert!(matches!(s.recover().unwrap(), Recovered::TornDump(_)));
+        assert!(!s.kept.exists() && !s.dump.exists(), "anvil starts a new chain");
     }
 
     #[test]
