@@ -51,21 +51,24 @@ impl Snapshots {
     /// itself is not a complete JSON document (anvil would refuse it too).
     pub fn recover(&mut self) -> Result<Recovered> {
         let found = if self.dump.exists() {
-            if complete(&self.dump) {
-                self.keep_dump()?;
-                std::fs::remove_file(&self.dump).with_context(|| format!("removing {}", self.dump.display()))?;
-                Recovered::Dump
-            } else {
-                let aside = self.dump.with_extension("torn.json");
-                std::fs::rename(&self.dump, &aside).with_context(|| format!("setting the torn {} aside", self.dump.display()))?;
-                Recovered::TornDump(aside)
+            match whole(&self.dump) {
+                Some(bytes) => {
+                    self.replace_kept(&bytes)?;
+                    std::fs::remove_file(&self.dump).with_context(|| format!("removing {}", self.dump.display()))?;
+                    Recovered::Dump
+                }
+                None => {
+                    let aside = self.dump.with_extension("torn.json");
+                    std::fs::rename(&self.dump, &aside).with_context(|| format!("setting the torn {} aside", self.dump.display()))?;
+                    Recovered::TornDump(aside)
+                }
             }
         } else if self.kept.exists() {
             Recovered::Kept
         } else {
             Recovered::Nothing
         };
-        if self.kept.exists() && !complete(&self.kept) {
+        if self.kept.exists() && whole(&self.kept).is_none() {
             bail!(
                 "{} is not a complete anvil state (cut short by a kill or a full disk?); move it aside to start a new chain",
                 self.kept.display()
@@ -81,20 +84,20 @@ impl Snapshots {
         let Ok(modified) = std::fs::metadata(&self.dump).and_then(|m| m.modified()) else {
             return Ok(false);
         };
-        if self.last == Some(modified) || !complete(&self.dump) {
+        if self.last == Some(modified) {
             return Ok(false);
         }
-        self.keep_dump()?;
+        let Some(bytes) = whole(&self.dump) else { return Ok(false) };
+        self.replace_kept(&bytes)?;
         self.last = Some(modified);
         Ok(true)
     }
 
-    /// Replaces the kept snapshot with the dump, atomically and durably.
-    fn keep_dump(&self) -> Result<()> {
-        let bytes = std::fs::read(&self.dump).with_context(|| format!("reading {}", self.dump.display()))?;
+    /// Replaces the kept snapshot with `bytes`, atomically and durably.
+    fn replace_kept(&self, bytes: &[u8]) -> Result<()> {
         let dir = self.kept.parent().unwrap_or(Path::new("."));
         let mut tmp = tempfile::NamedTempFile::new_in(dir).with_context(|| format!("creating a temporary file in {}", dir.display()))?;
-        tmp.write_all(&bytes)?;
+        tmp.write_all(bytes)?;
         tmp.as_file().sync_all()?;
         tmp.persist(&self.kept).with_context(|| format!("replacing {}", self.kept.display()))?;
         // The rename itself survives a power cut only once the folder is synced.
@@ -103,11 +106,13 @@ impl Snapshots {
     }
 }
 
-/// Whether `path` holds one whole JSON document. A dump cut short lacks its
-/// closing brace, so this tells torn from whole without knowing anvil's format.
-fn complete(path: &Path) -> bool {
-    let Ok(file) = std::fs::File::open(path) else { return false };
-    serde_json::from_reader::<_, serde::de::IgnoredAny>(std::io::BufReader::new(file)).is_ok()
+/// `path`'s bytes when they are one whole JSON document, else `None`. A dump
+/// cut short lacks its closing brace, so this tells torn from whole without
+/// knowing anvil's format. The bytes checked are the bytes kept: anvil may
+/// start its next rewrite at any moment after they were read.
+fn whole(path: &Path) -> Option<Vec<u8>> {
+    let bytes = std::fs::read(path).ok()?;
+    serde_json::from_slice::<serde::de::IgnoredAny>(&bytes).is_ok().then_some(bytes)
 }
 
 #[cfg(test)]

@@ -582,7 +582,7 @@ fn a_busy_hub_steps_down_to_normal_priority_and_returns_to_real_time_when_idle()
 /// thread of its own, which then ends).
 fn realtime_allowed() -> bool {
     std::thread::spawn(|| {
-        let param = libc::sched_param { sched_priority: 1 };
+        let param = libc::sched_param { sched_priority: healthsense_oracle::priority::REALTIME_PRIORITY };
         // SAFETY: sets the calling thread's own policy.
         unsafe { libc::sched_setscheduler(0, libc::SCHED_RR, &param) == 0 }
     })
