@@ -365,20 +365,27 @@ pub fn device_options(host: &str, port: u16, serial: &str, key: &PrivateKeySigne
     Ok(opts)
 }
 
-/// Polls a device's event loop forever on `runtime`, renewing its signed
-/// login before each reconnection (the broker takes each login once);
-/// `on_event` sees every event.
+/// Polls a device's event loop on `runtime`, reconnecting after an error
+/// and renewing its signed login before each reconnection (the broker takes
+/// each login once); `on_event` sees every event. The task ends once the
+/// client has sent DISCONNECT (dropping the client does not end it: the
+/// event loop holds a sender of its own requests).
 pub fn drive(
     runtime: &tokio::runtime::Handle,
     mut eventloop: rumqttc::EventLoop,
     serial: String,
     key: Option<PrivateKeySigner>,
     mut on_event: impl FnMut(Event) + Send + 'static,
-) {
+) -> tokio::task::JoinHandle<()> {
     healthsense_oracle::broker::without_nagle(&mut eventloop);
     runtime.spawn(async move {
         loop {
             match eventloop.poll().await {
+                // The client asked to disconnect: the connection is done.
+                Ok(Event::Outgoing(rumqttc::Outgoing::Disconnect)) => {
+                    on_event(Event::Outgoing(rumqttc::Outgoing::Disconnect));
+                    return;
+                }
                 Ok(ev) => on_event(ev),
                 Err(e) => {
                     // Says why a bench device reconnected (docs/BENCHMARKS.md, "Issue 22, thirteenth session").
@@ -394,7 +401,7 @@ pub fn drive(
                 }
             }
         }
-    });
+    })
 }
 
 /// Connects every bed to the broker as itself and says hello for each until
@@ -559,6 +566,31 @@ mod tests {
         assert!(last <= 3, "and resolves, got {last}");
         let mut calm = Patient::new(&mut rng, false, horizon);
         assert!((0..ticks).all(|n| news2_of(&mut calm, &mut rng, n as f64 * dt, dt) < 5));
+    }
+
+    /// A driven client that disconnects ends its task rather than
+    /// reconnecting every 200 ms for good.
+    #[tokio::test]
+    async fn a_driven_client_ends_once_it_disconnects() {
+        let listeners = healthsense_oracle::broker::start_embedded(
+            healthsense_oracle::broker::Listeners::v311("127.0.0.1:0".parse().unwrap()),
+            None,
+            1,
+        )
+        .unwrap();
+        let port = listeners.v311.port();
+        let runtime = tokio::runtime::Handle::current();
+        let (client, eventloop) = AsyncClient::new(MqttOptions::new("drive", "127.0.0.1", port), 10);
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        let task = drive(&runtime, eventloop, "drive".into(), None, move |ev| {
+            if let Event::Incoming(Packet::ConnAck(_)) = ev {
+                let _ = tx.send(());
+            }
+        });
+        tokio::time::timeout(Duration::from_secs(30), rx.recv()).await.expect("connected").expect("a CONNACK");
+        assert!(!task.is_finished(), "a connected client's task runs");
+        client.disconnect().await.unwrap();
+        tokio::time::timeout(Duration::from_secs(30), task).await.expect("the task ends after DISCONNECT").unwrap();
     }
 
     fn news2_of(p: &mut Patient, rng: &mut StdRng, t: f64, dt: f64) -> u8 {

@@ -10,6 +10,7 @@
 use serde_json::{json, Map, Value};
 
 /// One measured figure.
+#[derive(Clone)]
 pub struct Figure {
     metric: String,
     value: f64,

@@ -160,9 +160,17 @@ struct Args {
     /// process, for the cost of authentication).
     #[arg(long, value_enum, default_value = "on")]
     auth: AuthMode,
-    /// Ingest rounds of each setting with `--auth both`.
+    /// Ingest rounds of each setting with `--auth both` or `--compare-devices`.
     #[arg(long, default_value_t = 3)]
     rounds: usize,
+    /// Alternate the ingest rounds between `--devices` and this many devices
+    /// (`--rounds` of each, in one process on one chain), and report how
+    /// much throughput falls from the smaller count to the larger (the
+    /// scaling target: at most 10 %), each round against the raw baseline
+    /// measured around it. Separate runs minutes apart differ by more than
+    /// that on a shared VM; adjacent rounds share its hour.
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    compare_devices: Option<u64>,
     /// Paced rate of the second latency phase, readings/s.
     #[arg(long, default_value_t = 5_000)]
     high_rate: usize,
@@ -698,7 +706,6 @@ struct Ctx<'a> {
 
 /// One hub on its own broker and store, with its devices connected.
 struct HubRun {
-    auth: bool,
     running: Option<healthsense_oracle::RunningHub>,
     cfg: healthsense_oracle::Config,
     key: PrivateKeySigner,
@@ -897,7 +904,6 @@ impl HubRun {
         connected(&tallies).await?;
         let connect_ms = t.elapsed().as_secs_f64() * 1e3;
         let run = HubRun {
-            auth,
             running: Some(running),
             cfg,
             key,
@@ -957,6 +963,17 @@ impl HubRun {
     async fn stop(&mut self) {
         if let Some(running) = self.running.take() {
             running.shutdown().await;
+        }
+    }
+
+    /// Stops the hub and disconnects the device clients (their tasks end),
+    /// so that a measured run leaves nothing running behind it but its
+    /// broker, idle.
+    async fn close(mut self) {
+        self.stop().await;
+        for client in self.clients.iter() {
+            // An error here only says the connection is already gone.
+            let _ = client.disconnect().await;
         }
     }
 
@@ -1021,6 +1038,7 @@ impl HubRun {
             live_devices_cpu: devices as f64 / process.max(1) as f64,
             live_window_ms: live_window.as_secs_f64() * 1e3,
             queued_window_ms: elapsed.as_secs_f64() * 1e3,
+            half,
         })
     }
 
@@ -1096,6 +1114,53 @@ fn hub_check(
     Ok(prepared.len() as f64 / secs)
 }
 
+/// How much ingest falls from `from` devices to `to` devices, queued and
+/// live: for each pair of adjacent rounds, one at each count, `1 - (rate
+/// at to / its raw) / (rate at from / its raw)`; the figure is the median
+/// pair (target: at most 10 %), with the same in plain readings/s beside it.
+fn scaling_figures(rounds: &[IngestRound], from: usize, to: usize, broker: &str) -> Vec<Figure> {
+    let pairs: Vec<(&IngestRound, &IngestRound)> = rounds
+        .chunks(2)
+        .filter_map(|c| match c {
+            [a, b] if a.setting.devices == from && b.setting.devices == to => Some((a, b)),
+            [a, b] if a.setting.devices == to && b.setting.devices == from => Some((b, a)),
+            _ => None,
+        })
+        .collect();
+    type Rate = fn(&Ingest) -> f64;
+    let windows: [(&str, Rate); 2] = [("queued", |i| i.queued), ("live", |i| i.live)];
+    windows
+        .into_iter()
+        .map(|(window, f)| {
+            let shares: Vec<f64> = pairs.iter().map(|(a, b)| 1.0 - (f(&b.ingest) / b.raw()) / (f(&a.ingest) / a.raw())).collect();
+            let rates: Vec<f64> = pairs.iter().map(|(a, b)| 1.0 - f(&b.ingest) / f(&a.ingest)).collect();
+            Figure::new(format!("scaling_{window}_drop"), median(shares.clone()), "ratio")
+                .at_most(0.10)
+                .baseline("raw_k256_verify_per_s", median(rounds.iter().map(IngestRound::raw).collect()))
+                .with("from_devices", from)
+                .with("to_devices", to)
+                .with("broker", broker)
+                .with("per_pair", shares.into_iter().map(figures::round).collect::<Vec<_>>())
+                .with("readings_per_s_drop", figures::round(median(rates.clone())))
+                .with("readings_per_s_drop_per_pair", rates.into_iter().map(figures::round).collect::<Vec<_>>())
+        })
+        .collect()
+}
+
+/// One reading per device (sequence 1), signed: what loads a hub's device cache.
+fn warm_up(devs: &[Bed], domain: B256) -> Result<Vec<Vec<u8>>> {
+    let n = devs.len();
+    Ok(sign_all(devs, domain, (0..n).into_par_iter().map(|k| (k, 1, k as u64)))?.into_iter().map(|(_, (p, _))| p).collect())
+}
+
+/// `readings` throughput readings, signed: each device in turn, from
+/// sequence 2 (at least two a device).
+fn throughput_readings(devs: &[Bed], domain: B256, readings: usize) -> Result<Vec<(Reading, Payload)>> {
+    let n = devs.len();
+    let per_dev = (readings / n).max(2);
+    sign_all(devs, domain, (0..per_dev * n).into_par_iter().map(|i| (i % n, 2 + (i / n) as u64, i as u64)))
+}
+
 /// Signs `(device index, seq, i)` readings of `devs` in parallel.
 fn sign_all(devs: &[Bed], domain: B256, which: impl IntoParallelIterator<Item = (usize, u64, u64)>) -> Result<Vec<(Reading, Payload)>> {
     which
@@ -1122,12 +1187,22 @@ struct Ingest {
     /// How long each window ran (ms).
     live_window_ms: f64,
     queued_window_ms: f64,
+    /// Readings in the live half (the queued one has the rest).
+    half: usize,
 }
 
-/// One ingest measurement: authentication, live and queued readings/s, and
+/// What an ingest round varies: the broker's authentication, and how many
+/// devices publish.
+#[derive(Clone, Copy, PartialEq, Debug)]
+struct Setting {
+    auth: bool,
+    devices: usize,
+}
+
+/// One ingest measurement: its setting, live and queued readings/s, and
 /// the raw baselines measured just before and just after it.
 struct IngestRound {
-    auth: bool,
+    setting: Setting,
     ingest: Ingest,
     raw_before: f64,
     raw_after: f64,
@@ -1160,11 +1235,18 @@ async fn oracle(args: &Args) -> Result<()> {
     if args.devices_per_connection > 1 && auth_mode != AuthMode::Off {
         bail!("--devices-per-connection above 1 needs --auth off: the broker's ACLs give a connection one device");
     }
-    let plan: Vec<bool> = match auth_mode {
-        AuthMode::On => vec![true],
-        AuthMode::Off => vec![false],
-        // Alternating which goes first, so drift within a round hits both.
-        AuthMode::Both => (0..args.rounds.max(1)).flat_map(|r| if r % 2 == 0 { [true, false] } else { [false, true] }).collect(),
+    let compare = args.compare_devices.map(|c| c as usize);
+    // Alternating which goes first (A B, B A, ...), so drift within a round
+    // hits both settings.
+    let alternate = |a: Setting, b: Setting| -> Vec<Setting> {
+        (0..args.rounds.max(1)).flat_map(|r| if r % 2 == 0 { [a, b] } else { [b, a] }).collect()
+    };
+    let at = |auth: bool| Setting { auth, devices: args.devices };
+    let plan: Vec<Setting> = match (auth_mode, compare) {
+        (AuthMode::Both, Some(_)) => bail!("--compare-devices needs --auth on or off: each comparison varies one thing"),
+        (AuthMode::Both, None) => alternate(at(true), at(false)),
+        (mode, None) => vec![at(mode == AuthMode::On)],
+        (mode, Some(c)) => alternate(at(mode == AuthMode::On), Setting { auth: mode == AuthMode::On, devices: c }),
     };
     if plan.len() + 2 >= ACCOUNTS {
         bail!("--rounds {} needs more anvil accounts than the bench starts ({ACCOUNTS})", args.rounds);
@@ -1187,7 +1269,7 @@ async fn oracle(args: &Args) -> Result<()> {
     let memory_account = ACCOUNTS - 1;
     let hubs: Vec<Address> = (1..=plan.len()).chain([memory_account]).map(|i| anvil.addresses()[i]).collect();
     let hub = hubs[0];
-    let n_beds = args.devices.max(args.beds);
+    let n_beds = args.devices.max(args.beds).max(compare.unwrap_or(0));
     let n_chain = n_beds.max(args.chain_devices);
     eprintln!("provisioning and activating {n_beds} devices, {} more of another ward ...", n_chain - n_beds);
     let ward = ids::ward_id("bench");
@@ -1207,11 +1289,19 @@ async fn oracle(args: &Args) -> Result<()> {
     let devs = &beds[..args.devices.max(1)];
     let n = devs.len();
     let per_dev = (args.readings / n).max(2) as u64;
-    let warm: Vec<Vec<u8>> = sign_all(devs, domain, (0..n).into_par_iter().map(|k| (k, 1, k as u64)))?
-        .into_iter()
-        .map(|(_, (p, _))| p)
-        .collect();
-    let signed = sign_all(devs, domain, (0..per_dev as usize * n).into_par_iter().map(|i| (i % n, 2 + (i / n) as u64, i as u64)))?;
+    let warm = warm_up(devs, domain)?;
+    let signed = throughput_readings(devs, domain, args.readings)?;
+    // The compared count's own devices (the first of the beds), warm-up and
+    // readings, as many readings as the main count's.
+    let compared = match compare {
+        Some(c) => {
+            let devs = &beds[..c];
+            let warm = warm_up(devs, domain)?;
+            let payloads: Vec<Payload> = throughput_readings(devs, domain, args.readings)?.into_iter().map(|(_, p)| p).collect();
+            Some((devs, warm, payloads))
+        }
+        None => None,
+    };
     let mut next_seq = 2 + per_dev;
     let mut paced_phase = |rate: usize| -> Result<Vec<Paced>> {
         let total = rate * args.latency_seconds as usize;
@@ -1239,24 +1329,38 @@ async fn oracle(args: &Args) -> Result<()> {
     // 1 and 2. Raw k256 around every ingest measurement.
     let dir = tempfile::tempdir()?;
     let ctx = Ctx { args, anvil: &anvil, contract, chain_id: d.chain_id, devs, warm: &warm, dir: dir.path() };
+    let compared_ctx = compared.as_ref().map(|(devs, warm, payloads)| (Ctx { devs, warm, ..ctx }, payloads));
+    // The latency phases run on the last hub run with authentication as
+    // deployed (on, unless only off was asked for) and `--devices` devices;
+    // every other run is closed once measured, so that its idle clients
+    // take no part in the next.
+    let want = plan.iter().any(|s| s.auth);
+    let kept = plan.iter().rposition(|s| s.auth == want && s.devices == args.devices).context("no hub run")?;
     let mut rounds: Vec<IngestRound> = Vec::new();
-    let mut runs: Vec<HubRun> = Vec::new();
+    let mut latency_run = None;
     let mut raw_before = raw_k256(&prepared)?;
-    for (i, &auth) in plan.iter().enumerate() {
-        let mut run = HubRun::start(&ctx, i, auth).await?;
-        let ingest = run.ingest(&throughput).await?;
+    for (i, &setting) in plan.iter().enumerate() {
+        let (ctx, payloads) = match &compared_ctx {
+            Some((c, payloads)) if setting.devices != args.devices => (c, payloads.as_slice()),
+            _ => (&ctx, throughput.as_slice()),
+        };
+        let mut run = HubRun::start(ctx, i, setting.auth).await?;
+        let ingest = run.ingest(payloads).await?;
         run.stop().await;
+        let (clients, connect_ms) = (run.clients.len(), run.connect_ms);
+        if i == kept {
+            latency_run = Some(run);
+        } else {
+            run.close().await;
+        }
         let raw_after = raw_k256(&prepared)?;
-        rounds.push(IngestRound { auth, ingest, raw_before, raw_after, clients: run.clients.len(), connect_ms: run.connect_ms });
+        rounds.push(IngestRound { setting, ingest, raw_before, raw_after, clients, connect_ms });
         raw_before = raw_after;
-        runs.push(run);
     }
 
-    // 3. Latency, on the last hub run with authentication as deployed (on,
-    // unless only off was asked for), after its backlog is anchored so the
-    // phases measure the steady state (with their own batches cut as they go).
-    let want = plan.contains(&true);
-    let run = runs.iter_mut().rev().find(|r| r.auth == want).context("no hub run")?;
+    // 3. Latency, after the run's backlog is anchored so the phases measure
+    // the steady state (with their own batches cut as they go).
+    let run = latency_run.as_mut().context("no hub run")?;
     run.restart().await?;
     let store = healthsense_oracle::store::Store::open(&run.store, run.binding)?;
     let mut lat_figures = Vec::new();
@@ -1293,7 +1397,9 @@ async fn oracle(args: &Args) -> Result<()> {
     }
     let single_gas = single.iter().sum::<u64>() as f64 / single.len() as f64;
     let per_reading = batch_gas / 2_000.0;
-    drop(runs);
+    if let Some(run) = latency_run.take() {
+        run.close().await;
+    }
 
     // 5. Memory: a separate oracle process at `beds` readings per second.
     let mem = match args.memory_seconds {
@@ -1305,29 +1411,33 @@ async fn oracle(args: &Args) -> Result<()> {
     let alerts = if args.alert_seconds > 0 { Some(alert_latency(args).await?) } else { None };
 
     let broker = broker_name(args);
-    let raw = |auth: bool| median(rounds.iter().filter(|r| r.auth == auth).map(IngestRound::raw).collect());
-    let ratio = |auth: bool, f: fn(&IngestRound) -> f64| median(rounds.iter().filter(|r| r.auth == auth).map(|r| f(r) / r.raw()).collect());
-    let rate_of = |auth: bool, f: fn(&IngestRound) -> f64| median(rounds.iter().filter(|r| r.auth == auth).map(f).collect());
+    // The ingest figures are those of `--devices`; a compared count has its
+    // own, the scaling figures below.
+    let main_rounds = || rounds.iter().filter(|r| r.setting.devices == args.devices);
+    let raw = |auth: bool| median(main_rounds().filter(|r| r.setting.auth == auth).map(IngestRound::raw).collect());
+    let ratio =
+        |auth: bool, f: fn(&IngestRound) -> f64| median(main_rounds().filter(|r| r.setting.auth == auth).map(|r| f(r) / r.raw()).collect());
+    let rate_of = |auth: bool, f: fn(&IngestRound) -> f64| median(main_rounds().filter(|r| r.setting.auth == auth).map(f).collect());
+    let has_auth = |auth: bool| plan.iter().any(|s| s.auth == auth);
     // Under SHORT_HALF_PER_DEVICE readings a device, a half is mostly every
     // connection's first burst, and its start weighs on the rate.
-    let half = throughput.len() / 2;
-    let per_device_half = half as f64 / args.devices.max(1) as f64;
+    let per_device_half = |r: &IngestRound| r.ingest.half as f64 / r.setting.devices.max(1) as f64;
     let round_json = |r: &IngestRound| {
-        json!({ "auth": r.auth, "queued_per_s": r.ingest.queued.round(), "live_per_s": r.ingest.live.round(),
+        json!({ "auth": r.setting.auth, "devices": r.setting.devices, "queued_per_s": r.ingest.queued.round(), "live_per_s": r.ingest.live.round(),
                 "restart_to_first_commit_ms": r.ingest.first_commit_ms.round(), "queued_from_first_commit_per_s": r.ingest.queued_from_first.round(),
                 "device_reconnections": r.ingest.reconnections, "live_devices_cpu_share": figures::round(r.ingest.live_devices_cpu),
                 "device_clients": r.clients, "clients_connect_ms": r.connect_ms.round(),
-                "readings_per_device_per_half": figures::round(per_device_half),
+                "readings_per_device_per_half": figures::round(per_device_half(r)),
                 "live_window_ms": r.ingest.live_window_ms.round(), "queued_window_ms": r.ingest.queued_window_ms.round(),
                 "raw_before_per_s": r.raw_before.round(), "raw_after_per_s": r.raw_after.round(),
                 "queued_ratio": figures::round(r.ingest.queued / r.raw()), "live_ratio": figures::round(r.ingest.live / r.raw()) })
     };
     let mut figs = Vec::new();
     for auth in [true, false] {
-        if !plan.contains(&auth) {
+        if !has_auth(auth) {
             continue;
         }
-        let suffix = if plan.contains(&!auth) && !auth { "_auth_off" } else { "" };
+        let suffix = if has_auth(!auth) && !auth { "_auth_off" } else { "" };
         let base = raw(auth);
         figs.push(
             Figure::new(format!("ingest_queued_ratio{suffix}"), ratio(auth, |r| r.ingest.queued), "ratio")
@@ -1346,12 +1456,12 @@ async fn oracle(args: &Args) -> Result<()> {
                 .with("readings_per_s", rate_of(auth, |r| r.ingest.live).round()),
         );
     }
-    if plan.contains(&true) && plan.contains(&false) {
+    if has_auth(true) && has_auth(false) {
         // Each "on" measurement against the "off" one of its round, which
         // ran right before or after it against the same bracket of baselines.
         for (name, f) in [("auth_cost_queued", (|r: &IngestRound| r.ingest.queued) as fn(&IngestRound) -> f64), ("auth_cost_live", |r: &IngestRound| r.ingest.live)] {
             let costs: Vec<f64> = rounds.chunks(2).filter(|c| c.len() == 2).map(|c| {
-                let (on, off) = if c[0].auth { (&c[0], &c[1]) } else { (&c[1], &c[0]) };
+                let (on, off) = if c[0].setting.auth { (&c[0], &c[1]) } else { (&c[1], &c[0]) };
                 1.0 - (f(on) / on.raw()) / (f(off) / off.raw())
             }).collect();
             figs.push(
@@ -1363,6 +1473,8 @@ async fn oracle(args: &Args) -> Result<()> {
             );
         }
     }
+    let scaling = compare.map(|c| scaling_figures(&rounds, args.devices.min(c), args.devices.max(c), broker));
+    figs.extend(scaling.iter().flatten().cloned());
     let base = median(rounds.iter().map(IngestRound::raw).collect());
     figs.push(
         Figure::new("hub_check_per_s", hub_check, "readings/s")
@@ -1427,8 +1539,10 @@ async fn oracle(args: &Args) -> Result<()> {
     }
     println!("HealthSense oracle benchmark ({threads} verification threads, {} devices, {n_chain} on chain)", args.devices);
     for r in &rounds {
-        if plan.len() > 1 {
-            println!("  authentication {}", if r.auth { "on" } else { "off" });
+        match (plan.len() > 1, compare.is_some()) {
+            (false, _) => {}
+            (true, false) => println!("  authentication {}", if r.setting.auth { "on" } else { "off" }),
+            (true, true) => println!("  {} devices", r.setting.devices),
         }
         println!(
             "  raw k256 verification   {:>10.0} readings/s  (baseline: {:.0} before, {:.0} after)",
@@ -1456,16 +1570,18 @@ async fn oracle(args: &Args) -> Result<()> {
         );
         println!("  {} device clients connected to the broker in {:.0} ms", r.clients, r.connect_ms);
         println!(
-            "  each half {half} readings, {per_device_half:.1} a device: live window {:.0} ms, queued window {:.0} ms",
+            "  each half {} readings, {:.1} a device: live window {:.0} ms, queued window {:.0} ms",
+            r.ingest.half,
+            per_device_half(r),
             r.ingest.live_window_ms,
             r.ingest.queued_window_ms
         );
-        if per_device_half < SHORT_HALF_PER_DEVICE {
+        if per_device_half(r) < SHORT_HALF_PER_DEVICE {
             println!(
                 "  (a short window: under {SHORT_HALF_PER_DEVICE:.0} readings a device, every connection's first burst weighs on the rate; \
                  a steady rate at {} devices wants --readings {} or more)",
-                args.devices,
-                2 * args.devices * SHORT_HALF_PER_DEVICE as usize
+                r.setting.devices,
+                2 * r.setting.devices * SHORT_HALF_PER_DEVICE as usize
             );
         }
     }
@@ -1476,6 +1592,19 @@ async fn oracle(args: &Args) -> Result<()> {
     for f in figs.iter().filter(|f| f.to_json()["metric"].as_str().is_some_and(|m| m.starts_with("auth_cost"))) {
         let j = f.to_json();
         println!("  {}            {:.1}% (median of rounds {}; target <= 5%)", j["metric"].as_str().unwrap_or(""), 100.0 * j["value"].as_f64().unwrap_or(f64::NAN), j["per_round"]);
+    }
+    for f in scaling.iter().flatten() {
+        let j = f.to_json();
+        let pct = |v: &serde_json::Value| 100.0 * v.as_f64().unwrap_or(f64::NAN);
+        println!(
+            "  {} ({} -> {} devices) {:.1}% as a share of raw, {:.1}% in readings/s (median of pairs {}; target <= 10%)",
+            j["metric"].as_str().unwrap_or(""),
+            j["from_devices"],
+            j["to_devices"],
+            pct(&j["value"]),
+            pct(&j["readings_per_s_drop"]),
+            j["per_pair"]
+        );
     }
     for &(rate, _, p50, p99, max) in &lat_figures {
         let bound = if rate <= 2_000 { 10 } else { 50 };
