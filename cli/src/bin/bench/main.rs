@@ -1244,6 +1244,7 @@ async fn oracle(args: &Args) -> Result<()> {
     let at = |auth: bool| Setting { auth, devices: args.devices };
     let plan: Vec<Setting> = match (auth_mode, compare) {
         (AuthMode::Both, Some(_)) => bail!("--compare-devices needs --auth on or off: each comparison varies one thing"),
+        (_, Some(c)) if c == args.devices => bail!("--compare-devices {c} is --devices itself: give another count to compare with"),
         (AuthMode::Both, None) => alternate(at(true), at(false)),
         (mode, None) => vec![at(mode == AuthMode::On)],
         (mode, Some(c)) => alternate(at(mode == AuthMode::On), Setting { auth: mode == AuthMode::On, devices: c }),
@@ -1532,7 +1533,7 @@ async fn oracle(args: &Args) -> Result<()> {
     }
     if args.json {
         let extra = json!({ "threads": threads, "broker": broker, "load_average_at_start": load_at_start,
-                            "devices": args.devices, "devices_per_connection": args.devices_per_connection, "chain_devices": n_chain,
+                            "devices": args.devices, "compare_devices": compare, "devices_per_connection": args.devices_per_connection, "chain_devices": n_chain,
                             "rounds": rounds.iter().map(round_json).collect::<Vec<_>>() });
         println!("{}", serde_json::to_string_pretty(&figures::report("oracle", &figs, extra))?);
         return Ok(());
