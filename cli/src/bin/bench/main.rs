@@ -1289,7 +1289,6 @@ async fn oracle(args: &Args) -> Result<()> {
     eprintln!("signing readings ...");
     let devs = &beds[..args.devices.max(1)];
     let n = devs.len();
-    let per_dev = (args.readings / n).max(2) as u64;
     let warm = warm_up(devs, domain)?;
     let signed = throughput_readings(devs, domain, args.readings)?;
     // The compared count's own devices (the first of the beds), warm-up and
@@ -1303,7 +1302,8 @@ async fn oracle(args: &Args) -> Result<()> {
         }
         None => None,
     };
-    let mut next_seq = 2 + per_dev;
+    // The latency phases' readings follow the throughput ones.
+    let mut next_seq = signed.iter().map(|(r, _)| r.seq).max().unwrap_or(1) + 1;
     let mut paced_phase = |rate: usize| -> Result<Vec<Paced>> {
         let total = rate * args.latency_seconds as usize;
         let base = next_seq;
